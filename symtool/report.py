@@ -1,0 +1,139 @@
+"""Reports: records to JSON / CSV / rich tables, written atomically.
+
+One sink renders the same report as a table (humans, stderr or a TTY), JSON or CSV
+(machines, stdout or ``--out``). Every report carries ``schema`` and
+``schema_version`` (docs/reports.md says how the version changes) and a provenance
+block. Floats that are not finite never reach JSON: they become ``null``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import platform
+import tempfile
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import symtool
+from symtool.errors import ReportError
+
+SCHEMA_VERSION = 1
+#: Fields whose values change between otherwise identical runs (docs/reports.md).
+VOLATILE_FIELDS = ("created", "duration_s")
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Plain JSON data from records, tensors, arrays and paths; non-finite floats → None."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return to_jsonable(obj.detach().cpu().tolist())
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, bool | np.bool_):
+        return bool(obj)
+    if isinstance(obj, int | np.integer):
+        return int(obj)
+    if isinstance(obj, float | np.floating):
+        f = float(obj)
+        return f if math.isfinite(f) else None
+    if isinstance(obj, Path):
+        return str(obj)
+    if obj is None or isinstance(obj, str):
+        return obj
+    raise TypeError(f"cannot serialise {type(obj).__name__}")
+
+
+def dumps(report: Mapping[str, Any]) -> str:
+    """Stable JSON text: sorted keys where order is not meaningful is NOT applied
+    (record order is the schema's order), fixed float repr, trailing newline."""
+    return json.dumps(to_jsonable(report), indent=2, allow_nan=False, ensure_ascii=False) + "\n"
+
+
+def provenance(settings: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
+    """Versions, platform and every setting, recorded in each report."""
+    return {
+        "symtool": symtool.__version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "settings": to_jsonable(settings),
+        **to_jsonable(extra),
+    }
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file and a rename (never half-written)."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    except OSError as exc:
+        raise ReportError(f"cannot write ({exc.strerror or exc})", path) from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def csv_text(rows: Iterable[Mapping[str, Any]], columns: list[str]) -> str:
+    """Tidy CSV: one header, one row per value; None as an empty cell."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _csv_cell(row.get(k)) for k in columns})
+    return buf.getvalue()
+
+
+def _csv_cell(v: Any) -> Any:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return repr(v) if math.isfinite(v) else ""
+    return v
+
+
+def read_report(source: str) -> dict[str, Any]:
+    """A JSON report from a file path or ``-`` (stdin).
+
+    Raises:
+        ReportError: unreadable, not JSON, or not a symtool report.
+    """
+    import sys
+
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ReportError(f"cannot read report ({exc.strerror or exc})", source) from None
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ReportError(f"not JSON ({exc})", "<stdin>" if source == "-" else source) from None
+    if not isinstance(data, dict) or "schema" not in data or "schema_version" not in data:
+        raise ReportError(
+            "not a symtool report (no schema/schema_version)",
+            "<stdin>" if source == "-" else source,
+        )
+    return data

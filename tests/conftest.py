@@ -1,0 +1,20 @@
+"""Shared test helpers: small factories for checkpoints on disk (always under tmp_path)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+FIXTURES = ROOT / "fixtures"
+
+
+@pytest.fixture
+def fixtures_dir() -> Path:
+    """The committed fixtures folder."""
+    return FIXTURES

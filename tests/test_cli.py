@@ -1,0 +1,119 @@
+"""CLI behaviour: help, version, exit codes, one-line errors, output formats."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+from symtool.cli import app
+
+runner = CliRunner()
+
+
+def _invoke(*args: str):
+    return runner.invoke(app, list(args), env={"COLUMNS": "200"})
+
+
+def _ckpts(tmp_path: Path, steps=(200, 0, 100)) -> Path:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    for s in steps:
+        save_file({"fc1.weight": torch.randn(4, 3), "fc2.weight": torch.randn(2, 4)},
+                  str(tmp_path / f"step_{s:06d}.safetensors"))
+    return tmp_path
+
+
+def test_every_command_has_help_text() -> None:
+    result = _invoke("--help")
+    assert result.exit_code == 0
+    import typer.main
+
+    group = typer.main.get_command(app)
+    for name, cmd in group.commands.items():  # type: ignore[attr-defined]
+        assert cmd.help and len(cmd.help) > 20, name
+        assert name in result.output
+        sub = _invoke(name, "--help")
+        assert sub.exit_code == 0, name
+
+
+def test_version() -> None:
+    import symtool
+
+    result = _invoke("--version")
+    assert result.exit_code == 0 and symtool.__version__ in result.output
+
+
+def test_inspect_json_lists_checkpoints_in_step_order(tmp_path: Path) -> None:
+    _ckpts(tmp_path)
+    result = _invoke("inspect", str(tmp_path), "--format", "json")
+    assert result.exit_code == 0
+    report = json.loads(result.stdout)
+    assert report["schema"] == "symtool/inspect" and report["schema_version"] >= 1
+    assert [c["step"] for c in report["checkpoints"]] == [0, 100, 200]
+    assert all(len(c["sha256"]) == 64 for c in report["checkpoints"])
+
+
+def test_inspect_one_checkpoint_lists_tensors_and_analyses(tmp_path: Path) -> None:
+    _ckpts(tmp_path, steps=(5,))
+    result = _invoke("inspect", str(tmp_path / "step_000005.safetensors"), "-f", "json")
+    items = {i["name"]: i for i in json.loads(result.stdout)["tensors"]["items"]}
+    assert items["fc1.weight"]["shape"] == [4, 3]
+    assert items["fc1.weight"]["kind"] == "linear"
+    assert "align" in items["fc1.weight"]["analyses"]
+
+
+def test_inspect_table_and_csv(tmp_path: Path) -> None:
+    _ckpts(tmp_path)
+    table = _invoke("inspect", str(tmp_path), "--format", "table")
+    assert table.exit_code == 0 and "step_000100.safetensors" in table.output
+    csv = _invoke("inspect", str(tmp_path), "--format", "csv")
+    lines = csv.stdout.strip().splitlines()
+    assert lines[0].startswith("step,path") and len(lines) == 4
+
+
+def test_out_file_is_written(tmp_path: Path) -> None:
+    _ckpts(tmp_path / "c")
+    out = tmp_path / "r" / "inspect.json"
+    result = _invoke("inspect", str(tmp_path / "c"), "--out", str(out))
+    assert result.exit_code == 0 and result.stdout == ""
+    assert json.loads(out.read_text())["schema"] == "symtool/inspect"
+    assert not [p for p in out.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize(
+    ("setup", "needle"),
+    [
+        (lambda p: p / "missing.safetensors", "no such file"),
+        (lambda p: p, "no checkpoints found"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(tmp_path: Path, setup, needle: str) -> None:
+    target = setup(tmp_path)
+    result = _invoke("inspect", str(target))
+    assert result.exit_code == 2
+    assert needle in result.stderr and str(target) in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.output
+
+
+def test_refused_pickle_through_cli(tmp_path: Path) -> None:
+    path = tmp_path / "model.pt"
+    torch.save({"model": torch.nn.Linear(3, 2)}, path)
+    result = _invoke("inspect", str(path), "--tensors")
+    assert result.exit_code == 2  # the only checkpoint failed
+    assert "--trust-pickle" in result.stderr and str(path) in result.stderr
+    ok = _invoke("inspect", str(path), "--tensors", "--trust-pickle", "-f", "json")
+    assert ok.exit_code == 0 and "warning" in ok.stderr
+    names = {i["name"] for i in json.loads(ok.stdout)["tensors"]["items"]}
+    assert names == {"weight", "bias"}
+
+
+def test_bad_usage_exit_2(tmp_path: Path) -> None:
+    _ckpts(tmp_path)
+    assert _invoke("inspect", str(tmp_path), "--format", "xml").exit_code == 2
+    assert _invoke("inspect", str(tmp_path), "--steps", "abc").exit_code == 2
+    assert _invoke("inspect", str(tmp_path), "--steps", "999999").exit_code == 2
