@@ -178,7 +178,7 @@ class LayerAccumulator:
                 self._addmm(self._R[v], xv.T, xv)
             norm = torch.linalg.vector_norm(xv, dim=1)
             keep = norm > 0
-            inv = torch.where(keep, norm.reciprocal(), torch.zeros((), dtype=gd, device=xv.device))
+            inv = torch.where(keep, norm.reciprocal(), 0.0)
             xv = xv.mul_(inv[:, None]) if v in own else xv * inv[:, None]
             self._k[v] += keep.sum()
             self._s[v] += xv.sum(dim=0, dtype=torch.float64)

@@ -1,0 +1,472 @@
+"""Build the model, load a state dict into it strictly, and pick the layers to capture.
+
+theory.md section 1: a *layer* is one linear map ``W`` (``nn.Linear``; ``nn.Conv1d/2d/3d``
+with its kernel reshaped to ``C_out × C_in·prod(kernel)``). Every other module that owns
+parameters is recorded as skipped with a reason, never silently dropped.
+
+Without a ``--model`` factory, a checkpoint that is a plain chain of linear layers is
+rebuilt as an MLP whose state-dict keys are exactly the checkpoint's keys, so strict
+loading works and reports use the checkpoint's layer names.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import importlib
+import importlib.util
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from symtool.errors import ModelError
+
+Tensor = torch.Tensor
+
+
+def _identity(x: Tensor) -> Tensor:
+    """No nonlinearity (a deep linear network)."""
+    return x
+
+
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "relu": F.relu,
+    "tanh": torch.tanh,
+    "gelu": F.gelu,
+    "sigmoid": torch.sigmoid,
+    "leaky_relu": F.leaky_relu,
+    "silu": F.silu,
+    "elu": F.elu,
+    "identity": _identity,
+}
+"""Activations the auto-MLP can put between layers (PyTorch defaults for their options)."""
+
+_CONV_KINDS: dict[type[nn.Module], str] = {
+    nn.Conv1d: "conv1d",
+    nn.Conv2d: "conv2d",
+    nn.Conv3d: "conv3d",
+}
+_LIST_LIMIT = 10
+
+
+# --------------------------------------------------------------------------- importing
+def import_object(spec: str, base_dir: Path | None = None) -> Any:
+    """Import ``pkg.module:attr`` or ``path/to/file.py:attr``.
+
+    Args:
+        spec: ``module:attribute`` (the attribute may be dotted). A module part ending in
+            ``.py`` or containing a path separator is a file, relative to ``base_dir``.
+        base_dir: folder file paths are relative to (e.g. the config file's folder);
+            the working directory when ``None``.
+
+    Raises:
+        ModelError: malformed spec, missing file/module, import failure or missing attribute.
+    """
+    mod_part, sep, attr = spec.rpartition(":")
+    if not sep or not mod_part or not attr:
+        raise ModelError(f"expected 'module:attribute' or 'file.py:attribute', got {spec!r}")
+    is_file = mod_part.endswith(".py") or "/" in mod_part or "\\" in mod_part
+    where: str | Path = mod_part
+    if is_file:
+        path = Path(mod_part).expanduser()
+        if not path.is_absolute():
+            path = (base_dir or Path.cwd()) / path
+        path = path.resolve()
+        where = path
+        if not path.is_file():
+            raise ModelError(f"no such Python file for {spec!r}", path=path)
+        module = _import_file(path)
+    else:
+        try:
+            module = importlib.import_module(mod_part)
+        except ImportError as exc:
+            raise ModelError(f"cannot import module {mod_part!r} for {spec!r}: {exc}") from exc
+    obj: Any = module
+    for name in attr.split("."):
+        if not hasattr(obj, name):
+            raise ModelError(f"{mod_part} has no attribute {attr!r}", path=where)
+        obj = getattr(obj, name)
+    return obj
+
+
+def _import_file(path: Path) -> Any:
+    """Import a Python file once per path, under a name derived from the path."""
+    digest = hashlib.sha256(str(path).encode()).hexdigest()[:12]
+    name = f"_symtool_user_{path.stem}_{digest}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ModelError("cannot load as a Python module", path=path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[name]
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise ModelError(f"importing failed: {type(exc).__name__}: {first}", path=path) from exc
+    return module
+
+
+# --------------------------------------------------------------------------- building
+def build_model(
+    factory: str | None,
+    args: Mapping[str, Any] | None,
+    state_dict: Mapping[str, Tensor],
+    *,
+    activation: str = "relu",
+    base_dir: Path | None = None,
+) -> nn.Module:
+    """Build the model a state dict belongs to (weights are not loaded; see :func:`load_state`).
+
+    Args:
+        factory: ``module:callable`` returning an ``nn.Module`` (called with ``**args``),
+            or ``None`` to rebuild a plain chain of linear layers (auto-MLP).
+        args: keyword arguments for the factory.
+        state_dict: the checkpoint's tensors (auto-MLP reads names, shapes and dtypes).
+        activation: auto-MLP nonlinearity between layers (none after the last); one of
+            :data:`ACTIVATIONS`.
+        base_dir: folder a ``file.py:callable`` factory is relative to.
+
+    Raises:
+        ModelError: the factory fails or returns something else, or (auto-MLP) the state
+            dict is not a chain of linear layers, so ``--model`` is needed.
+    """
+    if factory is not None:
+        fn = import_object(factory, base_dir)
+        if not callable(fn):
+            raise ModelError(f"model factory {factory!r} is not callable")
+        try:
+            model = fn(**dict(args or {}))
+        except Exception as exc:
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            raise ModelError(
+                f"model factory {factory!r} failed: {type(exc).__name__}: {first}"
+            ) from exc
+        if not isinstance(model, nn.Module):
+            raise ModelError(
+                f"model factory {factory!r} returned {type(model).__name__}, not an nn.Module"
+            )
+        return model
+    if args:
+        raise ModelError("model arguments were given but no --model factory to pass them to")
+    if activation not in ACTIVATIONS:
+        raise ModelError(
+            f"unknown activation {activation!r}; expected one of {', '.join(ACTIVATIONS)}"
+        )
+    return _AutoMLP(_linear_chain(state_dict), activation)
+
+
+def _linear_chain(state_dict: Mapping[str, Tensor]) -> list[tuple[str, Tensor, Tensor | None]]:
+    """The ``(prefix, weight, bias)`` chain of a plain-MLP state dict, in key order."""
+    why = _chain_problem(state_dict)
+    if why:
+        raise ModelError(
+            f"checkpoint is not a plain chain of linear layers ({why}); "
+            "pass --model module:factory to build its model"
+        )
+    layers: dict[str, dict[str, Tensor]] = {}
+    for key, value in state_dict.items():
+        prefix, _, leaf = key.rpartition(".")
+        layers.setdefault(prefix, {})[leaf] = value
+    return [(p, t["weight"], t.get("bias")) for p, t in layers.items()]
+
+
+def _chain_problem(state_dict: Mapping[str, Tensor]) -> str:
+    """Why a state dict is not an auto-MLP chain, or ``""`` when it is one."""
+    if not state_dict:
+        return "it has no tensors"
+    layers: dict[str, dict[str, Tensor]] = {}
+    for key, value in state_dict.items():
+        prefix, dot, leaf = key.rpartition(".")
+        if not dot or not prefix:
+            return f"key {key!r} has no module prefix"
+        if leaf not in ("weight", "bias"):
+            return f"key {key!r} is neither a weight nor a bias"
+        if not isinstance(value, Tensor):
+            return f"{key!r} is not a tensor"
+        layers.setdefault(prefix, {})[leaf] = value
+    prev_out: int | None = None
+    prev_name = ""
+    for prefix, tensors in layers.items():
+        w = tensors.get("weight")
+        if w is None:
+            return f"{prefix!r} has a bias but no weight"
+        if w.ndim != 2:
+            return f"{prefix}.weight has shape {tuple(w.shape)}, not 2-D"
+        if not w.is_floating_point():
+            return f"{prefix}.weight has dtype {w.dtype}"
+        b = tensors.get("bias")
+        if b is not None and tuple(b.shape) != (w.shape[0],):
+            return f"{prefix}.bias has shape {tuple(b.shape)}, expected ({w.shape[0]},)"
+        if prev_out is not None and w.shape[1] != prev_out:
+            return f"{prefix}.weight takes {w.shape[1]} inputs but {prev_name} gives {prev_out}"
+        prev_out, prev_name = w.shape[0], prefix
+    for prefix in layers:
+        for other in layers:
+            if other.startswith(prefix + "."):
+                return f"layer {prefix!r} also contains {other!r}"
+    return ""
+
+
+class _AutoMLP(nn.Module):
+    """Linear layers at the checkpoint's own module paths, applied in key order.
+
+    Inputs whose last axis does not match the first layer are flattened from axis 1
+    (e.g. images into an MLP).
+    """
+
+    def __init__(self, chain: list[tuple[str, Tensor, Tensor | None]], activation: str) -> None:
+        super().__init__()
+        self.activation = activation
+        self._act = ACTIVATIONS[activation]
+        self._chain: list[nn.Linear] = []  # plain list: not registered twice
+        for prefix, w, b in chain:
+            parent: nn.Module = self
+            *path, leaf = prefix.split(".")
+            for part in path:
+                child = parent._modules.get(part)
+                if child is None:
+                    child = nn.Module()
+                    parent.add_module(part, child)
+                parent = child
+            layer = nn.Linear(w.shape[1], w.shape[0], bias=b is not None, dtype=w.dtype)
+            parent.add_module(leaf, layer)
+            self._chain.append(layer)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Apply the chain with the activation between layers and none after the last."""
+        if x.ndim > 2 and x.shape[-1] != self._chain[0].in_features:
+            x = x.flatten(1)
+        last = len(self._chain) - 1
+        for i, layer in enumerate(self._chain):
+            x = layer(x)
+            if i < last:
+                x = self._act(x)
+        return x
+
+    def extra_repr(self) -> str:
+        """Show the activation in ``print(model)``."""
+        return f"activation={self.activation}"
+
+
+# --------------------------------------------------------------------------- loading
+def load_state(model: nn.Module, state_dict: Mapping[str, Tensor], *, source: object) -> None:
+    """Load a state dict strictly, listing every problem in one error.
+
+    Args:
+        model: the model to fill.
+        state_dict: the checkpoint's tensors.
+        source: the checkpoint path, named in the error.
+
+    Raises:
+        ModelError: missing keys, unexpected keys and shape mismatches, all in one line.
+    """
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    mismatched = [
+        f"{k} {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state_dict
+        and isinstance(state_dict[k], Tensor)
+        and tuple(state_dict[k].shape) != tuple(v.shape)
+    ]
+    parts = []
+    if missing:
+        parts.append(f"missing {_listing(missing)}")
+    if unexpected:
+        parts.append(f"unexpected {_listing(unexpected)}")
+    if mismatched:
+        parts.append(f"shape mismatch {_listing(mismatched, noun='key')}")
+    if parts:
+        hint = _prefix_hint(missing, unexpected)
+        raise ModelError(
+            "state dict does not fit the model: " + "; ".join(parts) + hint, path=source
+        )
+    try:
+        model.load_state_dict(dict(state_dict), strict=True)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelError(f"loading the state dict failed: {first}", path=source) from exc
+
+
+def _listing(items: list[str], noun: str = "key") -> str:
+    """``3 keys (a, b, c)``, truncated after a few names with a count."""
+    shown = ", ".join(items[:_LIST_LIMIT])
+    more = f", … and {len(items) - _LIST_LIMIT} more" if len(items) > _LIST_LIMIT else ""
+    plural = "" if len(items) == 1 else "s"
+    return f"{len(items)} {noun}{plural} ({shown}{more})"
+
+
+def _prefix_hint(missing: list[str], unexpected: list[str]) -> str:
+    """Suggest the wrapper prefix (DDP ``module.``, ``torch.compile``) that explains a mismatch."""
+    if not missing or not unexpected:
+        return ""
+    for prefix in ("module.", "_orig_mod.", "model."):
+        if all(k.startswith(prefix) for k in unexpected):
+            if {k[len(prefix) :] for k in unexpected} & set(missing):
+                return f" (checkpoint keys carry a {prefix!r} prefix)"
+    return ""
+
+
+# --------------------------------------------------------------------------- layers
+@dataclass(frozen=True, eq=False)
+class LayerRef:
+    """One capturable linear map.
+
+    Attributes:
+        name: the module's name in ``model.named_modules()`` (the checkpoint's prefix).
+        module: the ``nn.Linear`` or ``nn.ConvNd`` itself (hooks go on it).
+        kind: ``"linear"``, ``"conv1d"``, ``"conv2d"`` or ``"conv3d"``.
+        d_in: input width of ``W`` (conv: ``C_in · prod(kernel)``).
+        d_out: output width of ``W``.
+    """
+
+    name: str
+    module: nn.Module
+    kind: str
+    d_in: int
+    d_out: int
+
+    def weight_matrix(self) -> Tensor:
+        """``W`` as ``d_out × d_in`` (conv kernels reshaped), detached, in the model's dtype."""
+        w = self.module.weight.detach()
+        return w.reshape(w.shape[0], -1)
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A parameterised module that is not captured, and why."""
+
+    name: str
+    reason: str
+
+
+def select_layers(
+    model: nn.Module, patterns: list[str] | None = None
+) -> tuple[list[LayerRef], list[Skipped]]:
+    """Pick the layers to capture, and record every other parameterised module as skipped.
+
+    Args:
+        model: the built model.
+        patterns: ``fnmatch`` globs on module names; ``None`` or empty selects every
+            ``nn.Linear`` and ungrouped ``nn.Conv1d/2d/3d``. With patterns, modules that
+            match but cannot be captured are reported as skipped.
+
+    Raises:
+        ModelError: a pattern matches no module (the message lists the layer names).
+    """
+    mha_children = _functional_children(model)
+    layers: list[LayerRef] = []
+    skipped: list[Skipped] = []
+    names = []
+    for name, module in model.named_modules():
+        names.append(name)
+        if patterns and not any(fnmatch.fnmatchcase(name, p) for p in patterns):
+            continue
+        label = name or "(root)"
+        reason = mha_children.get(name) or _unsupported(module)
+        if reason is None:
+            layers.append(_layer_ref(label, module))
+        elif reason and any(True for _ in module.parameters(recurse=False)):
+            skipped.append(Skipped(label, reason))
+    if patterns:
+        unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n in names)]
+        if unmatched:
+            available = [n for n in names if n]
+            raise ModelError(
+                f"layer pattern(s) {', '.join(map(repr, unmatched))} match no module; "
+                f"modules: {_listing(available, noun='module')}"
+            )
+    return layers, skipped
+
+
+def _layer_ref(name: str, module: nn.Module) -> LayerRef:
+    """A :class:`LayerRef` for a supported module."""
+    w = module.weight
+    kind = "linear" if isinstance(module, nn.Linear) else _conv_kind(module)
+    return LayerRef(name, module, kind, int(w[0].numel()), int(w.shape[0]))
+
+
+def _conv_kind(module: nn.Module) -> str:
+    """``conv1d``/``conv2d``/``conv3d`` for a (subclass of a) plain convolution."""
+    for cls, kind in _CONV_KINDS.items():
+        if isinstance(module, cls):
+            return kind
+    raise AssertionError(f"not a convolution: {type(module).__name__}")
+
+
+def _functional_children(model: nn.Module) -> dict[str, str]:
+    """Names of modules whose weights a parent applies functionally (their hooks never fire)."""
+    out = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.MultiheadAttention):
+            for child, _ in module.named_modules():
+                if child:
+                    full = f"{name}.{child}" if name else child
+                    out[full] = (
+                        "applied functionally by its parent nn.MultiheadAttention "
+                        "(a forward hook on it never fires)"
+                    )
+    return out
+
+
+def _unsupported(module: nn.Module) -> str | None:
+    """Why a module is not captured (``""``: nothing to report), or ``None`` if it is."""
+    if isinstance(module, nn.Linear):
+        if isinstance(module.weight, nn.parameter.UninitializedParameter):
+            return "uninitialised lazy layer"
+        return None
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):
+        return "transposed convolution is not supported"
+    if isinstance(module, tuple(_CONV_KINDS)):
+        if isinstance(module.weight, nn.parameter.UninitializedParameter):
+            return "uninitialised lazy layer"
+        if module.groups != 1:
+            return (
+                f"grouped convolution (groups={module.groups}) is not supported; "
+                "each group would be its own layer"
+            )
+        return None
+    return _skip_reason(module)
+
+
+def _skip_reason(module: nn.Module) -> str:
+    """The reason recorded for a parameterised module that is not a plain linear map."""
+    kind = type(module).__name__
+    if isinstance(module, nn.MultiheadAttention):
+        return (
+            "fused Q/K/V in_proj_weight and out_proj are applied functionally inside "
+            "nn.MultiheadAttention, so no hook sees them"
+        )
+    if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+        return f"{kind} is a lookup table, not a linear map of a dense input"
+    norms = (
+        nn.LayerNorm,
+        nn.GroupNorm,
+        nn.LocalResponseNorm,
+        nn.modules.batchnorm._NormBase,
+    )
+    if isinstance(module, norms) or "Norm" in kind:
+        return f"{kind} is a normalisation (elementwise affine), not a dense linear map"
+    if isinstance(module, (nn.RNNBase, nn.RNNCellBase)):
+        return f"{kind} applies its weights inside the recurrent cell (see the ODE analysis)"
+    if isinstance(module, nn.Bilinear):
+        return "nn.Bilinear maps two inputs; not a single linear map"
+    if isinstance(module, nn.PReLU):
+        return "nn.PReLU is a parametric activation, not a linear map"
+    direct = [n for n, _ in module.named_parameters(recurse=False)]
+    if not direct:
+        return ""
+    return (
+        f"{kind} owns parameters ({', '.join(direct)}) used outside nn.Linear/nn.Conv1d/2d/3d; "
+        "not captured"
+    )

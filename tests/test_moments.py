@@ -1,0 +1,197 @@
+"""LayerAccumulator against dense float64 formulas (theory.md section 2)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from symtool.errors import AnalysisError
+from symtool.moments import VECTORS, LayerAccumulator
+
+Tensor = torch.Tensor
+DT = torch.float64
+NAMES = {"h_a": "H_a", "g_a": "G_a", "h_b": "H_b", "g_b": "G_b"}
+
+
+def _rows(n: int = 40, d_in: int = 5, d_out: int = 3, seed: int = 0) -> dict[str, Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(d_out, d_in, generator=g, dtype=DT)
+    h_a = torch.randn(n, d_in, generator=g, dtype=DT) + 0.5
+    g_b = torch.randn(n, d_out, generator=g, dtype=DT)
+    return {"W": W, "h_a": h_a, "h_b": h_a @ W.T, "g_b": g_b, "g_a": g_b @ W}
+
+
+def _dense(x: Tensor, recipe: str) -> Tensor:
+    if recipe == "raw":
+        return sum(torch.outer(r, r) for r in x) / x.shape[0]
+    kept = [r / r.norm() for r in x if r.norm() > 0]
+    mean = sum(kept) / len(kept)
+    return sum(torch.outer(r - mean, r - mean) for r in kept) / len(kept)
+
+
+def _add(acc: LayerAccumulator, r: dict[str, Tensor], sl: slice = slice(None)) -> None:
+    acc.add(r["h_a"][sl], r["h_b"][sl], r["g_b"][sl], r["g_a"][sl])
+
+
+def _rel(a: Tensor, b: Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize("recipe", ["paper", "raw"])
+def test_finish_matches_dense_formulas(recipe: str) -> None:
+    r = _rows()
+    acc = LayerAccumulator(recipe, raw_too=True)
+    _add(acc, r)
+    m = acc.finish(r["W"])
+    n = r["h_a"].shape[0]
+    for v in VECTORS:
+        assert _rel(getattr(m, NAMES[v]), _dense(r[v], recipe)) < 1e-12
+        assert m.raw is not None and _rel(m.raw[NAMES[v]], _dense(r[v], "raw")) < 1e-12
+    c_b = sum(torch.outer(gb, hb) for gb, hb in zip(r["g_b"], r["h_b"], strict=True)) / n
+    c_a = sum(torch.outer(ha, ga) for ha, ga in zip(r["h_a"], r["g_a"], strict=True)) / n
+    assert _rel(m.C_b, c_b) < 1e-12 and _rel(m.C_a, c_a) < 1e-12
+    assert m.n == n and m.recipe == recipe
+    assert m.skipped_rows == dict.fromkeys(VECTORS, 0)
+    assert torch.equal(m.W, r["W"]) and m.W.data_ptr() != r["W"].data_ptr()
+
+
+def test_paper_covariance_is_centred_and_psd() -> None:
+    r = _rows(seed=1)
+    acc = LayerAccumulator("paper")
+    _add(acc, r)
+    m = acc.finish(r["W"])
+    for v in VECTORS:
+        M = getattr(m, NAMES[v])
+        assert torch.allclose(M, M.T, atol=1e-15)
+        assert torch.linalg.eigvalsh(M).min() > -1e-12
+        # trace of a covariance of unit rows = 1 − ‖mean‖²
+        unit = r[v] / r[v].norm(dim=1, keepdim=True)
+        assert abs(float(M.trace()) - (1 - float(unit.mean(0).norm() ** 2))) < 1e-12
+
+
+def test_zero_norm_rows_are_skipped_and_counted() -> None:
+    r = _rows(n=12)
+    r["h_a"][[1, 4, 7]] = 0.0
+    r["h_b"] = r["h_a"] @ r["W"].T
+    r["g_b"][[4, 9]] = 0.0
+    r["g_a"] = r["g_b"] @ r["W"]
+    acc = LayerAccumulator("paper")
+    _add(acc, r)
+    m = acc.finish(r["W"])
+    assert m.skipped_rows == {"h_a": 3, "g_a": 2, "h_b": 3, "g_b": 2}
+    assert m.n == 12
+    for v in VECTORS:
+        assert _rel(getattr(m, NAMES[v]), _dense(r[v], "paper")) < 1e-12
+    raw = LayerAccumulator("raw")
+    _add(raw, r)
+    assert raw.finish(r["W"]).skipped_rows == dict.fromkeys(VECTORS, 0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(cuts=st.lists(st.integers(0, 30), max_size=5), recipe=st.sampled_from(["paper", "raw"]))
+def test_any_batch_split_gives_the_same_sums(cuts: list[int], recipe: str) -> None:
+    r = _rows(n=30, seed=2)
+    whole = LayerAccumulator(recipe, raw_too=True)
+    _add(whole, r)
+    split = LayerAccumulator(recipe, raw_too=True)
+    edges = [0, *sorted(cuts), 30]
+    for a, b in itertools.pairwise(edges):
+        _add(split, r, slice(a, b))
+    for x, y in zip(split.sums(), whole.sums(), strict=True):
+        assert torch.allclose(x, y, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("recipe", ["paper", "raw"])
+def test_merge_and_flat_sums_round_trip(recipe: str) -> None:
+    r = _rows(n=20, seed=3)
+    full = LayerAccumulator(recipe, raw_too=True)
+    _add(full, r)
+    a, b = LayerAccumulator(recipe, raw_too=True), LayerAccumulator(recipe, raw_too=True)
+    _add(a, r, slice(0, 7))
+    _add(b, r, slice(7, 20))
+    a.merge(b)
+    a.merge(LayerAccumulator(recipe, raw_too=True))  # an empty shard changes nothing
+    want, got = full.finish(r["W"]), a.finish(r["W"])
+    for key in ("H_a", "G_a", "H_b", "G_b", "C_a", "C_b"):
+        assert _rel(getattr(got, key), getattr(want, key)) < 1e-12
+    assert got.n == 20
+    # restoring the flat list into a freshly allocated accumulator reproduces it exactly
+    c = LayerAccumulator(recipe, raw_too=True)
+    c.allocate(5, 3)
+    c.load_sums([t.clone() for t in a.sums()])
+    for x, y in zip(c.sums(), a.sums(), strict=True):
+        assert torch.equal(x, y)
+    # an all-reduce style in-place sum over the live tensors doubles everything
+    for t in c.sums():
+        t += t.clone()
+    assert c.n == 40
+    assert _rel(c.finish(r["W"]).H_a, got.H_a) < 1e-12
+
+
+def test_merge_rejects_other_settings() -> None:
+    with pytest.raises(ValueError, match="cannot merge"):
+        LayerAccumulator("paper").merge(LayerAccumulator("raw"))
+    with pytest.raises(ValueError, match="unknown recipe"):
+        LayerAccumulator("cooked")
+
+
+def test_float32_gemm_close_to_float64() -> None:
+    r = _rows(n=50, seed=4)
+    a64, a32 = LayerAccumulator("paper"), LayerAccumulator("paper", gemm_dtype=torch.float32)
+    _add(a64, r)
+    _add(a32, r)
+    m64, m32 = a64.finish(r["W"]), a32.finish(r["W"])
+    assert m32.H_a.dtype == DT
+    for key in ("H_a", "G_a", "H_b", "G_b", "C_a", "C_b"):
+        assert _rel(getattr(m32, key), getattr(m64, key)) < 1e-5
+
+
+def test_inputs_untouched_unless_owned() -> None:
+    r = _rows(n=10, seed=5)
+    before = {k: v.clone() for k, v in r.items()}
+    acc = LayerAccumulator("paper", raw_too=True)
+    _add(acc, r)
+    for k in r:
+        assert torch.equal(r[k], before[k])
+    owned = LayerAccumulator("paper", raw_too=True)
+    copies = {k: v.clone() for k, v in r.items()}
+    owned.add(copies["h_a"], copies["h_b"], copies["g_b"], copies["g_a"], owned=frozenset(VECTORS))
+    for x, y in zip(owned.sums(), acc.sums(), strict=True):
+        assert torch.equal(x, y)
+
+
+def test_non_finite_rows_fail_at_finish() -> None:
+    r = _rows(n=8, seed=6)
+    r["g_b"][3, 1] = float("inf")
+    r["g_a"] = r["g_b"] @ r["W"]
+    for recipe in ("paper", "raw"):
+        acc = LayerAccumulator(recipe)
+        _add(acc, r)
+        with pytest.raises(AnalysisError, match="non-finite values in g_a, g_b"):
+            acc.finish(r["W"])
+
+
+def test_empty_and_all_zero_fail_at_finish() -> None:
+    r = _rows(n=4)
+    with pytest.raises(AnalysisError, match="no sample rows"):
+        LayerAccumulator().finish(r["W"])
+    acc = LayerAccumulator("paper")
+    acc.add(r["h_a"], r["h_b"], torch.zeros(4, 3, dtype=DT), torch.zeros(4, 5, dtype=DT))
+    with pytest.raises(AnalysisError, match="every g_a row has zero norm"):
+        acc.finish(r["W"])
+
+
+def test_shape_errors() -> None:
+    r = _rows(n=4)
+    acc = LayerAccumulator()
+    with pytest.raises(ValueError, match="equal shape"):
+        acc.add(r["h_a"], r["h_b"], r["g_b"], r["h_b"])
+    _add(acc, r)
+    with pytest.raises(ValueError, match="do not fit"):
+        acc.add(r["h_b"], r["h_b"], r["g_b"], r["g_b"])
+    with pytest.raises(ValueError, match="allocate"):
+        LayerAccumulator().sums()
