@@ -77,9 +77,7 @@ def command(fn: F) -> F:
             if _debug():
                 traceback.print_exc()
             first = str(exc).splitlines()[0] if str(exc) else ""
-            _say(
-                f"internal error: {type(exc).__name__}: {first} (rerun with --debug)"
-            )
+            _say(f"internal error: {type(exc).__name__}: {first} (rerun with --debug)")
             raise typer.Exit(EXIT_INTERNAL) from None
         raise typer.Exit(code or 0)
 
@@ -234,3 +232,237 @@ def main() -> None:
     except KeyboardInterrupt:  # raised outside a command (e.g. during import)
         _say("interrupted")
         sys.exit(EXIT_INTERRUPTED)
+
+
+# -------------------------------------------------------------------------- align
+
+
+def _model_args(pairs: list[str] | None, config: RunConfig) -> dict[str, Any]:
+    """``--model-arg key=value`` (values parsed as TOML scalars) over ``[model.args]``."""
+    import tomllib
+
+    args = dict(config.get("model", "args", {}) or {})
+    for item in pairs or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--model-arg expects key=value (got {item!r})")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        args[key.strip()] = value
+    return args
+
+
+def _data_option(data: str | None, config: RunConfig) -> tuple[Path | None, str | None]:
+    """``--data`` is a file, or ``module:function``; else the config's path/source."""
+    if data is not None:
+        if (
+            Path(data).suffix.lower() in (".safetensors", ".pt", ".pth", ".npz")
+            or Path(data).exists()
+        ):
+            return Path(data), None
+        if ":" in data:
+            return None, data
+        return Path(data), None
+    return config.path_value("data", "path"), config.get("data", "source")
+
+
+def _progress(enabled: bool):
+    """A rich progress bar on stderr when it is a terminal; otherwise nothing."""
+    import contextlib
+
+    if not enabled:
+        return contextlib.nullcontext(), None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from symtool.render import console
+
+    bar = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[name]}"),
+        console=console(stderr=True),
+        transient=True,
+    )
+    task = bar.add_task("checkpoints", total=None, name="")
+
+    def update(i: int, total: int, name: str) -> None:
+        bar.update(task, completed=i, total=total, name=name)
+
+    return bar, update
+
+
+@app.command()
+@command
+def align(
+    paths: Paths,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model", help="Model factory pkg.module:fn or file.py:fn (default: auto-MLP)."
+        ),
+    ] = None,
+    model_arg: Annotated[
+        list[str] | None, typer.Option("--model-arg", help="Factory keyword argument key=value.")
+    ] = None,
+    activation: Annotated[
+        str | None,
+        typer.Option("--activation", help="Auto-MLP activation (relu, tanh, gelu, ...)."),
+    ] = None,
+    data: Annotated[
+        str | None,
+        typer.Option("--data", help="Probe data (.safetensors/.pt/.npz) or module:function."),
+    ] = None,
+    inputs: Annotated[
+        str | None, typer.Option("--inputs", help="Input key in the probe file.")
+    ] = None,
+    targets: Annotated[str | None, typer.Option("--targets", help="Target key.")] = None,
+    mask: Annotated[str | None, typer.Option("--mask", help="Row-mask key (padding).")] = None,
+    samples: Annotated[
+        int | None, typer.Option("--samples", help="Use the first N samples.")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", help="Samples per batch.")
+    ] = None,
+    loss: Annotated[
+        str | None,
+        typer.Option("--loss", help="cross_entropy | mse | bce | nll | l1 | huber | module:fn."),
+    ] = None,
+    moments: Annotated[
+        str | None, typer.Option("--moments", help="paper (normalised, centred) | raw.")
+    ] = None,
+    metric: Annotated[str | None, typer.Option("--metric", help="pearson | cosine.")] = None,
+    null_samples: Annotated[
+        int | None, typer.Option("--null-samples", help="Haar rotations per null (0: off).")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option("--seed", help="Seed of the null and bootstrap.")
+    ] = None,
+    layers: Annotated[
+        list[str] | None, typer.Option("--layers", help="Glob on layer names (repeatable).")
+    ] = None,
+    verify: Annotated[
+        bool | None,
+        typer.Option("--verify/--no-verify", help="Report errors of H_b=W H_a Wᵀ, G_a=Wᵀ G_b W."),
+    ] = None,
+    pah_on: Annotated[
+        bool | None, typer.Option("--pah/--no-pah", help="Fit PAH exponents (default on).")
+    ] = None,
+    pah_floor: Annotated[
+        float | None, typer.Option("--pah-floor", help="Eigenvalue floor ε of the PAH fit.")
+    ] = None,
+    bootstrap: Annotated[
+        int | None, typer.Option("--bootstrap", help="Bootstrap resamples of the PAH fit.")
+    ] = None,
+    device: Annotated[str | None, typer.Option("--device", help="cpu | cuda.")] = None,
+    dtype: Annotated[
+        str | None, typer.Option("--dtype", help="Run the model in float32 | float64.")
+    ] = None,
+    max_layer_dim: Annotated[
+        int | None, typer.Option("--max-layer-dim", help="Skip layers wider than this.")
+    ] = None,
+    save_matrices: Annotated[
+        Path | None,
+        typer.Option(
+            "--save-matrices", help="Also save H, G, Z, C, W of every layer (.safetensors)."
+        ),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted run from its --out report.")
+    ] = False,
+    config_path: ConfigOpt = None,
+    steps: StepsOpt = None,
+    every: EveryOpt = None,
+    last: LastOpt = None,
+    trust_pickle: TrustOpt = None,
+    fmt: FormatOpt = None,
+    out: OutOpt = None,
+) -> int:
+    """Six CRH relations and PAH exponents per layer, from hooks on probe data."""
+    from symtool.align import AlignSettings, layer_failures, run_align
+
+    config = find_config(paths, config_path)
+    sink = _sink(fmt, out)
+    data_path, source = _data_option(data, config)
+    layer_globs = pick(layers, config, "align", "layers", [])
+    settings = AlignSettings(
+        factory=pick(model, config, "model", "factory", None),
+        model_args=_model_args(model_arg, config),
+        activation=pick(activation, config, "model", "activation", "relu"),
+        dtype=dtype,
+        trust_pickle=bool(pick(trust_pickle, config, "checkpoints", "trust_pickle", False)),
+        data=data_path,
+        source=source,
+        inputs=pick(inputs, config, "data", "inputs", "x"),
+        targets=pick(targets, config, "data", "targets", "y"),
+        mask=pick(mask, config, "data", "mask", None),
+        samples=pick(samples, config, "data", "samples", None),
+        batch_size=pick(batch_size, config, "data", "batch_size", 256),
+        loss=pick(loss, config, "align", "loss", "cross_entropy"),
+        moments=pick(moments, config, "align", "moments", "paper"),
+        metric=pick(metric, config, "align", "metric", "pearson"),
+        null_samples=pick(null_samples, config, "align", "null_samples", 16),
+        seed=pick(seed, config, "align", "seed", 0),
+        layers=tuple([layer_globs] if isinstance(layer_globs, str) else layer_globs),
+        verify=bool(pick(verify, config, "align", "verify", False)),
+        pah=bool(pick(pah_on, config, "align", "pah", True)),
+        pah_floor=float(pick(pah_floor, config, "align", "pah_floor", 1e-8)),
+        bootstrap=pick(bootstrap, config, "align", "bootstrap", 200),
+        device=pick(device, config, "align", "device", "cpu"),
+        max_layer_dim=pick(max_layer_dim, config, "align", "max_layer_dim", 8192),
+        alpha_threshold=float(pick(None, config, "align", "alpha_threshold", 0.8)),
+        z_threshold=float(pick(None, config, "align", "z_threshold", 3.0)),
+        gemm_dtype=pick(None, config, "align", "gemm_dtype", "float64"),
+        base_dir=config.base_dir,
+    )
+    ckpts = _checkpoints(paths, config, steps=steps, every=every, last=last)
+    report = _run_with_resume(
+        lambda previous, on_partial, progress: run_align(
+            ckpts,
+            settings,
+            previous=previous,
+            on_partial=on_partial,
+            progress=progress,
+            save_matrices=save_matrices,
+        ),
+        sink,
+        resume=resume,
+    )
+    matrices = report.pop("matrices", None)
+    if save_matrices is not None and matrices:
+        from symtool.report import save_tensors_atomic
+
+        save_tensors_atomic(save_matrices, matrices)
+    sink.emit(report)
+    code = report_exit_code(report)
+    if code == 0 and layer_failures(report):
+        _say(f"{layer_failures(report)} layer(s) failed; see the report")
+        code = 1
+    return code
+
+
+def _run_with_resume(
+    run: Callable[..., dict[str, Any]], sink: Sink, *, resume: bool
+) -> dict[str, Any]:
+    """Run with partial reports written to ``--out`` after each checkpoint; resume from one."""
+    from symtool.report import read_report, write_atomic
+
+    previous = None
+    if resume:
+        if sink.out is None or sink.fmt != "json":
+            raise UsageError("--resume needs --out FILE.json (the partial report to continue)")
+        if sink.out.exists():
+            previous = read_report(str(sink.out))
+
+    def on_partial(partial: dict[str, Any]) -> None:
+        if sink.out is not None and sink.fmt == "json":
+            write_atomic(
+                sink.out, sink.render({k: v for k, v in partial.items() if k != "matrices"})
+            )
+
+    bar, update = _progress(sys.stderr.isatty())
+    with bar:
+        return run(previous, on_partial, update)

@@ -111,7 +111,12 @@ def human_size(n: int | None) -> str:
 def _inspect_table(report: dict[str, Any], out: Console) -> None:
     t = Table(title="Checkpoints (in step order)", title_justify="left")
     for col in ("step", "checkpoint", "format", "size", "sha256"):
-        t.add_column(col, justify="right" if col in ("step", "size") else "left")
+        t.add_column(
+            col,
+            justify="right" if col in ("step", "size") else "left",
+            overflow="fold",
+            no_wrap=col != "checkpoint",
+        )
     for c in report["checkpoints"]:
         sha = (c["sha256"] or "")[:12]
         t.add_row(
@@ -144,3 +149,180 @@ def _inspect_rows(report: dict[str, Any]) -> tuple[list[str], Iterable[dict[str,
 
 
 register("symtool/inspect", _inspect_table, _inspect_rows)
+
+
+# --------------------------------------------------------------------------- align
+
+_REL_IDS = ("f-RGA", "f-GWA", "f-RWA", "b-RGA", "b-GWA", "b-RWA")
+
+
+def _alpha_cell(rel: dict[str, Any] | None) -> str:
+    if not rel:
+        return "—"
+    a, z = rel.get("alpha"), rel.get("z")
+    text = f"{fmt_num(a)} [dim]{z:.1f}[/dim]" if z is not None else fmt_num(a)
+    if rel.get("holds"):
+        return f"[bold green]{text}[/bold green]"
+    return text
+
+
+def _align_table(report: dict[str, Any], out: Console) -> None:
+    th = report.get("thresholds", {})
+    formulas = report.get("relations", {})
+    for e in report["checkpoints"]:
+        title = f"step {fmt_num(e['step'])} · {e['path']}"
+        if e["status"] != "ok":
+            out.print(f"[red]{title}: failed: {e['error']}[/red]")
+            continue
+        t = Table(
+            title=title,
+            title_justify="left",
+            caption=f"cells: α ({report['provenance']['settings'].get('metric', 'pearson')}) "
+            f"and its rotation-null z; bold green = holds (α ≥ {th.get('alpha')} and "
+            f"z ≥ {th.get('z')})",
+            caption_justify="left",
+        )
+        t.add_column("layer")
+        t.add_column("W", justify="right")
+        for rid in _REL_IDS:
+            t.add_column(f"{rid}\n{formulas.get(rid, '')}", justify="right")
+        for layer in e["layers"]:
+            shape = f"{layer['d_out']}×{layer['d_in']}"
+            if layer["status"] != "ok":
+                t.add_row(layer["name"], shape, f"[red]failed: {layer['reason']}[/red]")
+                continue
+            rels = layer["relations"]
+            t.add_row(layer["name"], shape, *(_alpha_cell(rels.get(r)) for r in _REL_IDS))
+        out.print(t)
+        _pah_table(e, out)
+        for sk in e.get("skipped_layers") or []:
+            out.print(f"  skipped {sk['name']}: {sk['reason']}")
+
+
+def _pah_table(e: dict[str, Any], out: Console) -> None:
+    rows = [layer for layer in e["layers"] if layer.get("pah")]
+    if not rows:
+        return
+    t = Table(
+        title="PAH exponents κ (M ~ Z^κ; R² in brackets) and nearest phase",
+        title_justify="left",
+    )
+    t.add_column("layer")
+    keys = ("H_a~Z_a", "G_a~Z_a", "H_b~Z_b", "G_b~Z_b")
+    for k in keys:
+        t.add_column(k.replace("~", " ~ ") + "^κ", justify="right")
+    t.add_column("Δκ_H, Δκ_G", justify="right")
+    t.add_column("phase", justify="left")
+    for layer in rows:
+        p = layer["pah"]
+        cells = []
+        for k in keys:
+            f = p["fits"].get(k) or {}
+            cells.append(
+                f"{fmt_num(f.get('kappa'), 2)} [{fmt_num(f.get('r2'), 2)}]"
+                if f.get("kappa") is not None
+                else "—"
+            )
+        c = p.get("consistency") or {}
+        ph = p.get("phase") or {}
+        cells.append(f"{fmt_num(c.get('h_shift'), 2)}, {fmt_num(c.get('g_shift'), 2)}")
+        cells.append(
+            f"{ph.get('name')} (d {fmt_num(ph.get('distance'), 2)})" if ph.get("name") else "—"
+        )
+        t.add_row(layer["name"], *cells)
+    out.print(t)
+
+
+_ALIGN_COLUMNS = [
+    "step",
+    "checkpoint",
+    "layer",
+    "kind",
+    "d_in",
+    "d_out",
+    "metric",
+    "quantity",
+    "formula",
+    "value",
+    "null_mean",
+    "null_std",
+    "z",
+    "holds",
+    "status",
+    "reason",
+]
+
+
+def _align_rows(report: dict[str, Any]) -> tuple[list[str], Iterable[dict[str, Any]]]:
+    def rows() -> Iterable[dict[str, Any]]:
+        for e in report["checkpoints"]:
+            base = {"step": e["step"], "checkpoint": e["path"]}
+            if e["status"] != "ok":
+                yield {**base, "status": "failed", "reason": e["error"]}
+                continue
+            for layer in e["layers"]:
+                lb = {
+                    **base,
+                    "layer": layer["name"],
+                    "kind": layer["kind"],
+                    "d_in": layer["d_in"],
+                    "d_out": layer["d_out"],
+                    "status": layer["status"],
+                }
+                if layer["status"] != "ok":
+                    yield {**lb, "reason": layer["reason"]}
+                    continue
+                for group in ("relations", "cross_terms"):
+                    for rid, r in (layer.get(group) or {}).items():
+                        yield {
+                            **lb,
+                            "metric": "alpha",
+                            "quantity": rid,
+                            "formula": r["formula"],
+                            "value": r["alpha"],
+                            "null_mean": r["null_mean"],
+                            "null_std": r["null_std"],
+                            "z": r["z"],
+                            "holds": r["holds"],
+                            "reason": r["reason"],
+                        }
+                v = layer.get("verify")
+                if v:
+                    for key in ("h_b_error", "g_a_error"):
+                        yield {**lb, "metric": "verify", "quantity": key, "value": v.get(key)}
+                p = layer.get("pah")
+                if p:
+                    for fid, f in p["fits"].items():
+                        for metric in (
+                            "kappa",
+                            "r2",
+                            "ci_low",
+                            "ci_high",
+                            "agreement",
+                            "kappa_star",
+                            "alpha_star",
+                            "n_kept",
+                        ):
+                            yield {
+                                **lb,
+                                "metric": metric,
+                                "quantity": fid,
+                                "formula": f.get("formula"),
+                                "value": f.get(metric),
+                                "reason": f.get("reason"),
+                            }
+                    c = p.get("consistency") or {}
+                    for key in ("h_shift", "g_shift"):
+                        yield {**lb, "metric": "consistency", "quantity": key, "value": c.get(key)}
+                    ph = p.get("phase") or {}
+                    yield {
+                        **lb,
+                        "metric": "phase_distance",
+                        "quantity": ph.get("name"),
+                        "value": ph.get("distance"),
+                    }
+
+    return _ALIGN_COLUMNS, rows()
+
+
+register("symtool/align", _align_table, _align_rows)

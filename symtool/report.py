@@ -97,6 +97,24 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
+def save_tensors_atomic(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Save tensors as safetensors via a temporary file and a rename."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(
+            tensors, tmp, metadata={"format": "pt", "producer": f"symtool {symtool.__version__}"}
+        )
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def csv_text(rows: Iterable[Mapping[str, Any]], columns: list[str]) -> str:
     """Tidy CSV: one header, one row per value; None as an empty cell."""
     buf = io.StringIO()

@@ -18,3 +18,13 @@ FIXTURES = ROOT / "fixtures"
 def fixtures_dir() -> Path:
     """The committed fixtures folder."""
     return FIXTURES
+
+
+# Small matrices: one thread avoids OpenMP hand-off latency on a shared 2-core machine.
+torch_threads = 1
+try:
+    import torch
+
+    torch.set_num_threads(torch_threads)
+except ImportError:  # pragma: no cover
+    pass

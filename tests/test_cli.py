@@ -22,8 +22,10 @@ def _invoke(*args: str):
 def _ckpts(tmp_path: Path, steps=(200, 0, 100)) -> Path:
     tmp_path.mkdir(parents=True, exist_ok=True)
     for s in steps:
-        save_file({"fc1.weight": torch.randn(4, 3), "fc2.weight": torch.randn(2, 4)},
-                  str(tmp_path / f"step_{s:06d}.safetensors"))
+        save_file(
+            {"fc1.weight": torch.randn(4, 3), "fc2.weight": torch.randn(2, 4)},
+            str(tmp_path / f"step_{s:06d}.safetensors"),
+        )
     return tmp_path
 
 

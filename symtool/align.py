@@ -1,0 +1,378 @@
+"""``symtool align``: CRH relations and PAH exponents for every layer of every checkpoint.
+
+The data flow of theory.md sections 1-4: build the model once, load each checkpoint's
+state dict into it, stream the probe data through the capture hooks (one forward and
+one backward per batch), then score each layer's finished matrices with
+:mod:`symtool.crh` and fit :mod:`symtool.pah` exponents from one ``eigh`` per matrix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from symtool import capture as cap
+from symtool import checkpoints as ck
+from symtool import crh, models, pah, probes
+from symtool.errors import ModelError, UsageError
+from symtool.linalg import METRICS, HaarBank
+from symtool.pipeline import Progress, done_entries, run_sequence
+from symtool.report import SCHEMA_VERSION, provenance, to_jsonable
+
+RECIPES = ("paper", "raw")
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass(frozen=True)
+class AlignSettings:
+    """Every setting of an ``align`` run; recorded in the report's provenance."""
+
+    factory: str | None = None
+    model_args: dict[str, Any] = field(default_factory=dict)
+    activation: str = "relu"
+    dtype: str | None = None
+    trust_pickle: bool = False
+    data: Path | None = None
+    source: str | None = None
+    inputs: str = "x"
+    targets: str = "y"
+    mask: str | None = None
+    samples: int | None = None
+    batch_size: int = 256
+    loss: str = "cross_entropy"
+    moments: str = "paper"
+    metric: str = "pearson"
+    null_samples: int = 16
+    seed: int = 0
+    layers: tuple[str, ...] = ()
+    verify: bool = False
+    pah: bool = True
+    pah_floor: float = 1e-8
+    bootstrap: int = 200
+    device: str = "cpu"
+    max_layer_dim: int = 8192
+    alpha_threshold: float = 0.8
+    z_threshold: float = 3.0
+    gemm_dtype: str = "float64"
+    base_dir: Path = field(default_factory=Path.cwd)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.moments not in RECIPES:
+            problems.append(f"--moments must be paper or raw (got {self.moments!r})")
+        if self.metric not in METRICS:
+            problems.append(f"--metric must be pearson or cosine (got {self.metric!r})")
+        if self.gemm_dtype not in DTYPES:
+            problems.append(f"gemm_dtype must be float32 or float64 (got {self.gemm_dtype!r})")
+        if self.dtype is not None and self.dtype not in DTYPES:
+            problems.append(f"--dtype must be float32 or float64 (got {self.dtype!r})")
+        if self.data is None and self.source is None:
+            problems.append(
+                "no probe data: give --data FILE or --data module:function "
+                "(or [data] path/source in symtool.toml)"
+            )
+        for name in ("null_samples", "bootstrap"):
+            if getattr(self, name) < 0:
+                problems.append(f"--{name.replace('_', '-')} must be ≥ 0")
+        for name in ("batch_size", "max_layer_dim"):
+            if getattr(self, name) < 1:
+                problems.append(f"--{name.replace('_', '-')} must be ≥ 1")
+        if self.samples is not None and self.samples < 1:
+            problems.append("--samples must be ≥ 1")
+        if not (0 < self.pah_floor < 1):
+            problems.append("--pah-floor must be in (0, 1)")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            problems.append("--device cuda but no CUDA device is available")
+        if problems:
+            raise UsageError("; ".join(problems))
+
+    def public(self) -> dict[str, Any]:
+        """The settings as recorded in reports (paths as given, no machine-local folder)."""
+        d = asdict(self)
+        d.pop("base_dir")
+        d["data"] = None if self.data is None else str(self.data)
+        d["layers"] = list(self.layers)
+        return d
+
+
+class _Probe:
+    """Probe batches, from a file (loaded once) or a user function (called per pass)."""
+
+    def __init__(self, s: AlignSettings) -> None:
+        self.s = s
+        self.data = None
+        if s.data is not None:
+            self.data = probes.load_probe(
+                s.data, inputs=s.inputs, targets=s.targets, mask=s.mask, samples=s.samples
+            )
+
+    def describe(self) -> dict[str, Any]:
+        if self.data is not None:
+            return {
+                "path": str(self.data.path),
+                "sha256": self.data.sha256,
+                "samples": self.data.n,
+                "inputs": self.s.inputs,
+                "targets": self.s.targets,
+            }
+        return {"source": self.s.source, "sha256": None, "samples": self.s.samples}
+
+    def batches(self) -> Iterator[probes.Batch]:
+        if self.data is not None:
+            return probes.iter_batches(self.data, self.s.batch_size)
+        assert self.s.source is not None
+        return probes.source_batches(
+            self.s.source,
+            base_dir=self.s.base_dir,
+            batch_size=self.s.batch_size,
+            samples=self.s.samples,
+        )
+
+
+class _Analyzer:
+    """Per-checkpoint work of ``align``; the model is built once and reused."""
+
+    def __init__(self, s: AlignSettings, probe: _Probe) -> None:
+        self.s = s
+        self.probe = probe
+        self.loss = probes.resolve_loss(s.loss, base_dir=s.base_dir)
+        self.bank = HaarBank(seed=s.seed, samples=s.null_samples)
+        self.thresholds = crh.Thresholds(s.alpha_threshold, s.z_threshold)
+        self.model: torch.nn.Module | None = None
+        self.layers: list[models.LayerRef] = []
+        self.skipped: list[dict[str, str]] = []
+        self.matrices: dict[str, torch.Tensor] = {}
+        self.keep_matrices = False
+
+    def _ensure_model(self, sd: dict[str, torch.Tensor]) -> torch.nn.Module:
+        if self.model is not None:
+            return self.model
+        s = self.s
+        model = models.build_model(
+            s.factory, s.model_args, sd, activation=s.activation, base_dir=s.base_dir
+        )
+        layers, skipped = models.select_layers(model, list(s.layers) or None)
+        kept = []
+        self.skipped = [{"name": k.name, "reason": k.reason} for k in skipped]
+        for ref in layers:
+            if max(ref.d_in, ref.d_out) > s.max_layer_dim:
+                self.skipped.append(
+                    {
+                        "name": ref.name,
+                        "reason": f"{ref.d_out}×{ref.d_in} exceeds --max-layer-dim "
+                        f"{s.max_layer_dim} (its sums would need "
+                        f"{_gib(ref.d_in, ref.d_out):.1f} GiB)",
+                    }
+                )
+            else:
+                kept.append(ref)
+        if not kept:
+            raise ModelError("no layer to analyse (all skipped; see --layers, --max-layer-dim)")
+        self.model, self.layers = model, kept
+        return model
+
+    def __call__(self, c: ck.Checkpoint, loaded: ck.LoadedCheckpoint) -> dict[str, Any]:
+        s = self.s
+        model = self._ensure_model(loaded.tensors)
+        models.load_state(model, loaded.tensors, source=c.path)
+        if s.dtype is not None:
+            model.to(DTYPES[s.dtype])
+        result = cap.capture(
+            model,
+            self.layers,
+            self.probe.batches(),
+            self.loss,
+            recipe=s.moments,
+            raw_too=s.verify,
+            device=s.device,
+            gemm_dtype=DTYPES[s.gemm_dtype],
+        )
+        layers = []
+        for ref in self.layers:
+            m = result.layers.get(ref.name)
+            if m is None:
+                layers.append(_failed_layer(ref, result.failed.get(ref.name, "no matrices")))
+                continue
+            layers.append(self._layer(ref, m))
+            if self.keep_matrices:
+                self._keep(c, ref.name, m)
+        return {
+            "samples": result.n_samples,
+            "layers": layers,
+            "skipped_layers": list(self.skipped),
+        }
+
+    def _layer(self, ref: models.LayerRef, m: Any) -> dict[str, Any]:
+        s = self.s
+        spectra = crh.layer_spectra(m, cross=True)
+        al = crh.relations(
+            m,
+            spectra=spectra,
+            metric=s.metric,
+            null_samples=s.null_samples,
+            bank=self.bank,
+            thresholds=self.thresholds,
+        )
+        out: dict[str, Any] = {
+            "name": ref.name,
+            "kind": ref.kind,
+            "d_in": ref.d_in,
+            "d_out": ref.d_out,
+            "rows": m.n,
+            "skipped_rows": dict(m.skipped_rows),
+            "status": "ok",
+            "reason": None,
+            "relations": {r.id: _relation(r) for r in al.relations},
+            "cross_terms": {r.id: _relation(r) for r in al.cross},
+            "verify": to_jsonable(crh.verify(m)) if s.verify else None,
+            "pah": None,
+        }
+        if s.pah:
+            pw = pah.powers(
+                m,
+                spectra=spectra,
+                floor=s.pah_floor,
+                bootstrap=s.bootstrap,
+                seed=s.seed,
+                metric=s.metric,
+            )
+            out["pah"] = _pah(pw)
+        return out
+
+    def _keep(self, c: ck.Checkpoint, layer: str, m: Any) -> None:
+        tag = f"step_{c.step}" if c.step is not None else c.name
+        W = m.W
+        mats = {
+            "H_a": m.H_a,
+            "G_a": m.G_a,
+            "H_b": m.H_b,
+            "G_b": m.G_b,
+            "C_a": m.C_a,
+            "C_b": m.C_b,
+            "Z_a": W.T @ W,
+            "Z_b": W @ W.T,
+            "W": W,
+        }
+        for k, v in mats.items():
+            self.matrices[f"{tag}/{layer}/{k}"] = v.detach().to("cpu", torch.float64).contiguous()
+
+
+def _gib(d_in: int, d_out: int) -> float:
+    return 8 * (3 * d_in * d_in + 3 * d_out * d_out) / 2**30
+
+
+def _failed_layer(ref: models.LayerRef, reason: str) -> dict[str, Any]:
+    return {
+        "name": ref.name,
+        "kind": ref.kind,
+        "d_in": ref.d_in,
+        "d_out": ref.d_out,
+        "rows": None,
+        "skipped_rows": None,
+        "status": "failed",
+        "reason": reason,
+        "relations": None,
+        "cross_terms": None,
+        "verify": None,
+        "pah": None,
+    }
+
+
+def _relation(r: crh.Relation) -> dict[str, Any]:
+    d = to_jsonable(r)
+    d.pop("id")
+    return d
+
+
+def _pah(pw: pah.LayerPowers) -> dict[str, Any]:
+    fits = {}
+    for f in pw.fits:
+        d = to_jsonable(f)
+        fits[f"{f.target}~{f.reference}"] = d
+    return {
+        "fits": fits,
+        "consistency": to_jsonable(pw.consistency),
+        "phase": to_jsonable(pw.phase),
+    }
+
+
+def run_align(
+    ckpts: list[ck.Checkpoint],
+    settings: AlignSettings,
+    *,
+    previous: dict[str, Any] | None = None,
+    on_partial: Callable[[dict[str, Any]], None] | None = None,
+    progress: Progress | None = None,
+    save_matrices: Path | None = None,
+) -> dict[str, Any]:
+    """The ``align`` report over a checkpoint sequence (see docs/reports.md).
+
+    Args:
+        ckpts: checkpoints in step order.
+        settings: the run's settings.
+        previous: a partial report to resume from (its finished checkpoints are reused).
+        on_partial: called with the report so far after each checkpoint.
+        progress: progress callback (index, total, name).
+        save_matrices: also keep every layer's matrices, for the caller to save.
+    """
+    probe = _Probe(settings)
+    analyzer = _Analyzer(settings, probe)
+    analyzer.keep_matrices = save_matrices is not None
+    head = {
+        "schema": "symtool/align",
+        "schema_version": SCHEMA_VERSION,
+        "provenance": provenance(settings.public(), probe=probe.describe()),
+        "thresholds": {"alpha": settings.alpha_threshold, "z": settings.z_threshold},
+        "relations": {rid: f"{a} ~ {b}" for rid, a, b, _ in crh.RELATIONS},
+        "complete": False,
+        "checkpoints": [],
+    }
+    if previous is not None:
+        _check_resumable(previous, head)
+
+    def partial(entries: list[dict[str, Any]]) -> None:
+        if on_partial:
+            on_partial({**head, "checkpoints": entries})
+
+    entries = run_sequence(
+        ckpts,
+        analyzer,
+        trust_pickle=settings.trust_pickle,
+        done=done_entries(previous),
+        on_entry=partial,
+        progress=progress,
+    )
+    report = {**head, "complete": True, "checkpoints": entries}
+    report["matrices"] = analyzer.matrices if save_matrices is not None else None
+    return report
+
+
+def _check_resumable(previous: dict[str, Any], head: dict[str, Any]) -> None:
+    """Refuse to resume from a report made with other settings or another schema."""
+    if previous.get("schema") != head["schema"]:
+        raise UsageError(
+            f"--resume: the existing report is {previous.get('schema')!r}, not {head['schema']!r}"
+        )
+    old = previous.get("provenance", {}).get("settings")
+    new = head["provenance"]["settings"]
+    if old != new:
+        diff = sorted(k for k in set(old or {}) | set(new) if (old or {}).get(k) != new.get(k))
+        raise UsageError(
+            "--resume: the existing report was made with other settings ("
+            + ", ".join(diff)
+            + "); remove it or rerun with the same options"
+        )
+
+
+def layer_failures(report: dict[str, Any]) -> int:
+    """Number of (checkpoint, layer) pairs that failed."""
+    return sum(
+        1
+        for e in report.get("checkpoints", [])
+        for layer in e.get("layers") or []
+        if layer.get("status") == "failed"
+    )
