@@ -17,7 +17,7 @@ import torch
 
 from symtool import capture as cap
 from symtool import checkpoints as ck
-from symtool import crh, models, pah, probes
+from symtool import crh, distributed, models, pah, probes
 from symtool.errors import ModelError, UsageError
 from symtool.linalg import METRICS, HaarBank
 from symtool.pipeline import Progress, done_entries, run_sequence
@@ -136,9 +136,10 @@ class _Probe:
 class _Analyzer:
     """Per-checkpoint work of ``align``; the model is built once and reused."""
 
-    def __init__(self, s: AlignSettings, probe: _Probe) -> None:
+    def __init__(self, s: AlignSettings, probe: _Probe, world: distributed.World) -> None:
         self.s = s
         self.probe = probe
+        self.world = world
         self.loss = probes.resolve_loss(s.loss, base_dir=s.base_dir)
         self.bank = HaarBank(seed=s.seed, samples=s.null_samples)
         self.thresholds = crh.Thresholds(s.alpha_threshold, s.z_threshold)
@@ -181,16 +182,20 @@ class _Analyzer:
         models.load_state(model, loaded.tensors, source=c.path)
         if s.dtype is not None:
             model.to(DTYPES[s.dtype])
+        data_parallel = self.world.active and self.world.mode == "data"
+        batches = self.probe.batches()
         result = cap.capture(
             model,
             self.layers,
-            self.probe.batches(),
+            distributed.shard(batches, self.world) if data_parallel else batches,
             self.loss,
             recipe=s.moments,
             raw_too=s.verify,
             device=s.device,
             gemm_dtype=DTYPES[s.gemm_dtype],
         )
+        if data_parallel:
+            result = cap.all_reduce(result, self.layers, self.world)
         layers = []
         for ref in self.layers:
             m = result.layers.get(ref.name)
@@ -308,6 +313,7 @@ def run_align(
     on_partial: Callable[[dict[str, Any]], None] | None = None,
     progress: Progress | None = None,
     save_matrices: Path | None = None,
+    world: distributed.World | None = None,
 ) -> dict[str, Any]:
     """The ``align`` report over a checkpoint sequence (see docs/reports.md).
 
@@ -318,9 +324,12 @@ def run_align(
         on_partial: called with the report so far after each checkpoint.
         progress: progress callback (index, total, name).
         save_matrices: also keep every layer's matrices, for the caller to save.
+        world: the torch.distributed world (one process when None); only rank 0's return
+            value is the whole report.
     """
+    world = world or distributed.World()
     probe = _Probe(settings)
-    analyzer = _Analyzer(settings, probe)
+    analyzer = _Analyzer(settings, probe, world)
     analyzer.keep_matrices = save_matrices is not None
     head = {
         "schema": "symtool/align",
@@ -335,17 +344,23 @@ def run_align(
         _check_resumable(previous, head)
 
     def partial(entries: list[dict[str, Any]]) -> None:
-        if on_partial:
+        if on_partial and world.is_main:
             on_partial({**head, "checkpoints": entries})
 
+    by_checkpoint = world.active and world.mode == "checkpoints"
     entries = run_sequence(
-        ckpts,
+        ckpts[world.rank :: world.size] if by_checkpoint else ckpts,
         analyzer,
         trust_pickle=settings.trust_pickle,
         done=done_entries(previous),
         on_entry=partial,
-        progress=progress,
+        progress=progress if world.is_main else None,
     )
+    if by_checkpoint:
+        gathered = distributed.all_gather((entries, analyzer.matrices), world)
+        entries = distributed.interleave([g[0] for g in gathered], world)
+        for _, mats in gathered:
+            analyzer.matrices.update(mats)
     report = {**head, "complete": True, "checkpoints": entries}
     report["matrices"] = analyzer.matrices if save_matrices is not None else None
     return report

@@ -18,6 +18,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -193,6 +194,33 @@ def capture(
     weights = {ref.name: ref.weight_matrix().to(torch.float64, copy=True) for ref in layers}
     failed = {name: st.failure for name, st in states.items() if st.failure is not None}
     return _finish(sums, weights, failed, n_samples, n_batches, recipe)
+
+
+def all_reduce(result: CaptureResult, layers: list[LayerRef], world: Any) -> CaptureResult:
+    """Sum a data-parallel run's sums over all ranks and finish them (torch.distributed).
+
+    Every rank calls this with the same layers; ranks that saw no batch contribute zeros.
+    A layer fails when it failed on any rank that saw data.
+    """
+    from symtool import distributed
+
+    device = next(iter(result.weights.values())).device if result.weights else "cpu"
+    for ref in layers:
+        acc = result.sums[ref.name]
+        if not acc.allocated:
+            acc.allocate(ref.d_in, ref.d_out, device)
+        distributed.all_reduce_(acc.sums())
+    counts = torch.tensor([result.n_samples, result.n_batches], dtype=torch.int64, device=device)
+    distributed.all_reduce_([counts])
+    failed: dict[str, str] = {}
+    gathered = distributed.all_gather((result.failed, result.n_batches), world)
+    for rank_failed, rank_batches in gathered:
+        if rank_batches:
+            for name, why in rank_failed.items():
+                failed.setdefault(name, why)
+    return _finish(
+        result.sums, result.weights, failed, int(counts[0]), int(counts[1]), result.recipe
+    )
 
 
 def _finish(

@@ -373,6 +373,13 @@ def align(
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue an interrupted run from its --out report.")
     ] = False,
+    parallel: Annotated[
+        str,
+        typer.Option(
+            "--parallel",
+            help="Under torchrun: split the probe data (data) or the checkpoints (checkpoints).",
+        ),
+    ] = "data",
     config_path: ConfigOpt = None,
     steps: StepsOpt = None,
     every: EveryOpt = None,
@@ -382,6 +389,7 @@ def align(
     out: OutOpt = None,
 ) -> int:
     """Six CRH relations and PAH exponents per layer, from hooks on probe data."""
+    from symtool import distributed
     from symtool.align import AlignSettings, layer_failures, run_align
 
     config = find_config(paths, config_path)
@@ -419,18 +427,26 @@ def align(
         base_dir=config.base_dir,
     )
     ckpts = _checkpoints(paths, config, steps=steps, every=every, last=last)
-    report = _run_with_resume(
-        lambda previous, on_partial, progress: run_align(
-            ckpts,
-            settings,
-            previous=previous,
-            on_partial=on_partial,
-            progress=progress,
-            save_matrices=save_matrices,
-        ),
-        sink,
-        resume=resume,
-    )
+    world = distributed.from_env(parallel, settings.device)
+    try:
+        report = _run_with_resume(
+            lambda previous, on_partial, progress: run_align(
+                ckpts,
+                settings,
+                previous=previous,
+                on_partial=on_partial,
+                progress=progress,
+                save_matrices=save_matrices,
+                world=world,
+            ),
+            sink,
+            resume=resume,
+        )
+    finally:
+        if world.active:
+            distributed.finalize()
+    if not world.is_main:
+        return 0
     matrices = report.pop("matrices", None)
     if save_matrices is not None and matrices:
         from symtool.report import save_tensors_atomic

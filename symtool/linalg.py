@@ -53,7 +53,9 @@ class Spectrum:
         vectors: orthonormal eigenvectors as columns, ``matrix = V diag(values) Vᵀ``; each
             column's sign is fixed so its entry sum is ``≥ 0`` (ties: largest-magnitude entry
             positive), which makes results independent of the solver's sign choice.
-        ones: ``c = Vᵀ 1``, the all-ones vector in the eigenbasis (entry sums need it).
+        ones: ``c = Vᵀ 1``, the all-ones vector in the eigenbasis (entry sums need it);
+            inside a degenerate eigenspace, all of it sits on the space's first vector
+            (see :func:`_canonical_ones`).
     """
 
     matrix: Tensor
@@ -105,8 +107,38 @@ def spectrum(M: Tensor) -> Spectrum:
     except RuntimeError as exc:  # torch.linalg.LinAlgError subclasses RuntimeError
         raise AnalysisError(f"eigh failed: {exc}") from exc
     vectors = _canonical_signs(vectors)
-    ones = vectors.sum(dim=0)
+    ones = _canonical_ones(values, vectors.sum(dim=0))
     return Spectrum(matrix=M64, values=values, vectors=vectors, ones=ones)
+
+
+_CLUSTER_REL = 1e-9
+"""Eigenvalues closer than this (relative to ``max |λ|``) form one eigenspace."""
+
+
+def _canonical_ones(values: Tensor, c: Tensor) -> Tensor:
+    """``c = Vᵀ1`` made independent of the basis chosen inside (near-)degenerate eigenspaces.
+
+    Within a cluster of equal eigenvalues the eigenvectors are decided by round-off (a
+    rank-deficient ``H_b`` has a whole null space of them), and so would be ``c`` there.
+    Rotating the cluster's basis so that ``1`` projects onto its first vector alone gives
+    ``(‖c_G‖, 0, …, 0)``: the same for every basis of that eigenspace. Entry sums and the
+    rotation null then no longer change with round-off.
+    """
+    d = values.shape[0]
+    if d < 2:
+        return c
+    tol = _CLUSTER_REL * float(values.abs().max())
+    breaks = torch.nonzero(values.diff() > tol).flatten().tolist()
+    starts = [0] + [b + 1 for b in breaks]
+    ends = [*(b + 1 for b in breaks), d]
+    if len(starts) == d:
+        return c
+    out = c.clone()
+    for lo, hi in zip(starts, ends, strict=True):
+        if hi - lo > 1:
+            out[lo:hi] = 0.0
+            out[lo] = c[lo:hi].norm()
+    return out
 
 
 def _canonical_signs(V: Tensor) -> Tensor:

@@ -245,6 +245,18 @@ def _slopes(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     return sxy / torch.where(sxx > 0, sxx, torch.ones_like(sxx)), sxx
 
 
+def _agreement(M: Tensor, Z: Spectrum, m: Tensor, floor: float, norm2: float) -> float | None:
+    """Eigenbasis agreement ``Σ m_i² / ‖M‖_F²``, with Z's numerical null space (eigenvalues
+    below the floor) taken as one eigenspace: its block ``‖V₀ᵀ M V₀‖_F²`` replaces the
+    Rayleigh quotients there, whose basis round-off alone decides (docs/metrics.md)."""
+    if norm2 <= 0:
+        return None
+    kept = kept_support(Z.values, floor)
+    V0 = Z.vectors[:, ~kept]
+    block = V0.T @ M @ V0
+    return (float((m[kept] * m[kept]).sum()) + float((block * block).sum())) / norm2
+
+
 def fit_power(
     M: Spectrum,
     Z: Spectrum,
@@ -283,7 +295,7 @@ def fit_power(
     z = Z.values
     m = Z.rayleigh(M.matrix)
     norm2 = float((M.matrix * M.matrix).sum())
-    agreement = float((m * m).sum()) / norm2 if norm2 > 0 else None
+    agreement = _agreement(M.matrix, Z, m, floor, norm2)
     scan = scan_alignments(M.matrix, Z, floor=floor, metric=metric, rayleigh=m)
     kappa_star = alpha_star = None
     best = [(a, i) for i, a in enumerate(scan) if a is not None]

@@ -142,7 +142,26 @@ def test_fit_matches_numpy_least_squares_on_kept_pairs() -> None:
     assert fit.kappa == pytest.approx(slope, abs=1e-6)
     assert fit.intercept == pytest.approx(icpt, abs=1e-5)
     assert fit.r2 == pytest.approx(r2, abs=1e-8)
-    assert fit.agreement == pytest.approx((m**2).sum() / (M.numpy() ** 2).sum(), rel=1e-10)
+    # Z's numerical null space (z below the floor) counts as one eigenspace
+    null = z <= 1e-8 * z.max()
+    block = V[:, null].T @ M.numpy() @ V[:, null]
+    expected = ((m[~null] ** 2).sum() + (block**2).sum()) / (M.numpy() ** 2).sum()
+    assert fit.agreement == pytest.approx(expected, rel=1e-10)
+
+
+def test_agreement_does_not_depend_on_the_basis_of_a_null_space() -> None:
+    d = 12
+    Q = _orth(d, 9)
+    z = torch.cat([torch.zeros(4, dtype=F64), torch.linspace(1, 2, d - 4, dtype=F64)])
+    M = torch.randn(d, d, generator=_gen(10), dtype=F64)
+    M = M @ M.T
+    agreements = []
+    for seed in (1, 2):
+        R = torch.eye(d, dtype=F64)
+        R[:4, :4] = _orth(4, seed)  # another basis of the same null space
+        Z = Q @ R @ torch.diag(z) @ R.T @ Q.T
+        agreements.append(fit_power(spectrum(M), spectrum(Z)).agreement)
+    assert agreements[0] == pytest.approx(agreements[1], rel=1e-12)
 
 
 def test_bootstrap_interval_brackets_noisy_truth_and_is_seeded() -> None:
