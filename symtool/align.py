@@ -20,7 +20,7 @@ from symtool import checkpoints as ck
 from symtool import crh, distributed, models, pah, probes
 from symtool.errors import ModelError, UsageError
 from symtool.linalg import METRICS, HaarBank
-from symtool.pipeline import Progress, done_entries, run_sequence
+from symtool.pipeline import Progress, check_resumable, done_entries, run_sequence
 from symtool.report import SCHEMA_VERSION, provenance, to_jsonable
 
 RECIPES = ("paper", "raw")
@@ -341,7 +341,7 @@ def run_align(
         "checkpoints": [],
     }
     if previous is not None:
-        _check_resumable(previous, head)
+        check_resumable(previous, head)
 
     def partial(entries: list[dict[str, Any]]) -> None:
         if on_partial and world.is_main:
@@ -364,30 +364,3 @@ def run_align(
     report = {**head, "complete": True, "checkpoints": entries}
     report["matrices"] = analyzer.matrices if save_matrices is not None else None
     return report
-
-
-def _check_resumable(previous: dict[str, Any], head: dict[str, Any]) -> None:
-    """Refuse to resume from a report made with other settings or another schema."""
-    if previous.get("schema") != head["schema"]:
-        raise UsageError(
-            f"--resume: the existing report is {previous.get('schema')!r}, not {head['schema']!r}"
-        )
-    old = previous.get("provenance", {}).get("settings")
-    new = head["provenance"]["settings"]
-    if old != new:
-        diff = sorted(k for k in set(old or {}) | set(new) if (old or {}).get(k) != new.get(k))
-        raise UsageError(
-            "--resume: the existing report was made with other settings ("
-            + ", ".join(diff)
-            + "); remove it or rerun with the same options"
-        )
-
-
-def layer_failures(report: dict[str, Any]) -> int:
-    """Number of (checkpoint, layer) pairs that failed."""
-    return sum(
-        1
-        for e in report.get("checkpoints", [])
-        for layer in e.get("layers") or []
-        if layer.get("status") == "failed"
-    )

@@ -390,7 +390,7 @@ def align(
 ) -> int:
     """Six CRH relations and PAH exponents per layer, from hooks on probe data."""
     from symtool import distributed
-    from symtool.align import AlignSettings, layer_failures, run_align
+    from symtool.align import AlignSettings, run_align
 
     config = find_config(paths, config_path)
     sink = _sink(fmt, out)
@@ -453,11 +453,109 @@ def align(
 
         save_tensors_atomic(save_matrices, matrices)
     sink.emit(report)
-    code = report_exit_code(report)
-    if code == 0 and layer_failures(report):
-        _say(f"{layer_failures(report)} layer(s) failed; see the report")
-        code = 1
-    return code
+    return report_exit_code(report) or (1 if _failed_layers(report) else 0)
+
+
+# ---------------------------------------------------------------------------- ode
+
+
+@app.command()
+@command
+def ode(
+    paths: Paths,
+    data: Annotated[
+        str | None, typer.Option("--data", help="Probe sequences (.safetensors/.pt/.npz).")
+    ] = None,
+    inputs: Annotated[str | None, typer.Option("--inputs", help="Sequence key in --data.")] = None,
+    samples: Annotated[
+        int | None, typer.Option("--samples", help="Use the first N sequences.")
+    ] = None,
+    batch_first: Annotated[
+        bool | None,
+        typer.Option("--batch-first/--time-first", help="Sequences are (B, T, d) / (T, B, d)."),
+    ] = None,
+    nonlinearity: Annotated[
+        str | None, typer.Option("--nonlinearity", help="Of nn.RNN cells: tanh | relu.")
+    ] = None,
+    lyapunov_k: Annotated[
+        int | None, typer.Option("--lyapunov-k", help="Leading Lyapunov exponents to compute.")
+    ] = None,
+    warmup: Annotated[
+        int | None, typer.Option("--warmup", help="Steps left out of Lyapunov averages.")
+    ] = None,
+    dt: Annotated[
+        float | None, typer.Option("--dt", help="Step size override for the ODE reading.")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option("--seed", help="Seed of drive and Lyapunov frame.")
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model", help="Custom cell factory with step(state, x), state_size, input_size."
+        ),
+    ] = None,
+    model_arg: Annotated[
+        list[str] | None, typer.Option("--model-arg", help="Factory keyword argument key=value.")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted run from its --out report.")
+    ] = False,
+    config_path: ConfigOpt = None,
+    steps: StepsOpt = None,
+    every: EveryOpt = None,
+    last: LastOpt = None,
+    trust_pickle: TrustOpt = None,
+    fmt: FormatOpt = None,
+    out: OutOpt = None,
+) -> int:
+    """Recurrent cells read as ODE integrators: stability, timescales, Lyapunov exponents."""
+    from symtool.ode import OdeSettings
+    from symtool.runners import OdeRun, run_ode
+
+    config = find_config(paths, config_path)
+    sink = _sink(fmt, out)
+    data_path = Path(data) if data is not None else config.path_value("data", "path")
+    run = OdeRun(
+        settings=OdeSettings(
+            nonlinearity=pick(nonlinearity, config, "ode", "nonlinearity", "tanh"),
+            batch_first=bool(pick(batch_first, config, "data", "batch_first", False)),
+            lyapunov_k=pick(lyapunov_k, config, "ode", "lyapunov_k", None),
+            warmup=pick(warmup, config, "ode", "warmup", None),
+            dt=pick(dt, config, "ode", "dt", None),
+            seed=pick(seed, config, "ode", "seed", 0),
+        ),
+        data=data_path,
+        inputs=pick(inputs, config, "data", "inputs", "x"),
+        samples=pick(samples, config, "data", "samples", None),
+        factory=pick(model, config, "model", "factory", None),
+        model_args=_model_args(model_arg, config),
+        base_dir=config.base_dir,
+        trust_pickle=bool(pick(trust_pickle, config, "checkpoints", "trust_pickle", False)),
+    )
+    ckpts = _checkpoints(paths, config, steps=steps, every=every, last=last)
+    report = _run_with_resume(
+        lambda previous, on_partial, progress: run_ode(
+            ckpts, run, previous=previous, on_partial=on_partial, progress=progress
+        ),
+        sink,
+        resume=resume,
+    )
+    sink.emit(report)
+    return report_exit_code(report) or (1 if _failed_layers(report) else 0)
+
+
+def _failed_layers(report: dict[str, Any]) -> int:
+    """(checkpoint, layer) pairs marked failed, announced on stderr."""
+    n = sum(
+        1
+        for e in report.get("checkpoints", [])
+        for layer in e.get("layers") or []
+        if layer.get("status") == "failed"
+    )
+    if n:
+        _say(f"{n} layer(s) failed; see the report")
+    return n
 
 
 def _run_with_resume(

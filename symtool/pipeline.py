@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from symtool import checkpoints as ck
-from symtool.errors import SymtoolError
+from symtool.errors import SymtoolError, UsageError
 
 Analyze = Callable[[ck.Checkpoint, ck.LoadedCheckpoint], dict[str, Any]]
 Progress = Callable[[int, int, str], None]
@@ -127,3 +127,20 @@ def done_entries(previous: dict[str, Any] | None) -> dict[tuple[str, str], dict[
         for e in previous.get("checkpoints", [])
         if e.get("status") == "ok" and e.get("sha256")
     }
+
+
+def check_resumable(previous: dict[str, Any], head: dict[str, Any]) -> None:
+    """Refuse to resume from a report made with other settings or of another kind."""
+    if previous.get("schema") != head["schema"]:
+        raise UsageError(
+            f"--resume: the existing report is {previous.get('schema')!r}, not {head['schema']!r}"
+        )
+    old = previous.get("provenance", {}).get("settings") or {}
+    new = head["provenance"]["settings"]
+    if old != new:
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        raise UsageError(
+            "--resume: the existing report was made with other settings ("
+            + ", ".join(diff)
+            + "); remove it or rerun with the same options"
+        )
