@@ -197,10 +197,18 @@ class _Analyzer:
         if data_parallel:
             result = cap.all_reduce(result, self.layers, self.world)
         layers = []
+        bad_weights = [
+            ref.name for ref in self.layers if not bool(torch.isfinite(ref.module.weight).all())
+        ]
         for ref in self.layers:
             m = result.layers.get(ref.name)
             if m is None:
-                layers.append(_failed_layer(ref, result.failed.get(ref.name, "no matrices")))
+                why = result.failed.get(ref.name, "no matrices")
+                if ref.name in bad_weights:
+                    why = f"non-finite weights; {why}"
+                elif bad_weights:
+                    why = f"{why}, propagated from non-finite weights in {', '.join(bad_weights)}"
+                layers.append(_failed_layer(ref, why))
                 continue
             layers.append(self._layer(ref, m))
             if self.keep_matrices:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import io
 import json
 import pickle
 import re
@@ -22,6 +23,7 @@ import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -50,7 +52,7 @@ _STEP_PATTERNS = (
     re.compile(r"(?:^|[^a-z])(?:iter|iteration|it)[_=-]?(\d+)", re.IGNORECASE),
     re.compile(r"(\d+)$"),
 )
-_UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+_UNSAFE_GLOBAL = re.compile(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)")
 _CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network")
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
@@ -410,14 +412,20 @@ def _torch_load(path: Path, *, trust_pickle: bool) -> object:
 
 
 def _plain_pickle_globals(path: Path) -> str | None:
-    """For a plain (non-torch) pickle: the objects it would import, found by reading its
-    opcodes without executing them; None when the bytes are not a complete pickle."""
+    """The objects a pickle would import, found by reading its opcodes without executing
+    them (for a torch zip file, its ``data.pkl``); None when it is not a complete pickle."""
     import pickletools
 
     names: list[str] = []
     strings: list[str] = []
     try:
-        with open(path, "rb") as fh:
+        if _is_zip(path):
+            with zipfile.ZipFile(path) as zf:
+                member = next(n for n in zf.namelist() if n.endswith("data.pkl"))
+                stream: Any = io.BytesIO(zf.read(member))
+        else:
+            stream = open(path, "rb")
+        with stream as fh:
             for op, arg, _pos in pickletools.genops(fh):
                 if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
                     strings.append(str(arg))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,7 +150,9 @@ def _read_tensors(
                 keys = tuple(data.files)
                 _check_keys(wanted, keys, path)
                 return keys, {k: _from_numpy(data[k], k, path) for k in wanted}
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on pickle protocols
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except ProbeError:
         raise
     except Exception as exc:
