@@ -201,6 +201,34 @@ def _align_table(report: dict[str, Any], out: Console) -> None:
         _pah_table(e, out)
         for sk in e.get("skipped_layers") or []:
             out.print(f"  skipped {sk['name']}: {sk['reason']}")
+    if sum(1 for e in report["checkpoints"] if e["status"] == "ok") > 1:
+        _align_trend(report, out)
+
+
+def _align_trend(report: dict[str, Any], out: Console) -> None:
+    """Over training: per step, each relation's α averaged over layers, and how many hold."""
+    formulas = report.get("relations", {})
+    t = Table(
+        title="Over training: mean α over layers (layers where the relation holds / layers)",
+        title_justify="left",
+    )
+    t.add_column("step", justify="right")
+    for rid in _REL_IDS:
+        t.add_column(f"{rid}\n{formulas.get(rid, '')}", justify="right")
+    for e in report["checkpoints"]:
+        if e["status"] != "ok":
+            t.add_row(fmt_num(e["step"]), "[red]failed[/red]")
+            continue
+        ok = [la for la in e["layers"] if la["status"] == "ok"]
+        cells = []
+        for rid in _REL_IDS:
+            alphas = [la["relations"][rid]["alpha"] for la in ok]
+            vals = [a for a in alphas if a is not None]
+            holds = sum(1 for la in ok if la["relations"][rid]["holds"])
+            mean = sum(vals) / len(vals) if vals else None
+            cells.append(f"{fmt_num(mean)} ({holds}/{len(ok)})")
+        t.add_row(fmt_num(e["step"]), *cells)
+    out.print(t)
 
 
 def _pah_table(e: dict[str, Any], out: Console) -> None:
