@@ -1,0 +1,354 @@
+"""Hidden units: dead and half-dead units, identical units, per-unit imbalance.
+
+theory.md section 5 ("Dead units", "Identical units", "Checkable laws"). Unit ``i`` between
+an incoming layer (row ``w_i``, bias ``b_i``) and an outgoing layer (columns ``u_i``) is
+``θ_i = [w_i, b_i, u_i]`` (conv: flattened kernels). ``d_ij = 2‖θ_i − θ_j‖² / (‖θ_i‖² +
+‖θ_j‖²)``; for positively homogeneous activations the units are balanced first, for odd
+ones ``d_ij = min(d(θ_i, θ_j), d(θ_i, −θ_j))``.
+
+The pairwise search is a blocked Gram product (:func:`duplicate_search`): a float32 screen
+with a rigorous rounding margin picks candidate pairs, whose ``d_ij`` is then recomputed
+exactly in float64 from differences (or, when a block has very many candidates, from a
+float64 Gram block). Clusters are single-linkage components, merged block by block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from symtool.symrecords import (
+    HOMOGENEOUS,
+    ODD,
+    DeadAt,
+    DuplicatesAt,
+    ImbalanceStats,
+    SymmetrySettings,
+    UnitPair,
+    UnitsRecord,
+)
+
+Tensor = torch.Tensor
+
+_EPS32 = float(torch.finfo(torch.float32).eps)
+_EXACT_LIMIT = 1 << 16
+"""Candidates per block above which the block is recomputed as a float64 Gram product."""
+_CHUNK_ELEMENTS = 1 << 23
+"""Elements per chunk of the exact difference recomputation."""
+
+
+@dataclass(frozen=True)
+class DuplicateSearch:
+    """Result of :func:`duplicate_search` (indices already mapped through ``index``).
+
+    Attributes:
+        at: counts at every threshold.
+        clusters: clusters (≥ 2 members) at the main threshold, sorted, by smallest member.
+        pairs: closest pairs below the main threshold, by ``(d, i, j)``.
+        truncated: more pairs existed than ``max_pairs``.
+    """
+
+    at: tuple[DuplicatesAt, ...]
+    clusters: tuple[tuple[int, ...], ...]
+    pairs: tuple[UnitPair, ...]
+    truncated: bool
+
+
+def unit_vectors(
+    incoming: Tensor, bias: Tensor | None, outgoing: Tensor, width: int = 1
+) -> tuple[Tensor, Tensor]:
+    """Split a layer pair into per-unit incoming and outgoing parts (float64).
+
+    Args:
+        incoming: ``n × d_in`` weight of the incoming layer (conv: flattened kernels).
+        bias: the incoming layer's bias (``n``) or None.
+        outgoing: ``d_out × (n·width)`` weight of the outgoing layer; unit ``i`` owns
+            columns ``i·width … (i+1)·width − 1`` (conv kernels, flattened positions).
+        width: columns per unit.
+
+    Returns:
+        ``(n × (d_in [+1]))`` rows ``[w_i, b_i]`` and ``(n × d_out·width)`` rows ``u_i``.
+    """
+    inc = incoming.to(torch.float64)
+    if bias is not None:
+        inc = torch.cat([inc, bias.to(torch.float64).reshape(-1, 1)], dim=1)
+    n = inc.shape[0]
+    out = outgoing.to(torch.float64).reshape(outgoing.shape[0], n, width)
+    return inc, out.permute(1, 0, 2).reshape(n, -1)
+
+
+def _merge(labels: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Union the components of ``labels`` (min-index representatives) with new edges."""
+    n = labels.shape[0]
+    src = np.concatenate([np.arange(n), rows])
+    dst = np.concatenate([labels, cols])
+    graph = coo_matrix((np.ones(src.shape[0], dtype=np.int8), (src, dst)), shape=(n, n))
+    _, comp = connected_components(graph, directed=False)
+    rep = np.full(comp.max() + 1, n, dtype=np.int64)
+    np.minimum.at(rep, comp, np.arange(n))
+    return rep[comp]
+
+
+def _exact(x: Tensor, norms2: Tensor, r: Tensor, c: Tensor, sign: bool) -> tuple[Tensor, Tensor]:
+    """Exact float64 ``d`` (and whether ``−θ_j`` was closer) for pairs ``(r, c)``."""
+    chunk = max(1, _CHUNK_ELEMENTS // max(1, x.shape[1]))
+    ds, flips = [], []
+    for s in range(0, r.shape[0], chunk):
+        ri, ci = r[s : s + chunk], c[s : s + chunk]
+        denom = norms2[ri] + norms2[ci]
+        d = 2.0 * (x[ri] - x[ci]).pow(2).sum(1) / denom
+        flip = torch.zeros_like(d, dtype=torch.bool)
+        if sign:
+            d_neg = 2.0 * (x[ri] + x[ci]).pow(2).sum(1) / denom
+            flip = d_neg < d
+            d = torch.where(flip, d_neg, d)
+        ds.append(d)
+        flips.append(flip)
+    return torch.cat(ds), torch.cat(flips)
+
+
+def _block_gram64(
+    x: Tensor, norms2: Tensor, r0: int, r1: int, c0: int, c1: int, sign: bool, tmax: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``d`` below ``tmax`` of one block from a float64 Gram product (dense fallback)."""
+    g = x[r0:r1] @ x[c0:c1].T
+    s = norms2[r0:r1, None] + norms2[None, c0:c1]
+    d = (2.0 - 4.0 * g / s).clamp_min(0.0)
+    flip = torch.zeros_like(d, dtype=torch.bool)
+    if sign:
+        d_neg = (2.0 + 4.0 * g / s).clamp_min(0.0)
+        flip = d_neg < d
+        d = torch.where(flip, d_neg, d)
+    mask = d < tmax
+    if r0 == c0:
+        mask &= torch.ones_like(mask).triu(1)
+    r, c = mask.nonzero(as_tuple=True)
+    return r + r0, c + c0, d[r, c], flip[r, c]
+
+
+def duplicate_search(
+    x: Tensor,
+    taus: Sequence[float],
+    main_tau: float,
+    *,
+    sign: bool = False,
+    block: int = 2048,
+    max_pairs: int = 1000,
+    index: Sequence[int] | None = None,
+    exact_limit: int = _EXACT_LIMIT,
+) -> DuplicateSearch:
+    """All pairs of rows with ``d_ij < τ``, and their single-linkage clusters.
+
+    Rows with zero norm are never paired. Work is ``n²·p/2`` in blocked Gram products;
+    memory is ``O(block·n)``.
+
+    Args:
+        x: ``n × p`` rows ``θ_i`` (already balanced if needed).
+        taus: thresholds to count at.
+        main_tau: threshold whose clusters and pairs are listed (must be in ``taus``).
+        sign: compare with ``−θ_j`` too (odd activations).
+        block: rows per block.
+        max_pairs: most pairs listed.
+        index: original index of every row (default ``0..n−1``).
+        exact_limit: candidates per block above which a float64 Gram block is used.
+
+    Returns:
+        Counts per threshold, clusters and closest pairs, in original indices.
+    """
+    x = x.to(torch.float64)
+    n, p = x.shape
+    taus = sorted({float(t) for t in taus} | {float(main_tau)})
+    tmax = taus[-1]
+    norms2 = x.pow(2).sum(1)
+    x32, n32 = x.float(), norms2.float()
+    margin = 4.0 * (p + 2) * _EPS32
+    labels = {t: np.arange(n) for t in taus}
+    counts = dict.fromkeys(taus, 0)
+    kept: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
+    kept_n = 0
+    for r0 in range(0, n, block):
+        r1 = min(n, r0 + block)
+        for c0 in range(r0, n, block):
+            c1 = min(n, c0 + block)
+            g = x32[r0:r1] @ x32[c0:c1].T
+            s = n32[r0:r1, None] + n32[None, c0:c1]
+            g = g.abs() if sign else g
+            d = torch.where(s > 0, 2.0 - 4.0 * g / s.clamp_min(torch.finfo(torch.float32).tiny),
+                            torch.inf)
+            mask = d < tmax + margin
+            if r0 == c0:
+                mask &= torch.ones_like(mask).triu(1)
+            r, c = mask.nonzero(as_tuple=True)
+            if r.numel() == 0:
+                continue
+            if r.numel() <= exact_limit:
+                r, c = r + r0, c + c0
+                dd, ff = _exact(x, norms2, r, c, sign)
+                ok = dd < tmax
+                r, c, dd, ff = r[ok], c[ok], dd[ok], ff[ok]
+            else:
+                r, c, dd, ff = _block_gram64(x, norms2, r0, r1, c0, c1, sign, tmax)
+            for t in taus:
+                m = dd < t
+                k = int(m.sum())
+                if k:
+                    counts[t] += k
+                    labels[t] = _merge(labels[t], r[m].numpy(), c[m].numpy())
+            m = dd < main_tau
+            if max_pairs and bool(m.any()):
+                kept.append((dd[m], r[m], c[m], ff[m]))
+                kept_n += int(m.sum())
+                if kept_n > 4 * max_pairs:
+                    kept = [_top(kept, max_pairs)]
+                    kept_n = kept[0][0].numel()
+    idx = np.arange(n) if index is None else np.asarray(index, dtype=np.int64)
+    at = []
+    clusters: tuple[tuple[int, ...], ...] = ()
+    for t in sorted(taus, reverse=True):
+        groups = _groups(labels[t], idx)
+        clustered = sum(len(g) for g in groups)
+        at.append(DuplicatesAt(t, counts[t], len(groups), clustered, n - clustered + len(groups)))
+        if t == float(main_tau):
+            clusters = groups
+    pairs: list[UnitPair] = []
+    if kept:
+        d, r, c, f = _top(kept, max_pairs)
+        for di, ri, ci, fi in zip(d.tolist(), r.tolist(), c.tolist(), f.tolist(), strict=True):
+            a, b = sorted((int(idx[ri]), int(idx[ci])))
+            pairs.append(UnitPair(a, b, float(di), bool(fi)))
+    main_count = counts[float(main_tau)]
+    return DuplicateSearch(tuple(at), clusters, tuple(pairs), main_count > len(pairs))
+
+
+def _top(
+    kept: list[tuple[Tensor, Tensor, Tensor, Tensor]], k: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The ``k`` pairs with smallest ``(d, i, j)``."""
+    d = torch.cat([e[0] for e in kept])
+    r = torch.cat([e[1] for e in kept])
+    c = torch.cat([e[2] for e in kept])
+    f = torch.cat([e[3] for e in kept])
+    order = torch.from_numpy(np.lexsort((c.numpy(), r.numpy(), d.numpy()))[:k])
+    return d[order], r[order], c[order], f[order]
+
+
+def _groups(labels: np.ndarray, idx: np.ndarray) -> tuple[tuple[int, ...], ...]:
+    """Components with ≥ 2 members, in original indices, sorted by smallest member."""
+    order = np.argsort(labels, kind="stable")
+    lab = labels[order]
+    cuts = np.flatnonzero(np.diff(lab)) + 1
+    out = []
+    for members in np.split(order, cuts):
+        if members.shape[0] >= 2:
+            out.append(tuple(sorted(int(i) for i in idx[members])))
+    return tuple(sorted(out))
+
+
+def balance(inc: Tensor, out: Tensor) -> tuple[Tensor, Tensor]:
+    """Rescale unit ``i`` by ``s_i = sqrt(‖u_i‖/‖(w_i,b_i)‖)`` (incoming × s, outgoing / s).
+
+    Afterwards both parts have norm ``sqrt(‖(w_i,b_i)‖·‖u_i‖)``. Units with a zero part are
+    left unchanged.
+    """
+    n_in = inc.norm(dim=1)
+    n_out = out.norm(dim=1)
+    ok = (n_in > 0) & (n_out > 0)
+    s = torch.where(ok, (n_out / torch.where(ok, n_in, 1.0)).sqrt(), torch.ones_like(n_in))
+    return inc * s[:, None], out / s[:, None]
+
+
+def dead_counts(
+    n_in: Tensor, n_out: Tensor | None, taus: Sequence[float]
+) -> tuple[tuple[DeadAt, ...], Tensor]:
+    """Dead and half-dead counts at every threshold, and ``ν_i``.
+
+    Args:
+        n_in: norms of the incoming parts (or of whole heads when ``n_out`` is None).
+        n_out: norms of the outgoing parts, or None (no half-dead split).
+        taus: thresholds on the norm ratios.
+
+    Returns:
+        One :class:`DeadAt` per threshold (same order) and ``ν`` (float64).
+    """
+    total = n_in if n_out is None else (n_in.pow(2) + n_out.pow(2)).sqrt()
+    nu = total / total.max()
+    rel_in = n_in / n_in.max() if n_in.max() > 0 else torch.zeros_like(n_in)
+    rel_out = None
+    if n_out is not None:
+        rel_out = n_out / n_out.max() if n_out.max() > 0 else torch.zeros_like(n_out)
+    out = []
+    for t in taus:
+        dead = nu < t
+        if rel_out is None:
+            out.append(DeadAt(float(t), int(dead.sum()), 0, 0))
+            continue
+        small_in, small_out = rel_in < t, rel_out < t
+        half_in = int((small_in & ~small_out & ~dead).sum())
+        half_out = int((small_out & ~small_in & ~dead).sum())
+        out.append(DeadAt(float(t), int(dead.sum()), half_in, half_out))
+    return tuple(out), nu
+
+
+def analyse_units(
+    inc: Tensor,
+    out: Tensor,
+    *,
+    incoming: str,
+    outgoing: str,
+    kind: str,
+    width: int,
+    source: str,
+    activation: str,
+    settings: SymmetrySettings,
+) -> UnitsRecord:
+    """Dead, half-dead and duplicate units and imbalances of one unit pair.
+
+    Args:
+        inc: ``n × ·`` incoming parts ``[w_i, b_i]`` (see :func:`unit_vectors`).
+        out: ``n × ·`` outgoing parts ``u_i``.
+        incoming, outgoing, kind, width, source: copied into the record.
+        activation: decides balancing (positively homogeneous) and sign (odd).
+        settings: thresholds.
+
+    Returns:
+        The record; ``reason`` set (and numbers empty) for non-finite or all-zero weights.
+    """
+    balanced, signed = activation in HOMOGENEOUS, activation in ODD
+    head = dict(incoming=incoming, outgoing=outgoing, kind=kind, width=width, source=source,
+                activation=activation, balanced=balanced, sign_symmetric=signed,
+                units=int(inc.shape[0]))
+    if not (torch.isfinite(inc).all() and torch.isfinite(out).all()):
+        return UnitsRecord(**head, reason="non-finite weights")
+    n_in, n_out = inc.norm(dim=1), out.norm(dim=1)
+    if not bool(((n_in > 0) | (n_out > 0)).any()):
+        return UnitsRecord(**head, reason="all units are zero")
+    dead, nu = dead_counts(n_in, n_out, settings.dead_taus)
+    alive = torch.nonzero(nu >= settings.dead_tau).flatten()
+    x_in, x_out = inc[alive], out[alive]
+    if balanced:
+        x_in, x_out = balance(x_in, x_out)
+    found = duplicate_search(
+        torch.cat([x_in, x_out], dim=1), settings.dup_taus, settings.dup_tau, sign=signed,
+        block=settings.block, max_pairs=settings.max_pairs, index=alive.tolist(),
+    )
+    imb = n_in.pow(2) - n_out.pow(2)
+    stats = ImbalanceStats(float(imb.mean()), float(imb.abs().mean()),
+                           float(imb.std(unbiased=False)), float(imb.min()), float(imb.max()))
+    main = next(a for a in found.at if a.tau == settings.dup_tau)
+    return UnitsRecord(
+        **head,
+        dead=dead,
+        dead_units=tuple(int(i) for i in torch.nonzero(nu < settings.dead_tau).flatten()),
+        duplicates=found.at,
+        clusters=found.clusters,
+        independent_units=main.independent,
+        pairs=found.pairs,
+        pairs_truncated=found.truncated,
+        imbalance=stats,
+        imbalances=tuple(imb.tolist()) if settings.keep_vectors else None,
+    )

@@ -1,0 +1,114 @@
+"""Attention heads: planted low-rank, dead and duplicate heads in every weight layout."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from symtool.symmetry import SymmetrySettings, analyse_symmetry
+
+D, H, DH = 16, 4, 4
+
+
+def _planted_heads(seed: int = 0) -> dict[str, torch.Tensor]:
+    """q, k, v (rows = heads), o (columns = heads), biases: head 1 has QK rank 2 and OV rank
+    3, head 2 is zero, head 3 copies head 0."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g)
+
+    q, k, v, o = rnd(D, D), rnd(D, D), rnd(D, D), rnd(D, D)
+    bq, bk, bv = rnd(D), rnd(D), rnd(D)
+    h1 = slice(4, 8)
+    c = rnd(4, 2)
+    q[h1], k[h1] = c @ rnd(2, D), c @ rnd(2, D)
+    e = rnd(4, 3)
+    v[h1], o[:, h1] = e @ rnd(3, D), (e @ rnd(3, D)).T
+    h2 = slice(8, 12)
+    for t in (q, k, v, bq, bk, bv):
+        t[h2] = 0.0
+    o[:, h2] = 0.0
+    for t in (q, k, v, bq, bk, bv):
+        t[12:16] = t[0:4]
+    o[:, 12:16] = o[:, 0:4]
+    return {"q": q, "k": k, "v": v, "o": o, "bq": bq, "bk": bk, "bv": bv}
+
+
+def _fused(p: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {"attn.in_proj_weight": torch.cat([p["q"], p["k"], p["v"]]),
+            "attn.in_proj_bias": torch.cat([p["bq"], p["bk"], p["bv"]]),
+            "attn.out_proj.weight": p["o"], "attn.out_proj.bias": torch.zeros(D)}
+
+
+def _gpt2(p: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {"h.0.attn.c_attn.weight": torch.cat([p["q"], p["k"], p["v"]]).T.contiguous(),
+            "h.0.attn.c_attn.bias": torch.cat([p["bq"], p["bk"], p["bv"]]),
+            "h.0.attn.c_proj.weight": p["o"].T.contiguous(), "h.0.attn.c_proj.bias": torch.zeros(D)}
+
+
+def _separate(p: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    sd = {}
+    for n in "qkv":
+        sd[f"blk.self_attn.{n}_proj.weight"] = p[n]
+        sd[f"blk.self_attn.{n}_proj.bias"] = p["b" + n]
+    sd["blk.self_attn.o_proj.weight"] = p["o"]
+    return sd
+
+
+@pytest.mark.parametrize("layout", [_fused, _gpt2, _separate], ids=["fused", "gpt2", "separate"])
+def test_planted_heads_are_recovered_in_every_layout(layout):
+    res = analyse_symmetry(layout(_planted_heads()), heads=H)
+    (att,) = res.attention
+    assert att.reason is None and (att.heads, att.kv_heads, att.head_dim) == (4, 4, 4)
+    qk = [{t.tau: t.count for t in h.qk_ranks}[1e-2] for h in att.head_records]
+    ov = [{t.tau: t.count for t in h.ov_ranks}[1e-3] for h in att.head_records]
+    assert qk == [4, 2, 0, 4] and ov == [4, 3, 0, 4]
+    assert att.dead_heads == (2,)
+    assert att.clusters == ((0, 3),) and att.pairs[0].distance == 0.0
+    assert {d.tau: d.dead for d in att.dead}[1e-2] == 1
+    assert att.head_records[2].norm_ratio == 0.0
+
+
+def test_head_ranks_equal_eigenvalue_ranks_of_the_pair_kernels():
+    """sqrt(eig K_QK) are the singular values of [W_q,h | W_k,h]: compare with dense K."""
+    g = torch.Generator().manual_seed(3)
+    sd = {}
+    mats = {}
+    for n in "qkvo":
+        u, _ = torch.linalg.qr(torch.randn(D, D, generator=g, dtype=torch.float64))
+        spread = torch.tensor([1, 0.5, 0.05, 0.005, 5e-4, 1e-5, 1, 0.2] * 2, dtype=torch.float64)
+        w = u @ torch.diag(spread) @ torch.linalg.qr(torch.randn(D, D, generator=g,
+                                                                 dtype=torch.float64))[0]
+        mats[n] = w
+        sd[f"m.{n}_proj.weight"] = w
+    (att,) = analyse_symmetry(sd, heads=H).attention
+    for h, rec in enumerate(att.head_records):
+        rows = slice(h * DH, (h + 1) * DH)
+        wq, wk, wv, wo = mats["q"][rows], mats["k"][rows], mats["v"][rows], mats["o"][:, rows]
+        for kern, got in ((wq @ wq.T + wk @ wk.T, rec.qk_ranks),
+                          (wv @ wv.T + wo.T @ wo, rec.ov_ranks)):
+            lam = torch.linalg.eigvalsh(kern).flip(0).clamp_min(0)
+            ratio = (lam / lam[0]).sqrt()
+            floor = 2 * D * torch.finfo(torch.float64).eps
+            assert [t.count for t in got] == [int((ratio > max(t.tau, floor)).sum()) for t in got]
+
+
+def test_grouped_query_heads_share_key_value_rows():
+    g = torch.Generator().manual_seed(4)
+    q = torch.randn(D, D, generator=g)
+    k, v = torch.randn(8, D, generator=g), torch.randn(8, D, generator=g)
+    q[4:8] = q[0:4]  # heads 0 and 1 share kv head 0 and have equal queries: duplicates
+    sd = {"a.q_proj.weight": q, "a.k_proj.weight": k, "a.v_proj.weight": v,
+          "a.o_proj.weight": torch.cat([torch.eye(D)[:, :4]] * 4, dim=1)}
+    (att,) = analyse_symmetry(sd, heads=H).attention
+    assert (att.kv_heads, att.head_dim) == (2, 4)
+    assert att.clusters == ((0, 1),)
+
+
+def test_heads_need_a_head_count_that_fits():
+    sd = _fused(_planted_heads())
+    assert analyse_symmetry(sd).attention[0].reason == "number of heads not given"
+    assert "do not split" in analyse_symmetry(sd, heads=3).attention[0].reason
+    big = analyse_symmetry(sd, SymmetrySettings(dead_tau=1e-1), heads=H).attention[0]
+    assert big.dead_heads == (2,)

@@ -1,0 +1,169 @@
+"""Rank, Gaussian excess nullity, softmax translation, subspaces and whole-checkpoint runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from symtool.errors import UsageError
+from symtool.symmetry import (
+    SymmetrySettings,
+    analyse_rank,
+    analyse_symmetry,
+    gaussian_rank,
+    softmax_translation,
+    symmetry_subspaces,
+)
+
+
+def _planted(m: int, n: int, sigma: list[float], seed: int = 0,
+             dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """``U diag(σ) Vᵀ`` with random orthonormal ``U``, ``V``."""
+    g = torch.Generator().manual_seed(seed)
+    u, _ = torch.linalg.qr(torch.randn(m, len(sigma), generator=g, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(n, len(sigma), generator=g, dtype=torch.float64))
+    return (u @ torch.diag(torch.tensor(sigma, dtype=torch.float64)) @ v.T).to(dtype)
+
+
+def _ranks(rec) -> dict[float, int]:
+    return {r.tau: r.rank for r in rec.ranks}
+
+
+def test_planted_low_rank_is_exact_at_every_threshold():
+    w = _planted(60, 40, [5.0, 3.0, 1.0, 0.5, 0.2, 0.02, 1e-4])
+    rec = analyse_rank(w, name="w")
+    assert _ranks(rec) == {1e-1: 4, 3e-2: 5, 1e-2: 5, 1e-3: 6}
+    assert rec.sigma_max == pytest.approx(5.0)
+    assert rec.stable_rank == pytest.approx((25 + 9 + 1 + 0.25 + 0.04 + 4e-4 + 1e-8) / 25)
+    assert all(not r.floored for r in rec.ranks)
+
+
+def test_effective_rank_of_equal_singular_values_is_their_number():
+    rec = analyse_rank(_planted(30, 20, [2.0] * 7), keep_vectors=True)
+    assert rec.effective_rank == pytest.approx(7.0)
+    assert rec.singular_values[:7] == pytest.approx([2.0] * 7)
+    assert len(rec.singular_values) == 20
+
+
+def test_dtype_floor_caps_rank_of_half_precision_weights():
+    w16 = _planted(64, 64, [1.0, 0.5, 0.03], dtype=torch.float16)
+    rec = analyse_rank(w16)
+    assert rec.floor == pytest.approx(64 * 2.0**-10)
+    assert rec.dtype == "float16"
+    at = {r.tau: r for r in rec.ranks}
+    assert at[1e-2].floored and at[1e-2].rank == 2 and not at[1e-1].floored
+
+
+def test_marchenko_pastur_square_matches_quarter_circle():
+    for cut in (1e-3, 1e-2, 0.2, 0.7):
+        x = 2 * cut
+        below = (x * math.sqrt(4 - x * x) / 2 + 2 * math.asin(x / 2)) / math.pi
+        assert gaussian_rank(500, 500, cut) == pytest.approx(500 * (1 - below), rel=1e-6)
+    assert gaussian_rank(300, 100, 1e-1) == 100.0  # hard edge 1 − √c above the cut
+    assert gaussian_rank(300, 100, 0.99) == pytest.approx(0.0, abs=2.0)
+
+
+def test_gaussian_matrices_have_no_excess_nullity():
+    g = torch.Generator().manual_seed(7)
+    mean = {}
+    for shape in ((200, 200), (300, 150)):
+        recs = [analyse_rank(torch.randn(*shape, generator=g, dtype=torch.float64) * 0.3)
+                for _ in range(4)]
+        for tau in (1e-1, 3e-2, 1e-2, 1e-3):
+            ex = [next(r for r in rec.ranks if r.tau == tau).excess_nullity_gaussian
+                  for rec in recs]
+            assert all(abs(e) < 4.0 for e in ex), (shape, tau, ex)
+            mean[(shape, tau)] = sum(ex) / len(ex)
+    assert all(abs(v) < 2.0 for v in mean.values()), mean
+
+
+def test_excess_nullity_against_reference():
+    ref = analyse_symmetry({"l.weight": _planted(30, 30, [1.0] * 6)})
+    now = analyse_symmetry({"l.weight": _planted(30, 30, [1.0] * 4, seed=1)}, reference=ref)
+    assert {r.tau: r.excess_nullity_reference for r in now.layers[0].ranks}[1e-2] == 2
+    assert all(r.excess_nullity_reference is None for r in ref.layers[0].ranks)
+
+
+def test_softmax_translation_planted():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(10, 7, generator=g, dtype=torch.float64)
+    centred = softmax_translation(w - w.mean(0), torch.zeros(10) + 1.0)
+    assert centred.translation == pytest.approx(0.0, abs=1e-12)
+    assert centred.bias_translation == pytest.approx(1.0)
+    shifted = softmax_translation(torch.ones(10, 1) @ torch.randn(1, 7, generator=g))
+    assert shifted.translation == pytest.approx(1.0)
+    big = softmax_translation(torch.randn(2000, 50, generator=g))
+    assert 0.5 < big.translation / big.gaussian_level < 2.0
+    assert softmax_translation(torch.ones(1, 4)).reason == "fewer than two classes"
+
+
+def test_subspaces_are_orthonormal_complements_matching_the_rank():
+    w = _planted(30, 20, [3.0, 2.0, 1.0, 0.5, 0.1, 1e-3])
+    sub = symmetry_subspaces({"fc.weight": w})
+    assert sorted(sub) == sorted(f"fc.{s}" for s in ("in.broken", "in.restored", "out.broken",
+                                                     "out.restored"))
+    assert sub["fc.in.broken"].shape == (20, 5) and sub["fc.out.restored"].shape == (30, 25)
+    for side, dim in (("in", 20), ("out", 30)):
+        basis = torch.cat([sub[f"fc.{side}.broken"], sub[f"fc.{side}.restored"]], dim=1)
+        assert torch.allclose(basis.T @ basis, torch.eye(dim, dtype=torch.float64), atol=1e-12)
+    assert (w @ sub["fc.in.restored"]).norm(2) <= 1e-3 + 1e-12
+    assert (sub["fc.out.restored"].T @ w).norm(2) <= 1e-3 + 1e-12
+    assert _ranks(analyse_rank(w))[1e-2] == 5
+    small = symmetry_subspaces({"fc.weight": w}, max_side=25, dtype=torch.float32)
+    assert "fc.out.restored" not in small and small["fc.in.restored"].dtype == torch.float32
+
+
+def _mlp_planted() -> dict[str, torch.Tensor]:
+    """fc1 (32 units) → fc2: unit 4 dead, unit 9 = 2·unit 1 rescaled; fc2 has rank 3."""
+    g = torch.Generator().manual_seed(5)
+    w1, b1 = torch.randn(32, 10, generator=g), torch.randn(32, generator=g)
+    w2 = torch.randn(12, 32, generator=g)
+    w1[4], b1[4], w2[:, 4] = 0.0, 0.0, 0.0
+    w1[9], b1[9], w2[:, 9] = 2 * w1[1], 2 * b1[1], w2[:, 1] / 2
+    w3 = _planted(5, 12, [2.0, 1.0, 0.5], dtype=torch.float32)
+    return {"fc1.weight": w1, "fc1.bias": b1, "fc2.weight": w2, "fc2.bias": torch.zeros(12),
+            "fc3.weight": w3, "fc3.bias": torch.zeros(5)}
+
+
+def _finite_everywhere(obj: object) -> bool:
+    """No NaN or inf anywhere in a nested record."""
+    if isinstance(obj, float):
+        return math.isfinite(obj)
+    if dataclasses.is_dataclass(obj):
+        return all(_finite_everywhere(getattr(obj, f.name)) for f in dataclasses.fields(obj))
+    if isinstance(obj, (tuple, list)):
+        return all(_finite_everywhere(x) for x in obj)
+    return True
+
+
+def test_whole_checkpoint_recovers_planted_structure():
+    res = analyse_symmetry(_mlp_planted())
+    fc1 = res.units[0]
+    assert (fc1.incoming, fc1.outgoing) == ("fc1", "fc2")
+    assert fc1.dead_units == (4,) and fc1.clusters == ((1, 9),) and fc1.independent_units == 30
+    assert _ranks(res.layers[2]) == {1e-1: 3, 3e-2: 3, 1e-2: 3, 1e-3: 3}
+    assert res.softmax.layer == "fc3" and res.softmax.classes == 5
+    assert res.settings == SymmetrySettings()
+    assert _finite_everywhere(res)
+
+
+def test_non_finite_weights_are_recorded_not_raised():
+    sd = _mlp_planted()
+    sd["fc2.weight"][0, 0] = float("nan")
+    res = analyse_symmetry(sd)
+    assert res.layers[1].reason == "non-finite weights" and res.layers[1].ranks == ()
+    assert [u.reason for u in res.units] == ["non-finite weights", "non-finite weights"]
+    assert res.layers[0].reason is None
+    assert _finite_everywhere(res)
+    assert "fc2.in.broken" not in symmetry_subspaces(sd)
+
+
+def test_settings_validate_all_at_once():
+    with pytest.raises(UsageError) as err:
+        SymmetrySettings(rank_taus=(2.0,), dup_tau=0.5, activation="swish", block=0)
+    msg = str(err.value)
+    assert all(s in msg for s in ("rank_taus", "dup_taus", "swish", "block"))
+    assert SymmetrySettings().to_dict()["dead_tau"] == 1e-2
