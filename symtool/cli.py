@@ -558,6 +558,125 @@ def _failed_layers(report: dict[str, Any]) -> int:
     return n
 
 
+# ------------------------------------------------------------------------ symmetry
+
+
+def _pairs(items: list[str] | None, config: RunConfig) -> tuple[tuple[str, ...], ...] | None:
+    """``--pair IN:OUT[:ACTIVATION]`` (repeatable) over ``[symmetry] pairs``."""
+    raw = items if items else config.get("symmetry", "pairs", None)
+    if not raw:
+        return None
+    out = []
+    for item in raw:
+        parts = tuple(p.strip() for p in str(item).split(":"))
+        if len(parts) not in (2, 3) or not all(parts):
+            raise UsageError(f"--pair expects IN:OUT or IN:OUT:ACTIVATION (got {item!r})")
+        out.append(parts)
+    return tuple(out)
+
+
+@app.command()
+@command
+def symmetry(
+    paths: Paths,
+    activation: Annotated[
+        str | None,
+        typer.Option("--activation", help="Hidden units' activation: relu, tanh, gelu, ..."),
+    ] = None,
+    tau_dead: Annotated[
+        float | None, typer.Option("--tau-dead", help="Dead-unit threshold on ‖θ_i‖/max‖θ_j‖.")
+    ] = None,
+    tau_dup: Annotated[
+        float | None, typer.Option("--tau-dup", help="Identical-unit threshold on d_ij.")
+    ] = None,
+    tau_rank: Annotated[
+        float | None, typer.Option("--tau-rank", help="Headline rank threshold on σ_k/σ_1.")
+    ] = None,
+    pair: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--pair", help="Unit pair IN:OUT[:ACTIVATION] (repeatable; replaces inferred)."
+        ),
+    ] = None,
+    heads: Annotated[
+        int | None, typer.Option("--heads", help="Attention heads per block (per-head analysis).")
+    ] = None,
+    classifier: Annotated[
+        str | None,
+        typer.Option("--classifier", help="Classifier layer for the softmax symmetry ('' = none)."),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="Factory pkg.module:fn: unit pairs from the module graph."),
+    ] = None,
+    model_arg: Annotated[
+        list[str] | None, typer.Option("--model-arg", help="Factory keyword argument key=value.")
+    ] = None,
+    save_subspaces: Annotated[
+        Path | None,
+        typer.Option(
+            "--save-subspaces",
+            help="Save broken/restored bases (.safetensors; one file per step for sequences).",
+        ),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted run from its --out report.")
+    ] = False,
+    config_path: ConfigOpt = None,
+    steps: StepsOpt = None,
+    every: EveryOpt = None,
+    last: LastOpt = None,
+    trust_pickle: TrustOpt = None,
+    fmt: FormatOpt = None,
+    out: OutOpt = None,
+) -> int:
+    """Broken and restored parameter symmetries from weights alone, and when they changed."""
+    from symtool.runners import SymmetryRun, run_symmetry
+    from symtool.symmetry import SymmetrySettings
+
+    config = find_config(paths, config_path)
+    sink = _sink(fmt, out)
+    defaults = SymmetrySettings()
+    act = pick(activation, config, "symmetry", "activation", None)
+    settings = SymmetrySettings(
+        activation=act or config.get("model", "activation", "relu"),
+        dead_tau=float(pick(tau_dead, config, "symmetry", "tau_dead", defaults.dead_tau)),
+        dup_tau=float(pick(tau_dup, config, "symmetry", "tau_dup", defaults.dup_tau)),
+        rank_tau=float(pick(tau_rank, config, "symmetry", "tau_rank", defaults.rank_tau)),
+        dead_taus=_with(defaults.dead_taus, pick(tau_dead, config, "symmetry", "tau_dead", None)),
+        dup_taus=_with(defaults.dup_taus, pick(tau_dup, config, "symmetry", "tau_dup", None)),
+        rank_taus=_with(defaults.rank_taus, pick(tau_rank, config, "symmetry", "tau_rank", None)),
+    )
+    run = SymmetryRun(
+        settings=settings,
+        pairs=_pairs(pair, config),
+        heads=pick(heads, config, "symmetry", "heads", None),
+        classifier=pick(classifier, config, "symmetry", "classifier", None),
+        factory=pick(model, config, "model", "factory", None),
+        model_args=_model_args(model_arg, config),
+        base_dir=config.base_dir,
+        trust_pickle=bool(pick(trust_pickle, config, "checkpoints", "trust_pickle", False)),
+        save_subspaces=save_subspaces,
+    )
+    ckpts = _checkpoints(paths, config, steps=steps, every=every, last=last)
+    report = _run_with_resume(
+        lambda previous, on_partial, progress: run_symmetry(
+            ckpts, run, previous=previous, on_partial=on_partial, progress=progress
+        ),
+        sink,
+        resume=resume,
+    )
+    sink.emit(report)
+    return report_exit_code(report)
+
+
+def _with(taus: tuple[float, ...], extra: float | None) -> tuple[float, ...]:
+    """A threshold list that also holds a user's headline threshold and 3× it (hysteresis)."""
+    if extra is None:
+        return taus
+    return tuple(sorted({*taus, float(extra), min(3 * float(extra), 1.0)}, reverse=True))
+
+
 def _run_with_resume(
     run: Callable[..., dict[str, Any]], sink: Sink, *, resume: bool
 ) -> dict[str, Any]:
@@ -580,3 +699,6 @@ def _run_with_resume(
     bar, update = _progress(sys.stderr.isatty())
     with bar:
         return run(previous, on_partial, update)
+
+
+from symtool import cli_reports  # noqa: E402,F401  (registers check/schema/plot/diff)

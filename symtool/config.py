@@ -62,10 +62,10 @@ KEYS: dict[str, dict[str, tuple[type, ...]]] = {
         "activation": (str,),
         "tau_dead": _Num,
         "tau_dup": _Num,
+        "tau_rank": _Num,
         "heads": (int,),
         "pairs": (list,),
         "classifier": (str,),
-        "seed": (int,),
     },
     "ode": {
         "nonlinearity": (str,),

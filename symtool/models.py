@@ -470,3 +470,44 @@ def _skip_reason(module: nn.Module) -> str:
         f"{kind} owns parameters ({', '.join(direct)}) used outside nn.Linear/nn.Conv1d/2d/3d; "
         "not captured"
     )
+
+
+_GRAPH_ACTIVATIONS: dict[type[nn.Module], str] = {
+    nn.ReLU: "relu",
+    nn.LeakyReLU: "leaky_relu",
+    nn.Tanh: "tanh",
+    nn.GELU: "gelu",
+    nn.SiLU: "silu",
+    nn.Sigmoid: "sigmoid",
+    nn.Softplus: "softplus",
+    nn.Identity: "identity",
+}
+
+
+def graph_pairs(model: nn.Module) -> list[tuple[str, str, str]]:
+    """Unit pairs ``(incoming, outgoing, activation)`` read from the model's module graph.
+
+    Consecutive Linear/Conv modules in definition order whose widths chain are paired; the
+    activation is the first activation module between them (``unknown`` if none, so no
+    symmetry-specific transform is assumed). For the symmetry analysis with ``--model``.
+    """
+    out: list[tuple[str, str, str]] = []
+    prev: tuple[str, int] | None = None
+    act = "unknown"
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d):
+            width_in = module.in_features if isinstance(module, nn.Linear) else module.in_channels
+            if (
+                prev is not None
+                and width_in > 0
+                and (prev[1] == width_in or width_in % prev[1] == 0)
+            ):
+                out.append((prev[0], name, act))
+            linear = isinstance(module, nn.Linear)
+            width_out = module.out_features if linear else module.out_channels
+            prev, act = (name, width_out), "unknown"
+        else:
+            for cls, label in _GRAPH_ACTIVATIONS.items():
+                if type(module) is cls and act == "unknown":
+                    act = label
+    return out

@@ -475,3 +475,209 @@ def _ode_rows(report: dict[str, Any]) -> tuple[list[str], Iterable[dict[str, Any
 
 
 register("symtool/ode", _ode_table, _ode_rows)
+
+
+# ------------------------------------------------------------------------ symmetry
+
+
+def _at(items: list[dict[str, Any]] | None, tau: float, key: str) -> Any:
+    """The ``key`` of the entry of ``items`` at threshold ``tau``."""
+    for it in items or []:
+        if abs(it["tau"] - tau) <= 1e-12 * max(1.0, tau):
+            return it.get(key)
+    return None
+
+
+def _symmetry_table(report: dict[str, Any], out: Console) -> None:
+    st = report["provenance"]["settings"]
+    r_tau, d_tau, u_tau = st["rank_tau"], st["dead_tau"], st["dup_tau"]
+    for e in report["checkpoints"]:
+        title = f"step {fmt_num(e['step'])} · {e['path']}"
+        if e["status"] != "ok":
+            out.print(f"[red]{title}: failed: {e['error']}[/red]")
+            continue
+        t = Table(title=f"{title} — rotation symmetry (rank)", title_justify="left")
+        for col in (
+            "layer",
+            "W",
+            "σ₁",
+            f"rank@{r_tau:g}",
+            "rank@1e-3",
+            "eff. rank",
+            "stable rank",
+            "excess vs Gaussian",
+            "excess vs first",
+        ):
+            t.add_column(col, justify="left" if col == "layer" else "right", no_wrap=True)
+        for la in e["layers"]:
+            if la.get("reason") and la.get("sigma_max") is None:
+                t.add_row(la["name"], "×".join(map(str, la["shape"])), f"[red]{la['reason']}[/red]")
+                continue
+            t.add_row(
+                la["name"],
+                "×".join(map(str, la["shape"])),
+                fmt_num(la["sigma_max"]),
+                fmt_num(_at(la["ranks"], r_tau, "rank")),
+                fmt_num(_at(la["ranks"], 1e-3, "rank")),
+                fmt_num(la["effective_rank"], 2),
+                fmt_num(la["stable_rank"], 2),
+                fmt_num(_at(la["ranks"], r_tau, "excess_nullity_gaussian"), 1),
+                fmt_num(_at(la["ranks"], r_tau, "excess_nullity_reference")),
+            )
+        out.print(t)
+        if e["units"]:
+            u = Table(
+                title="Hidden units (rescaling, sign and permutation symmetries)",
+                title_justify="left",
+            )
+            for col in (
+                "pair",
+                "activation",
+                "units",
+                f"dead@{d_tau:g}",
+                "half-dead in/out",
+                f"identical pairs@{u_tau:g}",
+                "independent",
+                "imbalance mean|C|",
+            ):
+                u.add_column(col, justify="left" if col in ("pair", "activation") else "right")
+            for un in e["units"]:
+                u.add_row(
+                    f"{un['incoming']} → {un['outgoing']}",
+                    un["activation"],
+                    fmt_num(un["units"]),
+                    fmt_num(_at(un["dead"], d_tau, "dead")),
+                    f"{fmt_num(_at(un['dead'], d_tau, 'half_dead_in'))}/"
+                    f"{fmt_num(_at(un['dead'], d_tau, 'half_dead_out'))}",
+                    fmt_num(_at(un["duplicates"], u_tau, "pairs")),
+                    fmt_num(un["independent_units"]),
+                    fmt_num((un.get("imbalance") or {}).get("mean_abs")),
+                )
+            out.print(u)
+        for at in e["attention"] or []:
+            heads = at.get("head_records") or []
+            out.print(
+                f"attention {at['name']} ({at['layout']}): {fmt_num(at.get('heads'))} heads, "
+                f"dead {fmt_num(at.get('dead'))}, duplicate pairs "
+                f"{fmt_num(len(at.get('pairs') or []))}; QK ranks "
+                + ", ".join(str(_at(h["qk_ranks"], r_tau, "rank")) for h in heads)
+                + "; OV ranks "
+                + ", ".join(str(_at(h["ov_ranks"], r_tau, "rank")) for h in heads)
+            )
+        sm = e.get("softmax")
+        if sm and sm.get("translation") is not None:
+            out.print(
+                f"softmax translation of {sm['layer']}: ‖1ᵀW‖/(√K‖W‖_F) = "
+                f"{fmt_num(sm['translation'])} (Gaussian level {fmt_num(sm['gaussian_level'])})"
+            )
+    seq = report.get("sequence")
+    if seq:
+        _symmetry_sequence(seq, out)
+
+
+def _symmetry_sequence(seq: dict[str, Any], out: Console) -> None:
+    t = Table(
+        title="Over training: events (held ≥ 2 checkpoints, with hysteresis)", title_justify="left"
+    )
+    for col in ("step", "layer", "quantity", "change", "event"):
+        t.add_column(col, justify="right" if col == "step" else "left")
+    for ev in seq["events"]:
+        colour = "yellow" if ev["label"] == "breaking" else "cyan"
+        t.add_row(
+            str(ev["step"]),
+            ev["layer"],
+            ev["quantity"],
+            f"{ev['before']} → {ev['after']}",
+            f"[{colour}]{ev['label']}[/{colour}]",
+        )
+    if not seq["events"]:
+        t.add_row("—", "", "", "", "no events")
+    out.print(t)
+    if seq["modes"]:
+        out.print(
+            "modes learned (σ_k/σ_1 from < 1e-2 to > 1e-1): "
+            + "; ".join(f"{m['layer']} mode {m['mode']} at step {m['step']}" for m in seq["modes"])
+        )
+    for im in seq["imbalance"]:
+        out.print(
+            f"imbalance of {im['layer']}: {im['law']} (rate {fmt_num(im['rate'])}, "
+            f"R² {fmt_num(im['r2'], 2)}) — {im['label']}"
+        )
+
+
+_SYM_COLUMNS = [
+    "step",
+    "checkpoint",
+    "layer",
+    "group",
+    "quantity",
+    "tau",
+    "value",
+    "status",
+    "reason",
+]
+
+
+def _symmetry_rows(report: dict[str, Any]) -> tuple[list[str], Iterable[dict[str, Any]]]:
+    def rows() -> Iterable[dict[str, Any]]:
+        for e in report["checkpoints"]:
+            base = {"step": e["step"], "checkpoint": e["path"], "status": e["status"]}
+            if e["status"] != "ok":
+                yield {**base, "reason": e["error"]}
+                continue
+            for la in e["layers"]:
+                lb = {**base, "layer": la["name"], "group": "rank", "reason": la.get("reason")}
+                for k in ("sigma_max", "effective_rank", "stable_rank"):
+                    yield {**lb, "quantity": k, "value": la.get(k)}
+                for r in la["ranks"] or []:
+                    for k in (
+                        "rank",
+                        "gaussian_rank",
+                        "excess_nullity_gaussian",
+                        "excess_nullity_reference",
+                    ):
+                        yield {**lb, "quantity": k, "tau": r["tau"], "value": r[k]}
+            for un in e["units"]:
+                ub = {
+                    **base,
+                    "layer": f"{un['incoming']}->{un['outgoing']}",
+                    "group": "units",
+                    "reason": un.get("reason"),
+                }
+                yield {**ub, "quantity": "units", "value": un["units"]}
+                yield {**ub, "quantity": "independent_units", "value": un["independent_units"]}
+                for d in un["dead"] or []:
+                    for k in ("dead", "half_dead_in", "half_dead_out"):
+                        yield {**ub, "quantity": k, "tau": d["tau"], "value": d[k]}
+                for d in un["duplicates"] or []:
+                    for k in ("pairs", "clusters", "independent"):
+                        yield {**ub, "quantity": f"duplicate_{k}", "tau": d["tau"], "value": d[k]}
+                for k, v in (un.get("imbalance") or {}).items():
+                    yield {**ub, "quantity": f"imbalance_{k}", "value": v}
+            for at in e["attention"] or []:
+                ab = {**base, "layer": at["name"], "group": "attention", "reason": at.get("reason")}
+                yield {**ab, "quantity": "dead_heads", "value": at.get("dead")}
+                for h in at.get("head_records") or []:
+                    for k in ("qk_ranks", "ov_ranks"):
+                        for r in h[k]:
+                            yield {
+                                **ab,
+                                "quantity": f"head{h['index']}.{k[:2]}_rank",
+                                "tau": r["tau"],
+                                "value": r["rank"],
+                            }
+            sm = e.get("softmax")
+            if sm:
+                yield {
+                    **base,
+                    "layer": sm["layer"],
+                    "group": "softmax",
+                    "quantity": "translation",
+                    "value": sm.get("translation"),
+                    "reason": sm.get("reason"),
+                }
+
+    return _SYM_COLUMNS, rows()
+
+
+register("symtool/symmetry", _symmetry_table, _symmetry_rows)

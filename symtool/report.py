@@ -58,6 +58,58 @@ def to_jsonable(obj: Any) -> Any:
     raise TypeError(f"cannot serialise {type(obj).__name__}")
 
 
+def from_jsonable(cls: Any, data: Any) -> Any:
+    """Rebuild a (nested) frozen record from :func:`to_jsonable` output, by its type hints.
+
+    Used by ``--resume`` to continue sequence analyses from a partial report's entries.
+    """
+    import types
+    import typing
+
+    origin = typing.get_origin(cls)
+    if data is None:
+        return None
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(cls) if a is not type(None)]
+        last: Exception | None = None
+        for option in options:
+            try:
+                return from_jsonable(option, data)
+            except (TypeError, ValueError, KeyError) as exc:
+                last = exc
+        raise TypeError(f"no type of {cls} fits {data!r}") from last
+    if dataclasses.is_dataclass(cls):
+        if not isinstance(data, Mapping):
+            raise TypeError(f"{cls.__name__} needs an object")
+        hints = typing.get_type_hints(cls)
+        kwargs = {
+            f.name: from_jsonable(hints[f.name], data[f.name])
+            for f in dataclasses.fields(cls)
+            if f.name in data
+        }
+        return cls(**kwargs)
+    if origin is tuple:
+        args = typing.get_args(cls)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(from_jsonable(args[0], v) for v in data)
+        return tuple(from_jsonable(a, v) for a, v in zip(args, data, strict=True))
+    if origin is list:
+        (arg,) = typing.get_args(cls)
+        return [from_jsonable(arg, v) for v in data]
+    if origin is dict:
+        _, arg = typing.get_args(cls)
+        return {k: from_jsonable(arg, v) for k, v in data.items()}
+    if cls is float:
+        if isinstance(data, bool) or not isinstance(data, int | float):
+            raise TypeError("not a number")
+        return float(data)
+    if cls in (int, str, bool):
+        if not isinstance(data, cls) or (cls is int and isinstance(data, bool)):
+            raise TypeError(f"not {cls.__name__}")
+        return data
+    return data
+
+
 def dumps(report: Mapping[str, Any]) -> str:
     """Stable JSON text: sorted keys where order is not meaningful is NOT applied
     (record order is the schema's order), fixed float repr, trailing newline."""

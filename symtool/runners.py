@@ -181,3 +181,116 @@ def _custom_cell(
         name=type(cell).__name__,
     )
     return {"layers": [to_jsonable(layer)], "skipped": []}
+
+
+# ------------------------------------------------------------------------- symmetry
+
+
+@dataclass(frozen=True)
+class SymmetryRun:
+    """What ``symtool symmetry`` needs: analysis settings, structure hints, outputs."""
+
+    settings: Any = None  # SymmetrySettings; Any keeps this module's import light
+    pairs: tuple[tuple[str, ...], ...] | None = None
+    heads: int | None = None
+    classifier: str | None = None
+    factory: str | None = None
+    model_args: dict[str, Any] = field(default_factory=dict)
+    base_dir: Path = field(default_factory=Path.cwd)
+    trust_pickle: bool = False
+    save_subspaces: Path | None = None
+
+    def public(self) -> dict[str, Any]:
+        """Settings as recorded in the report."""
+        return {
+            **self.settings.to_dict(),
+            "pairs": None if self.pairs is None else [list(p) for p in self.pairs],
+            "heads": self.heads,
+            "classifier": self.classifier,
+            "model": self.factory,
+            "model_args": self.model_args,
+            "trust_pickle": self.trust_pickle,
+        }
+
+
+def subspace_path(base: Path, step: int | None, several: bool) -> Path:
+    """Where a checkpoint's subspaces go: ``FILE`` alone, or ``FILE.step_N.safetensors``."""
+    if not several:
+        return base
+    tag = f"step_{step}" if step is not None else "nostep"
+    return base.with_name(f"{base.stem}.{tag}{base.suffix or '.safetensors'}")
+
+
+def run_symmetry(
+    ckpts: list[ck.Checkpoint],
+    run: SymmetryRun,
+    *,
+    previous: dict[str, Any] | None = None,
+    on_partial: Callable[[dict[str, Any]], None] | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """The ``symmetry`` report: per checkpoint, then the sequence (events, modes, laws)."""
+    from symtool import symmetry as sym
+    from symtool.report import from_jsonable, save_tensors_atomic
+
+    results: dict[str, Any] = {}  # path -> SymmetryResult of finished checkpoints
+    first: list[Any] = []
+    pairs_box: list[tuple[tuple[str, ...], ...] | None] = [run.pairs]
+
+    def analyze(c: ck.Checkpoint, loaded: ck.LoadedCheckpoint) -> dict[str, Any]:
+        if run.factory is not None and pairs_box[0] is None:
+            model = models.build_model(
+                run.factory, run.model_args, loaded.tensors, base_dir=run.base_dir
+            )
+            models.load_state(model, loaded.tensors, source=c.path)
+            pairs_box[0] = tuple(models.graph_pairs(model))
+        is_first = c.path == ckpts[0].path
+        result = sym.analyse_symmetry(
+            loaded.tensors,
+            run.settings,
+            pairs=pairs_box[0],
+            heads=run.heads,
+            classifier=run.classifier,
+            reference=None if is_first or not first else first[0],
+        )
+        if is_first:
+            first[:] = [result]
+        results[str(c.path)] = result
+        if run.save_subspaces is not None:
+            bases = sym.symmetry_subspaces(loaded.tensors, tau=run.settings.rank_tau)
+            target = subspace_path(run.save_subspaces, c.step, len(ckpts) > 1)
+            save_tensors_atomic(target, {k: v.contiguous() for k, v in bases.items()})
+        return to_jsonable(result) | {"settings": None}
+
+    def revive(entry: dict[str, Any]) -> Any:
+        """A finished entry of a resumed run back into a record for the sequence."""
+        body = {k: entry[k] for k in ("layers", "units", "attention", "softmax", "skipped")}
+        result = from_jsonable(sym.SymmetryResult, {**body, "settings": run.settings.to_dict()})
+        results[entry["path"]] = result
+        return result
+
+    # a resumed run's first checkpoint is the reference for excess nullity
+    head = [e for (p, _), e in done_entries(previous).items() if p == str(ckpts[0].path)]
+    if head:
+        first.append(revive(head[0]))
+    report = run_report(
+        "symtool/symmetry",
+        ckpts,
+        analyze,
+        run.public(),
+        trust_pickle=run.trust_pickle,
+        previous=previous,
+        on_partial=on_partial,
+        progress=progress,
+    )
+    for e in report["checkpoints"]:
+        if e["status"] == "ok" and e["path"] not in results:
+            revive(e)
+    ok = [(e["step"], results[e["path"]]) for e in report["checkpoints"] if e["status"] == "ok"]
+    report["sequence"] = None
+    steps = [s for s, _ in ok]
+    if len(ok) > 1 and None not in steps and len(set(steps)) == len(steps):
+        report["sequence"] = to_jsonable(sym.analyse_sequence(ok))
+    for e in report["checkpoints"]:
+        e.pop("settings", None)
+    return report
