@@ -144,6 +144,12 @@ FormatOpt = Annotated[
         help="table | json | csv. Default: table on a terminal, json when piped or with --out.",
     ),
 ]
+ResumeOpt = Annotated[
+    bool, typer.Option("--resume", help="Continue an interrupted run from its --out report.")
+]
+ModelArgOpt = Annotated[
+    list[str] | None, typer.Option("--model-arg", help="Factory keyword argument key=value.")
+]
 OutOpt = Annotated[
     Path | None, typer.Option("--out", "-o", help="Write the report here (atomically).")
 ]
@@ -305,9 +311,7 @@ def align(
             "--model", help="Model factory pkg.module:fn or file.py:fn (default: auto-MLP)."
         ),
     ] = None,
-    model_arg: Annotated[
-        list[str] | None, typer.Option("--model-arg", help="Factory keyword argument key=value.")
-    ] = None,
+    model_arg: ModelArgOpt = None,
     activation: Annotated[
         str | None,
         typer.Option("--activation", help="Auto-MLP activation (relu, tanh, gelu, ...)."),
@@ -370,9 +374,7 @@ def align(
             "--save-matrices", help="Also save H, G, Z, C, W of every layer (.safetensors)."
         ),
     ] = None,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue an interrupted run from its --out report.")
-    ] = False,
+    resume: ResumeOpt = False,
     parallel: Annotated[
         str,
         typer.Option(
@@ -495,12 +497,8 @@ def ode(
             "--model", help="Custom cell factory with step(state, x), state_size, input_size."
         ),
     ] = None,
-    model_arg: Annotated[
-        list[str] | None, typer.Option("--model-arg", help="Factory keyword argument key=value.")
-    ] = None,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue an interrupted run from its --out report.")
-    ] = False,
+    model_arg: ModelArgOpt = None,
+    resume: ResumeOpt = False,
     config_path: ConfigOpt = None,
     steps: StepsOpt = None,
     every: EveryOpt = None,
@@ -609,9 +607,7 @@ def symmetry(
         str | None,
         typer.Option("--model", help="Factory pkg.module:fn: unit pairs from the module graph."),
     ] = None,
-    model_arg: Annotated[
-        list[str] | None, typer.Option("--model-arg", help="Factory keyword argument key=value.")
-    ] = None,
+    model_arg: ModelArgOpt = None,
     save_subspaces: Annotated[
         Path | None,
         typer.Option(
@@ -619,9 +615,7 @@ def symmetry(
             help="Save broken/restored bases (.safetensors; one file per step for sequences).",
         ),
     ] = None,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue an interrupted run from its --out report.")
-    ] = False,
+    resume: ResumeOpt = False,
     config_path: ConfigOpt = None,
     steps: StepsOpt = None,
     every: EveryOpt = None,

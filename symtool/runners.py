@@ -260,7 +260,9 @@ def run_symmetry(
             bases = sym.symmetry_subspaces(loaded.tensors, tau=run.settings.rank_tau)
             target = subspace_path(run.save_subspaces, c.step, len(ckpts) > 1)
             save_tensors_atomic(target, {k: v.contiguous() for k, v in bases.items()})
-        return to_jsonable(result) | {"settings": None}
+        body = to_jsonable(result)
+        body.pop("settings")  # recorded once, in the provenance
+        return body
 
     def revive(entry: dict[str, Any]) -> Any:
         """A finished entry of a resumed run back into a record for the sequence."""
@@ -291,6 +293,4 @@ def run_symmetry(
     steps = [s for s, _ in ok]
     if len(ok) > 1 and None not in steps and len(set(steps)) == len(steps):
         report["sequence"] = to_jsonable(sym.analyse_sequence(ok))
-    for e in report["checkpoints"]:
-        e.pop("settings", None)
     return report

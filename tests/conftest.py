@@ -28,3 +28,26 @@ try:
     torch.set_num_threads(torch_threads)
 except ImportError:  # pragma: no cover
     pass
+
+
+@pytest.fixture(autouse=True)
+def _validate_reports(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every report a test renders or emits through the sink validates against its schema."""
+    from symtool import schema
+    from symtool.render import Sink
+    from symtool.report import dumps
+
+    render, emit = Sink.render, Sink.emit
+
+    def checked_render(self: Sink, report: dict) -> str:
+        text = render(self, report)
+        if self.fmt == "json":
+            schema.validate_text(text)
+        return text
+
+    def checked_emit(self: Sink, report: dict) -> None:
+        schema.validate_text(dumps(report))
+        emit(self, report)
+
+    monkeypatch.setattr(Sink, "render", checked_render)
+    monkeypatch.setattr(Sink, "emit", checked_emit)
