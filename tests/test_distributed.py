@@ -99,6 +99,13 @@ def test_data_parallel_report_equals_one_process(runs: Path) -> None:
                     assert fa["agreement"] == pytest.approx(fb["agreement"], rel=1e-9), fid
 
 
+def test_reports_of_every_process_layout_validate(runs: Path) -> None:
+    from symtool import schema
+
+    for name in ("one.json", "data.json", "ckpt.json"):
+        schema.validate_text((runs / name).read_text())
+
+
 def test_checkpoint_parallel_report_is_the_same_report(runs: Path) -> None:
     a, c = json.loads((runs / "one.json").read_text()), json.loads((runs / "ckpt.json").read_text())
     assert _strip(a) == _strip(c)
