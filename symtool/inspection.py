@@ -60,16 +60,84 @@ def _tensor_listing(
             if e["path"] == str(c.path):
                 e["error"] = str(exc)
         return None
+    plan = _dry_run(infos)
     items = []
     for info in infos:
         kind = ck.tensor_kind(info.name, info.shape)
+        analyses, notes = plan.get(info.name, ([], []))
         items.append(
             {
                 "name": info.name,
                 "shape": list(info.shape),
                 "dtype": info.dtype,
                 "kind": kind,
-                "analyses": list(ck.ANALYSES_BY_KIND.get(kind, ())),
+                "analyses": analyses,
+                "notes": notes,
             }
         )
     return {"checkpoint": str(c.path), "step": c.step, "items": items}
+
+
+def _dry_run(infos: list[ck.TensorInfo]) -> dict[str, tuple[list[str], list[str]]]:
+    """Per tensor: which analyses would read it and how, from the analyses' own discovery
+    (run on shape-only ``meta`` tensors, so no data is loaded)."""
+    import torch
+
+    from symtool.recurrent import discover_cells
+    from symtool.wiring import discover
+
+    meta = {}
+    for i in infos:
+        dtype = getattr(torch, i.dtype, None)
+        if isinstance(dtype, torch.dtype):
+            meta[i.name] = torch.empty(i.shape, dtype=dtype, device="meta")
+    plan: dict[str, tuple[list[str], list[str]]] = {n: ([], []) for n in meta}
+
+    def add(name: str | None, analysis: str | None, note: str | None) -> None:
+        if name not in plan:
+            return
+        analyses, notes = plan[name]
+        if analysis and analysis not in analyses:
+            analyses.append(analysis)
+        if note and note not in notes:
+            notes.append(note)
+
+    try:
+        layout = discover(meta)
+    except SymtoolError as exc:
+        for name in plan:
+            add(name, None, f"symmetry: {exc.message}")
+    else:
+        for lm in layout.layers:
+            add(lm.key, "symmetry", f"rank of {lm.name}")
+            add(lm.bias_key, "symmetry", None)
+            if lm.role == "plain" and lm.kind in ("linear", "conv"):
+                add(lm.key, "align", None)
+                add(lm.bias_key, "align", "subtracted from h_b")
+        for pair in layout.pairs:
+            note = f"units {pair.incoming}→{pair.outgoing} ({pair.activation})"
+            inc, outg = layout.layer(pair.incoming), layout.layer(pair.outgoing)
+            for key in (inc.key, inc.bias_key, outg.key):
+                add(key, None, note)
+        for block in layout.attention:
+            for name in (block.q, block.k, block.v, block.o):
+                if name:
+                    add(layout.layer(name).key, None, f"attention block {block.name}")
+        if layout.classifier:
+            add(layout.classifier, None, "classifier (softmax translation)")
+        for sk in layout.skipped:
+            add(sk.name, None, f"symmetry skips: {sk.reason}")
+    cells = discover_cells({k: tuple(v.shape) for k, v in meta.items()})
+    for cell in cells.cells:
+        for name in plan:
+            prefix = f"{cell.prefix}." if cell.prefix else ""
+            suffix = "" if cell.layer is None else f"_l{cell.layer}"
+            suffix += "_reverse" if cell.reverse else ""
+            tail = name[len(prefix) :] if name.startswith(prefix) else None
+            if tail and tail.endswith(suffix) and tail.split("_")[0] in ("weight", "bias"):
+                add(
+                    name,
+                    "ode",
+                    f"{cell.kind} layer {cell.layer}{' reverse' if cell.reverse else ''}",
+                )
+    return plan

@@ -134,7 +134,7 @@ def _inspect_table(report: dict[str, Any], out: Console) -> None:
     listing = report.get("tensors")
     if listing:
         tt = Table(title=f"Tensors of {listing['checkpoint']}", title_justify="left")
-        for col in ("tensor", "shape", "dtype", "kind", "analyses"):
+        for col in ("tensor", "shape", "dtype", "kind", "analyses", "how"):
             tt.add_column(col)
         for it in listing["items"]:
             tt.add_row(
@@ -143,6 +143,7 @@ def _inspect_table(report: dict[str, Any], out: Console) -> None:
                 it["dtype"],
                 it["kind"],
                 ", ".join(it["analyses"]) or "—",
+                "; ".join(it.get("notes") or []),
             )
         out.print(tt)
 

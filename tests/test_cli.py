@@ -119,3 +119,26 @@ def test_bad_usage_exit_2(tmp_path: Path) -> None:
     assert _invoke("inspect", str(tmp_path), "--format", "xml").exit_code == 2
     assert _invoke("inspect", str(tmp_path), "--steps", "abc").exit_code == 2
     assert _invoke("inspect", str(tmp_path), "--steps", "999999").exit_code == 2
+
+
+def test_inspect_dry_run_uses_the_analyses_own_discovery(tmp_path: Path) -> None:
+    """Attention blocks, unit pairs and recurrent cells are named as the analyses see them."""
+    rnn = torch.nn.LSTM(4, 6)
+    sd = {f"enc.{k}": v for k, v in rnn.state_dict().items()}
+    sd |= {
+        "blk.attn.in_proj_weight": torch.randn(24, 8),
+        "blk.attn.out_proj.weight": torch.randn(8, 8),
+        "blk.fc1.weight": torch.randn(16, 8),
+        "blk.fc2.weight": torch.randn(8, 16),
+        "norm.weight": torch.ones(8),
+    }
+    path = tmp_path / "m.safetensors"
+    save_file(sd, str(path))
+    res = _invoke("inspect", str(path), "-f", "json")
+    assert res.exit_code == 0, res.output
+    items = {i["name"]: i for i in json.loads(res.stdout)["tensors"]["items"]}
+    assert items["enc.weight_hh_l0"]["analyses"] == ["ode"]
+    assert any("units blk.fc1→blk.fc2" in n for n in items["blk.fc1.weight"]["notes"])
+    assert any("attention block" in n for n in items["blk.attn.in_proj_weight"]["notes"])
+    assert "align" not in items["blk.attn.in_proj_weight"]["analyses"]
+    assert items["norm.weight"]["analyses"] == []
