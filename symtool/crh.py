@@ -51,6 +51,10 @@ CROSS_TERMS: tuple[tuple[str, str, str, str], ...] = (
 
 _LABEL = {"X_a": "-sym C_a", "X_b": "-sym C_b"}
 
+_NEED_VECTORS = frozenset({"H_a", "Z_a", "H_b", "Z_b"})
+"""Matrices whose eigenvectors are used: PAH fits in the bases of Z and H, and each null
+rotates the other matrix of its pair; G and the cross terms need eigenvalues only."""
+
 
 @dataclass(frozen=True, eq=False)
 class LayerSpectra:
@@ -120,7 +124,7 @@ def layer_spectra(m: LayerMatrices, *, cross: bool = True) -> LayerSpectra:
             reasons.append((name, "W has non-finite entries"))
             continue
         try:
-            out[name] = spectrum(M)
+            out[name] = spectrum(M, vectors=name in _NEED_VECTORS)
         except AnalysisError as exc:
             out[name] = None
             reasons.append((name, f"{_LABEL.get(name, name)}: {exc.message}"))

@@ -56,12 +56,16 @@ class Spectrum:
         ones: ``c = Vᵀ 1``, the all-ones vector in the eigenbasis (entry sums need it);
             inside a degenerate eigenspace, all of it sits on the space's first vector
             (see :func:`_canonical_ones`).
+
+    ``vectors`` and ``ones`` are ``None`` for a values-only spectrum
+    (``spectrum(M, vectors=False)``): enough for the rotated side of a null, at a third of
+    the cost of a full ``eigh``.
     """
 
     matrix: Tensor
     values: Tensor
-    vectors: Tensor
-    ones: Tensor
+    vectors: Tensor | None
+    ones: Tensor | None
 
     @property
     def dim(self) -> int:
@@ -75,21 +79,24 @@ class Spectrum:
 
     @property
     def entry_sum(self) -> float:
-        """``1ᵀ M 1 = Σ λ_k c_k²``."""
-        return float((self.values * self.ones**2).sum())
+        """``1ᵀ M 1``, the sum of all entries."""
+        return float(self.matrix.sum())
 
     def rayleigh(self, M: Tensor) -> Tensor:
         """Rayleigh quotients ``m_i = v_iᵀ M v_i`` of ``M`` in this eigenbasis (one GEMM)."""
         V = self.vectors
+        if V is None:
+            raise AnalysisError("this spectrum was computed without eigenvectors")
         M64 = sym(M.to(dtype=torch.float64, device=V.device))
         return ((M64 @ V) * V).sum(dim=0)
 
 
-def spectrum(M: Tensor) -> Spectrum:
+def spectrum(M: Tensor, *, vectors: bool = True) -> Spectrum:
     """Eigendecompose ``sym(M)`` in float64, once.
 
     Args:
         M: a square matrix (any float dtype, any device).
+        vectors: also compute eigenvectors (``False``: eigenvalues only, ``eigvalsh``).
 
     Returns:
         The :class:`Spectrum`, eigenvalues ascending.
@@ -103,12 +110,14 @@ def spectrum(M: Tensor) -> Spectrum:
     if not bool(torch.isfinite(M64).all()):
         raise AnalysisError("matrix has non-finite entries")
     try:
-        values, vectors = torch.linalg.eigh(M64)
+        if not vectors:
+            return Spectrum(M64, torch.linalg.eigvalsh(M64), None, None)
+        values, V = torch.linalg.eigh(M64)
     except RuntimeError as exc:  # torch.linalg.LinAlgError subclasses RuntimeError
         raise AnalysisError(f"eigh failed: {exc}") from exc
-    vectors = _canonical_signs(vectors)
-    ones = _canonical_ones(values, vectors.sum(dim=0))
-    return Spectrum(matrix=M64, values=values, vectors=vectors, ones=ones)
+    V = _canonical_signs(V)
+    ones = _canonical_ones(values, V.sum(dim=0))
+    return Spectrum(matrix=M64, values=values, vectors=V, ones=ones)
 
 
 _CLUSTER_REL = 1e-9
@@ -264,6 +273,22 @@ class HaarBank:
         self._cache: dict[int, Tensor] = {}
         self._gens: dict[int, torch.Generator] = {}
         self._on_device: dict[tuple[int, str], Tensor] = {}
+        self._squares: dict[tuple[int, str], Tensor] = {}
+
+    def squares(self, d: int, k: int | None = None, device: torch.device | str = "cpu") -> Tensor:
+        """``O ∘ O`` of :meth:`get`'s matrices, computed once per dimension and device.
+
+        Every relation's null reads these (``aᵀ (O∘O) λ``); caching them doubles the bank's
+        memory but saves a ``K·d²`` pass per relation.
+        """
+        k = self.samples if k is None else int(k)
+        O = self.get(d, k, device)
+        key = (d, str(torch.device(device)))
+        have = self._squares.get(key)
+        if have is None or have.shape[0] < k:
+            have = O * O
+            self._squares[key] = have
+        return have[:k]
 
     def _generator(self, d: int) -> torch.Generator:
         gen = self._gens.get(d)
@@ -289,6 +314,7 @@ class HaarBank:
             have = new if have is None else torch.cat([have, new])
             self._cache[d] = have
             self._on_device = {key: v for key, v in self._on_device.items() if key[0] != d}
+            self._squares = {key: v for key, v in self._squares.items() if key[0] != d}
         assert have is not None
         dev = torch.device(device)
         if dev.type == "cpu":
@@ -311,7 +337,7 @@ def haar_orthogonal(d: int, k: int, generator: torch.Generator) -> Tensor:
     Q, R = torch.linalg.qr(X)
     signs = torch.sign(torch.diagonal(R, dim1=-2, dim2=-1))
     signs = torch.where(signs == 0, torch.ones_like(signs), signs)
-    return Q * signs.unsqueeze(-2)
+    return (Q * signs.unsqueeze(-2)).contiguous()  # row-major: free reshapes downstream
 
 
 @dataclass(frozen=True)
@@ -333,14 +359,23 @@ class NullStats:
     reason: str | None = None
 
 
-def rotated_alignments(A: Spectrum, B: Spectrum, O: Tensor, metric: str = "pearson") -> Tensor:
+def rotated_alignments(
+    A: Spectrum,
+    B: Spectrum,
+    O: Tensor,
+    metric: str = "pearson",
+    squares: Tensor | None = None,
+) -> Tensor:
     """Scores ``α(A, Q B Qᵀ)`` for ``Q = V_A O V_Bᵀ``, one per ``O`` in a batch, in O(K d²).
 
+    Only ``A``'s eigenvectors enter (through ``c = V_Aᵀ1``); ``B`` may be values-only.
+
     Args:
-        A: spectrum of the fixed matrix.
+        A: spectrum of the fixed matrix (with eigenvectors).
         B: spectrum of the rotated matrix (same side length).
         O: ``(K, d, d)`` orthogonal matrices (Haar ones give the null).
         metric: ``"pearson"`` or ``"cosine"``.
+        squares: ``O ∘ O`` if already at hand (:meth:`HaarBank.squares`).
 
     Returns:
         float64 tensor of length K; an undefined score is ``NaN`` here (internal only:
@@ -349,10 +384,14 @@ def rotated_alignments(A: Spectrum, B: Spectrum, O: Tensor, metric: str = "pears
     _check_metric(metric)
     if A.dim != B.dim:
         raise AnalysisError(f"null needs equal sizes, got {A.dim} and {B.dim}")
+    if A.ones is None:
+        raise AnalysisError("the fixed side of a null needs eigenvectors")
     a = A.values
     lam = B.values.to(a.device)
     O = O.to(device=a.device, dtype=torch.float64)
-    inner = ((O * O) @ lam) @ a  # aᵀ (O∘O) λ per sample
+    P = O * O if squares is None else squares.to(device=a.device, dtype=torch.float64)
+    k, d, _ = P.shape
+    inner = (P.reshape(k * d, d) @ lam).reshape(k, d) @ a  # aᵀ (O∘O) λ per sample
     nb_sq = B.frob_sq
     na_sq = A.frob_sq
     if metric == "cosine":
@@ -362,7 +401,7 @@ def rotated_alignments(A: Spectrum, B: Spectrum, O: Tensor, metric: str = "pears
         lim_a, lim_b = na_sq, nb_sq
     else:
         n = float(A.dim) ** 2
-        co = torch.einsum("i,kij->kj", A.ones, O)  # cᵀ O per sample
+        co = A.ones @ O  # cᵀ O per sample
         sum_b = (co * co) @ lam
         sum_a = A.entry_sum
         num = inner - sum_a * sum_b / n
@@ -402,8 +441,12 @@ def rotation_null(
     k = bank.samples if samples is None else int(samples)
     if k <= 0:
         return NullStats(None, None, None, 0, "null disabled (0 samples)")
+    if A.vectors is None and B.vectors is not None:
+        A, B = B, A  # α and its Haar null are symmetric in the two matrices
+    if A.vectors is None:
+        A = spectrum(A.matrix)
     O = bank.get(A.dim, k, device=A.values.device)
-    vals = rotated_alignments(A, B, O, metric)
+    vals = rotated_alignments(A, B, O, metric, bank.squares(A.dim, k, device=A.values.device))
     vals = vals[~torch.isnan(vals)]
     n = int(vals.numel())
     if n == 0:
