@@ -61,7 +61,7 @@ class LayerAccumulator:
     theory.md section 2. Per vector ``v`` in :data:`VECTORS` it keeps ``S_v = Σ x xᵀ`` of the
     recipe's rows (``raw``: the rows; ``paper``: the rows divided by their norm, plus
     ``s_v = Σ x̂`` and ``k_v`` = rows with non-zero norm), the raw cross sums
-    ``Σ g_b h_bᵀ`` and ``Σ h_a g_aᵀ``, and, when ``raw_too`` (paper recipe only), the raw
+    ``Σ g_b h_bᵀ = D Wᵀ`` and ``Σ h_a g_aᵀ = Dᵀ W`` through one ``D = Σ g_b h_aᵀ``, and, when ``raw_too`` (paper recipe only), the raw
     ``Σ x xᵀ`` as well. Sums are allocated on the first batch, never divided until
     :meth:`finish`, and merge exactly (:meth:`merge`, :meth:`sums`).
 
@@ -93,8 +93,7 @@ class LayerAccumulator:
         self._s: dict[str, Tensor] = {}
         self._k: dict[str, Tensor] = {}
         self._R: dict[str, Tensor] = {}
-        self._C_a: Tensor | None = None
-        self._C_b: Tensor | None = None
+        self._D: Tensor | None = None  # Σ g_b h_aᵀ; both cross sums follow from it
 
     # ----------------------------------------------------------------- allocation
     @property
@@ -122,8 +121,7 @@ class LayerAccumulator:
                 self._k[v] = torch.zeros((), dtype=torch.int64, device=device)
             if self.raw_too:
                 self._R[v] = torch.zeros(d, d, **f64)
-        self._C_a = torch.zeros(d_in, d_in, **f64)
-        self._C_b = torch.zeros(d_out, d_out, **f64)
+        self._D = torch.zeros(d_out, d_in, **f64)
 
     # ----------------------------------------------------------------- streaming
     def add(
@@ -153,7 +151,7 @@ class LayerAccumulator:
         if h_a.shape[0] != h_b.shape[0]:
             raise ValueError(f"{h_a.shape[0]} input rows but {h_b.shape[0]} output rows")
         self.allocate(h_a.shape[1], h_b.shape[1], h_a.device)
-        assert self._n is not None and self._C_a is not None and self._C_b is not None
+        assert self._n is not None and self._D is not None
         if h_a.shape[0] == 0:
             return
         gd = self.gemm_dtype
@@ -165,9 +163,9 @@ class LayerAccumulator:
                 own.add(v)
             x[v] = c
         self._n += h_a.shape[0]
-        # Raw cross sums (theory.md section 3): Σ g_b h_bᵀ and Σ h_a g_aᵀ.
-        self._addmm(self._C_b, x["g_b"].T, x["h_b"])
-        self._addmm(self._C_a, x["h_a"].T, x["g_a"])
+        # Raw cross sums (theory.md section 3) Σ g_b h_bᵀ = D Wᵀ and Σ h_a g_aᵀ = Dᵀ W, both
+        # exact for h_b = W h_a and g_a = Wᵀ g_b, from one product D = Σ g_b h_aᵀ.
+        self._addmm(self._D, x["g_b"].T, x["h_a"])
         if self.recipe == "raw":
             for v in VECTORS:
                 self._addmm(self._S[v], x[v].T, x[v])
@@ -200,8 +198,8 @@ class LayerAccumulator:
         """
         if not self.allocated:
             raise ValueError("accumulator has no sums yet; call allocate() first")
-        assert self._n is not None and self._C_a is not None and self._C_b is not None
-        out = [self._n, self._C_a, self._C_b]
+        assert self._n is not None and self._D is not None
+        out = [self._n, self._D]
         for v in VECTORS:
             out.append(self._S[v])
             if self.recipe == "paper":
@@ -232,8 +230,8 @@ class LayerAccumulator:
         if not other.allocated:
             return
         assert other.d_in is not None and other.d_out is not None
-        assert other._C_a is not None
-        self.allocate(other.d_in, other.d_out, other._C_a.device)
+        assert other._D is not None
+        self.allocate(other.d_in, other.d_out, other._D.device)
         for dst, src in zip(self.sums(), other.sums(), strict=True):
             dst += src.to(dst.device)
 
@@ -256,12 +254,12 @@ class LayerAccumulator:
         n = self.n
         if n == 0:
             raise AnalysisError("no sample rows reached this layer")
-        assert self._C_a is not None and self._C_b is not None
+        assert self._D is not None
         bad = [v for v in VECTORS if not bool(torch.isfinite(self._S[v].diagonal()).all())]
         if self.raw_too:
             bad += [v for v in VECTORS if v not in bad and not _finite(self._R[v])]
-        if not bad and not (_finite(self._C_a) and _finite(self._C_b)):
-            bad = ["h_a·g_a or g_b·h_b cross sums"]
+        if not bad and not _finite(self._D):
+            bad = ["the g_b·h_a cross sum"]
         if bad:
             raise AnalysisError(f"non-finite values in {', '.join(bad)} (activations or gradients)")
         mats: dict[str, Tensor] = {}
@@ -281,15 +279,16 @@ class LayerAccumulator:
             raw = {_MATRIX_NAMES[v]: mats[v] for v in VECTORS}
         elif self.raw_too:
             raw = {_MATRIX_NAMES[v]: self._R[v] / n for v in VECTORS}
-        W64 = W.detach().to(device=self._C_a.device, dtype=torch.float64).reshape(W.shape[0], -1)
+        W64 = W.detach().to(device=self._D.device, dtype=torch.float64).reshape(W.shape[0], -1)
+        D = self._D / n
         return LayerMatrices(
             W=W64.clone() if W64.data_ptr() == W.data_ptr() else W64,
             H_a=mats["h_a"],
             G_a=mats["g_a"],
             H_b=mats["h_b"],
             G_b=mats["g_b"],
-            C_a=self._C_a / n,
-            C_b=self._C_b / n,
+            C_a=D.T @ W64,
+            C_b=D @ W64.T,
             n=n,
             skipped_rows=skipped,
             recipe=self.recipe,
