@@ -24,13 +24,23 @@ from symtool.wiring import AttentionSpec
 Tensor = torch.Tensor
 
 
-def singular_values(m: Tensor) -> Tensor:
-    """``torch.linalg.svdvals`` (float64, descending), run on the tall orientation.
+def singular_values(m: Tensor, *, exact: bool = False) -> Tensor:
+    """Singular values (float64, descending) of a matrix or a batch of matrices.
 
-    LAPACK is several times slower on wide matrices; the singular values are the same.
+    By default from ``eigvalsh`` of the Gram matrix on the smaller side, 1.4–1.7× faster
+    than ``svdvals`` here; a value ``σ_k`` is then resolved down to about
+    ``sqrt(d·eps)·σ_1`` (≈ 4e-7 σ_1 for d = 768), far below every ratio symtool reads
+    (≥ 1e-3, and the float32 floor ``max(m,n)·eps``); below it, values are round-off.
+    ``exact=True`` runs ``svdvals`` (on the tall orientation: LAPACK is several times
+    slower on wide matrices) for reports that list every singular value.
     """
     m = m.to(torch.float64)
-    return torch.linalg.svdvals(m.mT if m.shape[-2] < m.shape[-1] else m)
+    tall = m.mT if m.shape[-2] < m.shape[-1] else m
+    if exact:
+        return torch.linalg.svdvals(tall)
+    gram = tall.mT @ tall
+    values = torch.linalg.eigvalsh(gram).clamp_min(0.0).sqrt()
+    return values.flip(-1)
 
 
 def _ranks(m: Tensor, eps: float, taus: tuple[float, ...]) -> tuple[Tensor, list[list[TauCount]]]:

@@ -61,9 +61,10 @@ class LayerAccumulator:
     theory.md section 2. Per vector ``v`` in :data:`VECTORS` it keeps ``S_v = Σ x xᵀ`` of the
     recipe's rows (``raw``: the rows; ``paper``: the rows divided by their norm, plus
     ``s_v = Σ x̂`` and ``k_v`` = rows with non-zero norm), the raw cross sums
-    ``Σ g_b h_bᵀ = D Wᵀ`` and ``Σ h_a g_aᵀ = Dᵀ W`` through one ``D = Σ g_b h_aᵀ``, and, when ``raw_too`` (paper recipe only), the raw
-    ``Σ x xᵀ`` as well. Sums are allocated on the first batch, never divided until
-    :meth:`finish`, and merge exactly (:meth:`merge`, :meth:`sums`).
+    ``Σ g_b h_bᵀ = D Wᵀ`` and ``Σ h_a g_aᵀ = Dᵀ W`` through one ``D = Σ g_b h_aᵀ``,
+    and, when ``raw_too`` (paper recipe only), the raw ``Σ x xᵀ`` as well. Sums are
+    allocated on the first batch, never divided until :meth:`finish`, and merge exactly
+    (:meth:`merge`, :meth:`sums`).
 
     Args:
         recipe: ``"paper"`` or ``"raw"``.

@@ -154,8 +154,8 @@ def analyse_rank(
     if not bool(torch.isfinite(w).all()):
         return LayerRank(**head, sigma_max=None, frobenius=None, ranks=(), effective_rank=None,
                          stable_rank=None, reason="non-finite weights")
-    sigma = singular_values(w)
-    frob = float(sigma.pow(2).sum().sqrt())
+    sigma = singular_values(w, exact=keep_vectors)
+    frob = float(torch.linalg.matrix_norm(w))
     s1 = float(sigma[0]) if sigma.numel() else 0.0
     if s1 <= 0.0:
         return LayerRank(**head, sigma_max=0.0, frobenius=0.0, ranks=(), effective_rank=None,

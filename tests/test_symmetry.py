@@ -33,11 +33,11 @@ def _ranks(rec) -> dict[float, int]:
 
 
 def test_planted_low_rank_is_exact_at_every_threshold():
-    w = _planted(60, 40, [5.0, 3.0, 1.0, 0.5, 0.2, 0.02, 1e-4])
+    w = _planted(60, 40, [5.0, 3.0, 1.0, 0.51, 0.2, 0.02, 1e-4])  # no ratio exactly at a τ
     rec = analyse_rank(w, name="w")
     assert _ranks(rec) == {1e-1: 4, 3e-2: 5, 1e-2: 5, 1e-3: 6}
     assert rec.sigma_max == pytest.approx(5.0)
-    assert rec.stable_rank == pytest.approx((25 + 9 + 1 + 0.25 + 0.04 + 4e-4 + 1e-8) / 25)
+    assert rec.stable_rank == pytest.approx((25 + 9 + 1 + 0.51**2 + 0.04 + 4e-4 + 1e-8) / 25)
     assert all(not r.floored for r in rec.ranks)
 
 
