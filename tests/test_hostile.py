@@ -292,13 +292,22 @@ def test_ctrl_c_leaves_a_valid_partial_report_and_resume_completes_it(
     assert _strip(json.loads(part.read_text())) == _strip(json.loads(full.read_text()))
 
 
-def test_reports_are_byte_identical_apart_from_volatile_fields(fixtures_dir: Path) -> None:
+@pytest.mark.parametrize(
+    ("command", "fixture", "extra"),
+    [
+        ("align", "mlp_wd", ["--last", "2", "--null-samples", "4"]),
+        ("symmetry", "mlp_wd", ["--last", "3"]),
+        ("ode", "gru", ["--last", "2"]),
+    ],
+)
+def test_reports_are_byte_identical_apart_from_volatile_fields(
+    fixtures_dir: Path, command: str, fixture: str, extra: list[str]
+) -> None:
     from symtool.report import dumps
 
     outs = []
     for _ in range(2):
-        res = _invoke(
-            "align", fixtures_dir / "mlp_wd", "--last", "2", "--null-samples", "4", "-f", "json"
-        )
+        res = _invoke(command, fixtures_dir / fixture, *extra, "-f", "json")
+        assert res.exit_code == 0, res.output
         outs.append(dumps(_strip(json.loads(res.stdout))))
     assert outs[0] == outs[1]
