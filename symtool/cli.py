@@ -73,6 +73,9 @@ def command(fn: F) -> F:
         except KeyboardInterrupt:
             _say("interrupted")
             raise typer.Exit(EXIT_INTERRUPTED) from None
+        except BrokenPipeError:  # `symtool ... | head`: the reader left, nothing is wrong
+            _quiet_stdout()
+            raise typer.Exit(0) from None
         except Exception as exc:
             if _debug():
                 traceback.print_exc()
@@ -82,6 +85,12 @@ def command(fn: F) -> F:
         raise typer.Exit(code or 0)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 def _version(value: bool) -> None:
@@ -238,6 +247,9 @@ def main() -> None:
     except KeyboardInterrupt:  # raised outside a command (e.g. during import)
         _say("interrupted")
         sys.exit(EXIT_INTERRUPTED)
+    except BrokenPipeError:
+        _quiet_stdout()
+        sys.exit(0)
 
 
 # -------------------------------------------------------------------------- align

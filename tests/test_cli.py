@@ -142,3 +142,20 @@ def test_inspect_dry_run_uses_the_analyses_own_discovery(tmp_path: Path) -> None
     assert any("attention block" in n for n in items["blk.attn.in_proj_weight"]["notes"])
     assert "align" not in items["blk.attn.in_proj_weight"]["analyses"]
     assert items["norm.weight"]["analyses"] == []
+
+
+@pytest.mark.parametrize("args", [["schema"], ["inspect", "FIXTURE", "-f", "csv"]])
+def test_a_closed_pipe_is_not_an_error(fixtures_dir: Path, args: list[str]) -> None:
+    """`symtool ... | head`: when the reader has gone, no error message and exit 0."""
+    import subprocess
+    import sys
+
+    argv = [str(fixtures_dir / "mlp_wd") if a == "FIXTURE" else a for a in args]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "symtool", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    proc.stdout.close()  # the reader is gone before symtool writes anything
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err.decode()
+    assert b"error" not in err
