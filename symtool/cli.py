@@ -611,6 +611,12 @@ def symmetry(
     heads: Annotated[
         int | None, typer.Option("--heads", help="Attention heads per block (per-head analysis).")
     ] = None,
+    all_values: Annotated[
+        bool,
+        typer.Option(
+            "--all-values", help="Also list every singular value and per-unit imbalance."
+        ),
+    ] = False,
     classifier: Annotated[
         str | None,
         typer.Option("--classifier", help="Classifier layer for the softmax symmetry ('' = none)."),
@@ -652,6 +658,7 @@ def symmetry(
         dead_taus=_with(defaults.dead_taus, pick(tau_dead, config, "symmetry", "tau_dead", None)),
         dup_taus=_with(defaults.dup_taus, pick(tau_dup, config, "symmetry", "tau_dup", None)),
         rank_taus=_with(defaults.rank_taus, pick(tau_rank, config, "symmetry", "tau_rank", None)),
+        keep_vectors=all_values,
     )
     run = SymmetryRun(
         settings=settings,

@@ -167,3 +167,16 @@ def test_fixture_renders(fixtures_dir: Path, fmt: str) -> None:
         assert any(",units,dead,0.01," in r for r in rows)
     else:
         assert "rotation symmetry" in res.stdout and "Hidden units" in res.stdout
+
+
+def test_all_values_lists_the_exact_singular_values(tmp_path: Path) -> None:
+    sd = _planted()
+    rep = _one(tmp_path, sd, "--all-values")
+    layer = next(la for la in rep["checkpoints"][0]["layers"] if la["name"] == "fc1")
+    expected = torch.linalg.svdvals(sd["fc1.weight"].double())
+    assert torch.allclose(
+        torch.tensor(layer["singular_values"], dtype=torch.float64),
+        expected,
+        rtol=1e-10,
+        atol=1e-12,
+    )
