@@ -109,6 +109,33 @@ def human_size(n: int | None) -> str:
     return f"{n} B"
 
 
+def _layer_rows(
+    report: dict[str, Any], fields: dict[str, str]
+) -> Iterable[tuple[dict[str, Any], dict[str, Any] | None]]:
+    """``(row, layer)`` for every ok layer of every checkpoint; failed checkpoints and
+    layers come as ``(row with the reason, None)``. ``fields``: CSV column → layer key."""
+    for e in report["checkpoints"]:
+        base = {"step": e["step"], "checkpoint": e["path"]}
+        if e["status"] != "ok":
+            yield {**base, "status": "failed", "reason": e["error"]}, None
+            continue
+        for layer in e["layers"]:
+            row = {**base, **{c: layer[k] for c, k in fields.items()}, "status": layer["status"]}
+            if layer["status"] != "ok":
+                yield {**row, "reason": layer["reason"]}, None
+            else:
+                yield row, layer
+
+
+def _heading(e: dict[str, Any], out: Console) -> str | None:
+    """A checkpoint's table title, or None after printing why it failed."""
+    title = f"step {fmt_num(e['step'])} · {e['path']}"
+    if e["status"] != "ok":
+        out.print(f"[red]{title}: failed: {e['error']}[/red]")
+        return None
+    return title
+
+
 # ------------------------------------------------------------------------- inspect
 
 
@@ -175,9 +202,8 @@ def _align_table(report: dict[str, Any], out: Console) -> None:
     th = report.get("thresholds", {})
     formulas = report.get("relations", {})
     for e in report["checkpoints"]:
-        title = f"step {fmt_num(e['step'])} · {e['path']}"
-        if e["status"] != "ok":
-            out.print(f"[red]{title}: failed: {e['error']}[/red]")
+        title = _heading(e, out)
+        if title is None:
             continue
         t = Table(
             title=title,
@@ -288,72 +314,60 @@ _ALIGN_COLUMNS = [
 
 def _align_rows(report: dict[str, Any]) -> tuple[list[str], Iterable[dict[str, Any]]]:
     def rows() -> Iterable[dict[str, Any]]:
-        for e in report["checkpoints"]:
-            base = {"step": e["step"], "checkpoint": e["path"]}
-            if e["status"] != "ok":
-                yield {**base, "status": "failed", "reason": e["error"]}
+        fields = {"layer": "name", "kind": "kind", "d_in": "d_in", "d_out": "d_out"}
+        for lb, layer in _layer_rows(report, fields):
+            if layer is None:
+                yield lb
                 continue
-            for layer in e["layers"]:
-                lb = {
-                    **base,
-                    "layer": layer["name"],
-                    "kind": layer["kind"],
-                    "d_in": layer["d_in"],
-                    "d_out": layer["d_out"],
-                    "status": layer["status"],
-                }
-                if layer["status"] != "ok":
-                    yield {**lb, "reason": layer["reason"]}
-                    continue
-                for group in ("relations", "cross_terms"):
-                    for rid, r in (layer.get(group) or {}).items():
-                        yield {
-                            **lb,
-                            "metric": "alpha",
-                            "quantity": rid,
-                            "formula": r["formula"],
-                            "value": r["alpha"],
-                            "null_mean": r["null_mean"],
-                            "null_std": r["null_std"],
-                            "z": r["z"],
-                            "holds": r["holds"],
-                            "reason": r["reason"],
-                        }
-                v = layer.get("verify")
-                if v:
-                    for key in ("h_b_error", "g_a_error"):
-                        yield {**lb, "metric": "verify", "quantity": key, "value": v.get(key)}
-                p = layer.get("pah")
-                if p:
-                    for fid, f in p["fits"].items():
-                        for metric in (
-                            "kappa",
-                            "r2",
-                            "ci_low",
-                            "ci_high",
-                            "agreement",
-                            "kappa_star",
-                            "alpha_star",
-                            "n_kept",
-                        ):
-                            yield {
-                                **lb,
-                                "metric": metric,
-                                "quantity": fid,
-                                "formula": f.get("formula"),
-                                "value": f.get(metric),
-                                "reason": f.get("reason"),
-                            }
-                    c = p.get("consistency") or {}
-                    for key in ("h_shift", "g_shift"):
-                        yield {**lb, "metric": "consistency", "quantity": key, "value": c.get(key)}
-                    ph = p.get("phase") or {}
+            for group in ("relations", "cross_terms"):
+                for rid, r in (layer.get(group) or {}).items():
                     yield {
                         **lb,
-                        "metric": "phase_distance",
-                        "quantity": ph.get("name"),
-                        "value": ph.get("distance"),
+                        "metric": "alpha",
+                        "quantity": rid,
+                        "formula": r["formula"],
+                        "value": r["alpha"],
+                        "null_mean": r["null_mean"],
+                        "null_std": r["null_std"],
+                        "z": r["z"],
+                        "holds": r["holds"],
+                        "reason": r["reason"],
                     }
+            v = layer.get("verify")
+            if v:
+                for key in ("h_b_error", "g_a_error"):
+                    yield {**lb, "metric": "verify", "quantity": key, "value": v.get(key)}
+            p = layer.get("pah")
+            if p:
+                for fid, f in p["fits"].items():
+                    for metric in (
+                        "kappa",
+                        "r2",
+                        "ci_low",
+                        "ci_high",
+                        "agreement",
+                        "kappa_star",
+                        "alpha_star",
+                        "n_kept",
+                    ):
+                        yield {
+                            **lb,
+                            "metric": metric,
+                            "quantity": fid,
+                            "formula": f.get("formula"),
+                            "value": f.get(metric),
+                            "reason": f.get("reason"),
+                        }
+                c = p.get("consistency") or {}
+                for key in ("h_shift", "g_shift"):
+                    yield {**lb, "metric": "consistency", "quantity": key, "value": c.get(key)}
+                ph = p.get("phase") or {}
+                yield {
+                    **lb,
+                    "metric": "phase_distance",
+                    "quantity": ph.get("name"),
+                    "value": ph.get("distance"),
+                }
 
     return _ALIGN_COLUMNS, rows()
 
@@ -366,9 +380,8 @@ register("symtool/align", _align_table, _align_rows)
 
 def _ode_table(report: dict[str, Any], out: Console) -> None:
     for e in report["checkpoints"]:
-        title = f"step {fmt_num(e['step'])} · {e['path']}"
-        if e["status"] != "ok":
-            out.print(f"[red]{title}: failed: {e['error']}[/red]")
+        title = _heading(e, out)
+        if title is None:
             continue
         t = Table(
             title=title,
@@ -419,58 +432,45 @@ _ODE_COLUMNS = ["step", "checkpoint", "layer", "cell", "quantity", "value", "sta
 
 def _ode_rows(report: dict[str, Any]) -> tuple[list[str], Iterable[dict[str, Any]]]:
     def rows() -> Iterable[dict[str, Any]]:
-        for e in report["checkpoints"]:
-            base = {"step": e["step"], "checkpoint": e["path"]}
-            if e["status"] != "ok":
-                yield {**base, "status": "failed", "reason": e["error"]}
+        for lb, layer in _layer_rows(report, {"layer": "name", "cell": "kind"}):
+            if layer is None:
+                yield lb
                 continue
-            for layer in e["layers"]:
-                lb = {
-                    **base,
-                    "layer": layer["name"],
-                    "cell": layer["kind"],
-                    "status": layer["status"],
-                }
-                if layer["status"] != "ok":
-                    yield {**lb, "reason": layer["reason"]}
+            values: dict[str, Any] = {"n": layer["n"], "t": layer["t"]}
+            for w in layer["weights"]:
+                g = w["gate"]
+                for k in (
+                    "spectral_radius",
+                    "sigma_max",
+                    "gamma_sigma_max",
+                    "departure_from_normality",
+                    "unitarity_defect",
+                    "max_timescale",
+                ):
+                    values[f"weights.{g}.{k}"] = w.get(k)
+            for point in ("rest", "along"):
+                r = layer.get(point)
+                if not r:
                     continue
-                values: dict[str, Any] = {"n": layer["n"], "t": layer["t"]}
-                for w in layer["weights"]:
-                    g = w["gate"]
-                    for k in (
-                        "spectral_radius",
-                        "sigma_max",
-                        "gamma_sigma_max",
-                        "departure_from_normality",
-                        "unitarity_defect",
-                        "max_timescale",
-                    ):
-                        values[f"weights.{g}.{k}"] = w.get(k)
-                for point in ("rest", "along"):
-                    r = layer.get(point)
-                    if not r:
-                        continue
-                    for k in ("spectral_radius", "norm", "delta", "euler_dt_limit"):
-                        values[f"{point}.{k}"] = r.get(k)
-                    values[f"{point}.dt"] = (r.get("step") or {}).get("dt")
-                    for sch in r.get("schemes") or []:
-                        values[f"{point}.{sch['scheme']}.spectral_abscissa"] = sch[
-                            "spectral_abscissa"
-                        ]
-                        values[f"{point}.{sch['scheme']}.n_unstable"] = sch["n_unstable"]
-                    for reg in r.get("regions") or []:
-                        values[f"{point}.rk{reg['stages']}.in_region"] = reg["in_region"]
-                        values[f"{point}.rk{reg['stages']}.margin"] = reg["margin"]
-                ly = layer.get("lyapunov") or {}
-                for i, x in enumerate(ly.get("exponents") or []):
-                    values[f"lyapunov.{i + 1}"] = x
-                for k in ("kaplan_yorke", "participation_ratio"):
-                    values[k] = ly.get(k)
-                v = layer.get("verdict") or {}
-                values["verdict"] = v.get("label")
-                values["verdict.value"] = v.get("value")
-                for q, val in values.items():
-                    yield {**lb, "quantity": q, "value": val}
+                for k in ("spectral_radius", "norm", "delta", "euler_dt_limit"):
+                    values[f"{point}.{k}"] = r.get(k)
+                values[f"{point}.dt"] = (r.get("step") or {}).get("dt")
+                for sch in r.get("schemes") or []:
+                    values[f"{point}.{sch['scheme']}.spectral_abscissa"] = sch["spectral_abscissa"]
+                    values[f"{point}.{sch['scheme']}.n_unstable"] = sch["n_unstable"]
+                for reg in r.get("regions") or []:
+                    values[f"{point}.rk{reg['stages']}.in_region"] = reg["in_region"]
+                    values[f"{point}.rk{reg['stages']}.margin"] = reg["margin"]
+            ly = layer.get("lyapunov") or {}
+            for i, x in enumerate(ly.get("exponents") or []):
+                values[f"lyapunov.{i + 1}"] = x
+            for k in ("kaplan_yorke", "participation_ratio"):
+                values[k] = ly.get(k)
+            v = layer.get("verdict") or {}
+            values["verdict"] = v.get("label")
+            values["verdict.value"] = v.get("value")
+            for q, val in values.items():
+                yield {**lb, "quantity": q, "value": val}
 
     return _ODE_COLUMNS, rows()
 
@@ -493,9 +493,8 @@ def _symmetry_table(report: dict[str, Any], out: Console) -> None:
     st = report["provenance"]["settings"]
     r_tau, d_tau, u_tau = st["rank_tau"], st["dead_tau"], st["dup_tau"]
     for e in report["checkpoints"]:
-        title = f"step {fmt_num(e['step'])} · {e['path']}"
-        if e["status"] != "ok":
-            out.print(f"[red]{title}: failed: {e['error']}[/red]")
+        title = _heading(e, out)
+        if title is None:
             continue
         t = Table(title=f"{title} — rotation symmetry (rank)", title_justify="left")
         for col in (
