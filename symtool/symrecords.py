@@ -76,7 +76,7 @@ class SymmetrySettings:
     dup_taus: tuple[float, ...] = (1e-1, 3e-2, 1e-2)
     dup_tau: float = 1e-2
     activation: str = "relu"
-    block: int = 2048
+    block: int = 512
     max_pairs: int = 1000
     keep_vectors: bool = False
 

@@ -137,7 +137,7 @@ def duplicate_search(
     main_tau: float,
     *,
     sign: bool = False,
-    block: int = 2048,
+    block: int = 512,
     max_pairs: int = 1000,
     index: Sequence[int] | None = None,
     exact_limit: int = _EXACT_LIMIT,
