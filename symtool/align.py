@@ -20,8 +20,8 @@ from symtool import checkpoints as ck
 from symtool import crh, distributed, models, pah, probes
 from symtool.errors import ModelError, UsageError
 from symtool.linalg import METRICS, HaarBank
-from symtool.pipeline import Progress, check_resumable, done_entries, run_sequence
-from symtool.report import SCHEMA_VERSION, provenance, to_jsonable
+from symtool.pipeline import Progress, run_report
+from symtool.report import to_jsonable
 
 RECIPES = ("paper", "raw")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -339,36 +339,26 @@ def run_align(
     probe = _Probe(settings)
     analyzer = _Analyzer(settings, probe, world)
     analyzer.keep_matrices = save_matrices is not None
-    head = {
-        "schema": "symtool/align",
-        "schema_version": SCHEMA_VERSION,
-        "provenance": provenance(settings.public(), probe=probe.describe()),
-        "thresholds": {"alpha": settings.alpha_threshold, "z": settings.z_threshold},
-        "relations": {rid: f"{a} ~ {b}" for rid, a, b, _ in crh.RELATIONS},
-        "complete": False,
-        "checkpoints": [],
-    }
-    if previous is not None:
-        check_resumable(previous, head)
-
-    def partial(entries: list[dict[str, Any]]) -> None:
-        if on_partial and world.is_main:
-            on_partial({**head, "checkpoints": entries})
-
-    by_checkpoint = world.active and world.mode == "checkpoints"
-    entries = run_sequence(
-        ckpts[world.rank :: world.size] if by_checkpoint else ckpts,
+    report = run_report(
+        "symtool/align",
+        ckpts,
         analyzer,
+        settings.public(),
         trust_pickle=settings.trust_pickle,
-        done=done_entries(previous),
-        on_entry=partial,
-        progress=progress if world.is_main else None,
+        provenance_extra={"probe": probe.describe()},
+        head_extra={
+            "thresholds": {"alpha": settings.alpha_threshold, "z": settings.z_threshold},
+            "relations": {rid: f"{a} ~ {b}" for rid, a, b, _ in crh.RELATIONS},
+        },
+        previous=previous,
+        on_partial=on_partial,
+        progress=progress,
+        world=world,
     )
-    if by_checkpoint:
-        gathered = distributed.all_gather((entries, analyzer.matrices), world)
-        entries = distributed.interleave([g[0] for g in gathered], world)
+    if world.active and world.mode == "checkpoints":
+        gathered = distributed.all_gather((report["checkpoints"], analyzer.matrices), world)
+        report["checkpoints"] = distributed.interleave([g[0] for g in gathered], world)
         for _, mats in gathered:
             analyzer.matrices.update(mats)
-    report = {**head, "complete": True, "checkpoints": entries}
     report["matrices"] = analyzer.matrices if save_matrices is not None else None
     return report

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from symtool import checkpoints as ck
+from symtool import distributed
 from symtool.errors import SymtoolError, UsageError
+from symtool.report import SCHEMA_VERSION, provenance
 
 Analyze = Callable[[ck.Checkpoint, ck.LoadedCheckpoint], dict[str, Any]]
 Progress = Callable[[int, int, str], None]
@@ -144,3 +146,51 @@ def check_resumable(previous: dict[str, Any], head: dict[str, Any]) -> None:
             + ", ".join(diff)
             + "); remove it or rerun with the same options"
         )
+
+
+def run_report(
+    schema: str,
+    ckpts: list[ck.Checkpoint],
+    analyze: Analyze,
+    settings: dict[str, Any],
+    *,
+    trust_pickle: bool,
+    provenance_extra: dict[str, Any] | None = None,
+    head_extra: dict[str, Any] | None = None,
+    previous: dict[str, Any] | None = None,
+    on_partial: Callable[[dict[str, Any]], None] | None = None,
+    progress: Progress | None = None,
+    world: distributed.World | None = None,
+) -> dict[str, Any]:
+    """A report of kind ``schema``: one entry per checkpoint from ``analyze``.
+
+    With a checkpoint-parallel ``world``, this rank analyses every ``world.size``-th
+    checkpoint (the caller gathers the entries); only rank 0 reports progress and writes
+    partial reports.
+    """
+    world = world or distributed.World()
+    head: dict[str, Any] = {
+        "schema": schema,
+        "schema_version": SCHEMA_VERSION,
+        "provenance": provenance(settings, **(provenance_extra or {})),
+        **(head_extra or {}),
+        "complete": False,
+        "checkpoints": [],
+    }
+    if previous is not None:
+        check_resumable(previous, head)
+
+    def partial(entries: list[dict[str, Any]]) -> None:
+        if on_partial and world.is_main:
+            on_partial({**head, "checkpoints": entries})
+
+    by_checkpoint = world.active and world.mode == "checkpoints"
+    entries = run_sequence(
+        ckpts[world.rank :: world.size] if by_checkpoint else ckpts,
+        analyze,
+        trust_pickle=trust_pickle,
+        done=done_entries(previous),
+        on_entry=partial,
+        progress=progress if world.is_main else None,
+    )
+    return {**head, "complete": True, "checkpoints": entries}

@@ -18,48 +18,8 @@ from symtool import checkpoints as ck
 from symtool import models, probes
 from symtool import ode as ode_mod
 from symtool.errors import ModelError, ProbeError
-from symtool.pipeline import Progress, check_resumable, done_entries, run_sequence
-from symtool.report import SCHEMA_VERSION, provenance, to_jsonable
-
-
-def run_report(
-    schema: str,
-    ckpts: list[ck.Checkpoint],
-    analyze: Callable[[ck.Checkpoint, ck.LoadedCheckpoint], dict[str, Any]],
-    settings: dict[str, Any],
-    *,
-    trust_pickle: bool,
-    extra_head: dict[str, Any] | None = None,
-    previous: dict[str, Any] | None = None,
-    on_partial: Callable[[dict[str, Any]], None] | None = None,
-    progress: Progress | None = None,
-) -> dict[str, Any]:
-    """A report of kind ``schema``: one entry per checkpoint from ``analyze``."""
-    head: dict[str, Any] = {
-        "schema": schema,
-        "schema_version": SCHEMA_VERSION,
-        "provenance": provenance(settings, **(extra_head or {}).pop("provenance_extra", {})),
-        **(extra_head or {}),
-        "complete": False,
-        "checkpoints": [],
-    }
-    if previous is not None:
-        check_resumable(previous, head)
-
-    def partial(entries: list[dict[str, Any]]) -> None:
-        if on_partial:
-            on_partial({**head, "checkpoints": entries})
-
-    entries = run_sequence(
-        ckpts,
-        analyze,
-        trust_pickle=trust_pickle,
-        done=done_entries(previous),
-        on_entry=partial,
-        progress=progress,
-    )
-    return {**head, "complete": True, "checkpoints": entries}
-
+from symtool.pipeline import Progress, done_entries, run_report
+from symtool.report import to_jsonable
 
 # ------------------------------------------------------------------------------ ode
 
@@ -142,7 +102,7 @@ def run_ode(
         analyze,
         run.public(),
         trust_pickle=run.trust_pickle,
-        extra_head={"provenance_extra": {"probe": probe_info}},
+        provenance_extra={"probe": probe_info},
         previous=previous,
         on_partial=on_partial,
         progress=progress,
