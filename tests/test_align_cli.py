@@ -53,7 +53,7 @@ def run_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def _align(run_dir: Path, *extra: str):
+def _align(run_dir: Path, *extra: object, batch: int = 32):
     return _invoke(
         "align",
         run_dir,
@@ -62,7 +62,7 @@ def _align(run_dir: Path, *extra: str):
         "--activation",
         "tanh",
         "--batch-size",
-        "32",
+        str(batch),
         "--null-samples",
         "4",
         "--bootstrap",
@@ -104,26 +104,7 @@ def test_csv_is_tidy(run_dir: Path) -> None:
 
 def test_batch_size_does_not_change_the_numbers(run_dir: Path) -> None:
     a = json.loads(_align(run_dir, "--dtype", "float64", "-f", "json").stdout)
-    b = json.loads(
-        _invoke(
-            "align",
-            run_dir,
-            "--data",
-            run_dir / "probe.safetensors",
-            "--activation",
-            "tanh",
-            "--batch-size",
-            "96",
-            "--null-samples",
-            "4",
-            "--bootstrap",
-            "20",
-            "--dtype",
-            "float64",
-            "-f",
-            "json",
-        ).stdout
-    )
+    b = json.loads(_align(run_dir, "--dtype", "float64", "-f", "json", batch=96).stdout)
     for ea, eb in zip(a["checkpoints"], b["checkpoints"], strict=True):
         for la, lb in zip(ea["layers"], eb["layers"], strict=True):
             for rid in la["relations"]:
@@ -168,19 +149,7 @@ def test_resume_gives_the_same_report(run_dir: Path, tmp_path_factory) -> None:
         json.loads(full.read_text())
     )
     # other settings: refused
-    res = _invoke(
-        "align",
-        run_dir,
-        "--data",
-        run_dir / "probe.safetensors",
-        "--activation",
-        "tanh",
-        "--out",
-        resumed,
-        "--resume",
-        "--metric",
-        "cosine",
-    )
+    res = _align(run_dir, "--out", resumed, "--resume", "--metric", "cosine")
     assert res.exit_code == 2 and "other settings" in res.stderr
 
 
