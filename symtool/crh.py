@@ -20,11 +20,12 @@ from symtool.errors import AnalysisError, UsageError
 from symtool.linalg import (
     METRICS,
     HaarBank,
+    NullStats,
     Spectrum,
     alignment,
-    rotation_null,
+    gram_pair,
+    rotation_nulls,
     spectrum,
-    sym,
 )
 from symtool.moments import LayerMatrices
 
@@ -51,9 +52,10 @@ CROSS_TERMS: tuple[tuple[str, str, str, str], ...] = (
 
 _LABEL = {"X_a": "-sym C_a", "X_b": "-sym C_b"}
 
-_NEED_VECTORS = frozenset({"H_a", "Z_a", "H_b", "Z_b"})
-"""Matrices whose eigenvectors are used: PAH fits in the bases of Z and H, and each null
-rotates the other matrix of its pair; G and the cross terms need eigenvalues only."""
+_NEED_VECTORS = frozenset({"H_a", "H_b"})
+"""Moments whose eigenvectors are used: PAH fits in the bases of Z and H (Z's come from
+:func:`symtool.linalg.gram_pair`). G and the cross terms are the fixed (first) matrix of a
+null only, which needs their eigenvalues and ``c = Vᵀ1`` (Pearson), not their vectors."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -92,42 +94,43 @@ class LayerSpectra:
         return None
 
 
-def layer_spectra(m: LayerMatrices, *, cross: bool = True) -> LayerSpectra:
-    """Eigendecompose every matrix of a layer once (float64).
+def layer_spectra(m: LayerMatrices, *, cross: bool = True, metric: str = "pearson") -> LayerSpectra:
+    """Eigendecompose every matrix of a layer once (float64), each only as deep as needed.
+
+    ``H_a``, ``H_b``: eigenvectors (PAH bases; fixed side of RGA and RWA). ``Z_a``, ``Z_b``:
+    both from one ``eigh`` (:func:`symtool.linalg.gram_pair`). ``G`` and the cross terms:
+    eigenvalues and, for the Pearson null where they are the fixed matrix, ``c = Vᵀ1``.
 
     Args:
         m: the layer's finished matrices.
         cross: also decompose ``−sym C_a`` and ``−sym C_b`` (for the cross-term null).
+        metric: the alignment metric the nulls will use (cosine needs no ``c``).
 
     Returns:
         :class:`LayerSpectra`; a matrix that is non-finite or fails ``eigh`` is ``None``
         with its reason recorded, the others are still computed.
     """
     W = m.W.to(torch.float64)
-    dense: dict[str, Tensor] = {
-        "H_a": m.H_a,
-        "G_a": m.G_a,
-        "Z_a": W.T @ W,
-        "H_b": m.H_b,
-        "G_b": m.G_b,
-        "Z_b": W @ W.T,
-    }
+    dense: dict[str, Tensor] = {"H_a": m.H_a, "G_a": m.G_a, "H_b": m.H_b, "G_b": m.G_b}
     if cross:
-        dense["X_a"] = -sym(m.C_a.to(torch.float64))
-        dense["X_b"] = -sym(m.C_b.to(torch.float64))
-    w_finite = bool(torch.isfinite(W).all())
+        dense["X_a"] = -m.C_a.to(torch.float64)
+        dense["X_b"] = -m.C_b.to(torch.float64)
     out: dict[str, Spectrum | None] = {}
     reasons: list[tuple[str, str]] = []
     for name, M in dense.items():
-        if name in ("Z_a", "Z_b") and not w_finite:
-            out[name] = None
-            reasons.append((name, "W has non-finite entries"))
-            continue
         try:
-            out[name] = spectrum(M, vectors=name in _NEED_VECTORS)
+            out[name] = spectrum(M, vectors=name in _NEED_VECTORS, ones=metric == "pearson")
         except AnalysisError as exc:
             out[name] = None
             reasons.append((name, f"{_LABEL.get(name, name)}: {exc.message}"))
+    out["Z_a"] = out["Z_b"] = None
+    if not bool(torch.isfinite(W).all()):
+        reasons += [("Z_a", "W has non-finite entries"), ("Z_b", "W has non-finite entries")]
+    else:
+        try:
+            out["Z_a"], out["Z_b"] = gram_pair(W)
+        except AnalysisError as exc:
+            reasons += [("Z_a", f"Z_a: {exc.message}"), ("Z_b", f"Z_b: {exc.message}")]
     return LayerSpectra(**out, reasons=tuple(reasons))
 
 
@@ -211,20 +214,27 @@ def _relation(
     second: str,
     side: str,
     spectra: LayerSpectra,
-    *,
     metric: str,
-    null_samples: int,
-    bank: HaarBank,
-    thresholds: Thresholds,
-) -> Relation:
+) -> tuple[str, Spectrum, Spectrum, float | None] | Relation:
+    """The score of one relation, or its failed record when a matrix is missing."""
     formula = f"{_label(first)} ~ {_label(second)}"
     A, B = spectra.get(first), spectra.get(second)
-    missing = [why for name in (first, second) if (why := spectra.reason(name)) is not None]
     if A is None or B is None:
+        missing = [why for name in (first, second) if (why := spectra.reason(name)) is not None]
         why = "; ".join(missing) if missing else "matrix not available"
         return Relation(rid, formula, side, None, None, None, None, None, f"failed: {why}")
-    alpha = alignment(A.matrix, B.matrix, metric)
-    null = rotation_null(A, B, alpha, bank=bank, samples=null_samples, metric=metric)
+    return formula, A, B, alignment(A.matrix, B.matrix, metric, assume_finite=True)
+
+
+def _finish(
+    rid: str,
+    formula: str,
+    side: str,
+    alpha: float | None,
+    null: NullStats,
+    metric: str,
+    thresholds: Thresholds,
+) -> Relation:
     reason = None
     if alpha is None:
         what = "constant" if metric == "pearson" else "zero"
@@ -269,11 +279,28 @@ def relations(
     thresholds = Thresholds() if thresholds is None else thresholds
     bank = HaarBank(seed=0, samples=null_samples) if bank is None else bank
     if spectra is None:
-        spectra = layer_spectra(m, cross=True)
-    kw = dict(metric=metric, null_samples=null_samples, bank=bank, thresholds=thresholds)
-    rels = tuple(_relation(*spec, spectra, **kw) for spec in RELATIONS)
-    cross = tuple(_relation(*spec, spectra, **kw) for spec in CROSS_TERMS)
-    return LayerAlignment(rels, cross, metric, null_samples, thresholds, m.recipe)
+        spectra = layer_spectra(m, cross=True, metric=metric)
+    specs = RELATIONS + CROSS_TERMS
+    scored = [_relation(*spec, spectra, metric) for spec in specs]
+    pending = [s for s in scored if not isinstance(s, Relation)]
+    nulls = iter(
+        rotation_nulls(
+            [(A, B, alpha) for _, A, B, alpha in pending],
+            bank=bank,
+            samples=null_samples,
+            metric=metric,
+        )
+    )
+    done = [
+        s
+        if isinstance(s, Relation)
+        else _finish(rid, s[0], side, s[3], next(nulls), metric, thresholds)
+        for (rid, _, _, side), s in zip(specs, scored, strict=True)
+    ]
+    n = len(RELATIONS)
+    return LayerAlignment(
+        tuple(done[:n]), tuple(done[n:]), metric, null_samples, thresholds, m.recipe
+    )
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,12 @@ so a null sample costs O(d²) once a Haar ``O`` is at hand. :class:`HaarBank` dr
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+import scipy.linalg
 import torch
 
 from symtool.errors import AnalysisError, UsageError
@@ -49,7 +53,7 @@ class Spectrum:
 
     Attributes:
         matrix: the symmetrised float64 matrix ``sym(M)`` that was decomposed.
-        values: eigenvalues in **ascending** order (as ``torch.linalg.eigh`` returns them).
+        values: eigenvalues in **ascending** order.
         vectors: orthonormal eigenvectors as columns, ``matrix = V diag(values) Vᵀ``; each
             column's sign is fixed so its entry sum is ``≥ 0`` (ties: largest-magnitude entry
             positive), which makes results independent of the solver's sign choice.
@@ -57,9 +61,8 @@ class Spectrum:
             inside a degenerate eigenspace, all of it sits on the space's first vector
             (see :func:`_canonical_ones`).
 
-    ``vectors`` and ``ones`` are ``None`` for a values-only spectrum
-    (``spectrum(M, vectors=False)``): enough for the rotated side of a null, at a third of
-    the cost of a full ``eigh``.
+    ``vectors`` is ``None`` for a spectrum computed without them, and ``ones`` too for a
+    values-only one (see :func:`spectrum`).
     """
 
     matrix: Tensor
@@ -83,20 +86,45 @@ class Spectrum:
         return float(self.matrix.sum())
 
     def rayleigh(self, M: Tensor) -> Tensor:
-        """Rayleigh quotients ``m_i = v_iᵀ M v_i`` of ``M`` in this eigenbasis (one GEMM)."""
+        """Rayleigh quotients ``m_i = v_iᵀ M v_i`` of ``M`` in this eigenbasis (one GEMM).
+
+        ``vᵀ M v = vᵀ sym(M) v``, so ``M`` need not be symmetrised first.
+        """
         V = self.vectors
         if V is None:
             raise AnalysisError("this spectrum was computed without eigenvectors")
-        M64 = sym(M.to(dtype=torch.float64, device=V.device))
+        M64 = M.to(dtype=torch.float64, device=V.device)
         return ((M64 @ V) * V).sum(dim=0)
 
 
-def spectrum(M: Tensor, *, vectors: bool = True) -> Spectrum:
+def _checked(M: Tensor) -> Tensor:
+    """``sym(M)`` in float64, after checking the shape and that every entry is finite."""
+    if M.ndim != 2 or M.shape[0] != M.shape[1]:
+        raise AnalysisError(f"expected a square matrix, got shape {tuple(M.shape)}")
+    M64 = sym(M.detach().to(torch.float64))
+    if not bool(torch.isfinite(M64).all()):
+        raise AnalysisError("matrix has non-finite entries")
+    return M64
+
+
+def spectrum(M: Tensor, *, vectors: bool = True, ones: bool = False) -> Spectrum:
     """Eigendecompose ``sym(M)`` in float64, once.
+
+    Three depths, each computing no more than it is asked for:
+
+    * ``vectors=True`` (default): eigenvalues, eigenvectors and ``c = Vᵀ1`` (``eigh``);
+    * ``vectors=False, ones=True``: eigenvalues and ``c = Vᵀ1`` only, what the fixed
+      matrix of a Pearson rotation null needs (:func:`_values_and_ones`: on the CPU one
+      tridiagonal reduction, about 0.6 of a full ``eigh``);
+    * ``vectors=False, ones=False``: eigenvalues only (``eigvalsh``).
+
+    On the CPU the float64 decompositions run in SciPy's LAPACK (``syevd``, ``sytrd``,
+    ``stemr``); on other devices in ``torch.linalg``.
 
     Args:
         M: a square matrix (any float dtype, any device).
-        vectors: also compute eigenvectors (``False``: eigenvalues only, ``eigvalsh``).
+        vectors: also compute eigenvectors.
+        ones: with ``vectors=False``, also compute ``c = Vᵀ1``.
 
     Returns:
         The :class:`Spectrum`, eigenvalues ascending.
@@ -104,20 +132,111 @@ def spectrum(M: Tensor, *, vectors: bool = True) -> Spectrum:
     Raises:
         AnalysisError: ``M`` is not square, has non-finite entries, or ``eigh`` fails.
     """
-    if M.ndim != 2 or M.shape[0] != M.shape[1]:
-        raise AnalysisError(f"expected a square matrix, got shape {tuple(M.shape)}")
-    M64 = sym(M.to(torch.float64))
-    if not bool(torch.isfinite(M64).all()):
-        raise AnalysisError("matrix has non-finite entries")
+    M64 = _checked(M)
+    cpu = M64.device.type == "cpu"
     try:
-        if not vectors:
-            return Spectrum(M64, torch.linalg.eigvalsh(M64), None, None)
-        values, V = torch.linalg.eigh(M64)
-    except RuntimeError as exc:  # torch.linalg.LinAlgError subclasses RuntimeError
+        if vectors:
+            values, V = _eigh_cpu(M64) if cpu else torch.linalg.eigh(M64)
+            V = _canonical_signs(V)
+            return Spectrum(M64, values, V, _canonical_ones(values, V.sum(dim=0)))
+        if ones:
+            if cpu:
+                values, c = _values_and_ones(M64)
+            else:
+                values, V = torch.linalg.eigh(M64)
+                c = _canonical_signs(V).sum(dim=0)
+            return Spectrum(M64, values, None, _canonical_ones(values, c))
+        return Spectrum(M64, _eigvalsh_cpu(M64) if cpu else torch.linalg.eigvalsh(M64), None, None)
+    except (RuntimeError, ValueError, np.linalg.LinAlgError) as exc:
         raise AnalysisError(f"eigh failed: {exc}") from exc
-    V = _canonical_signs(V)
-    ones = _canonical_ones(values, V.sum(dim=0))
-    return Spectrum(matrix=M64, values=values, vectors=V, ones=ones)
+
+
+def _eigh_cpu(M64: Tensor) -> tuple[Tensor, Tensor]:
+    """``eigh`` of a finite symmetric float64 CPU matrix with LAPACK ``syevd``."""
+    w, V = scipy.linalg.eigh(M64.numpy(), driver="evd", check_finite=False)
+    return torch.from_numpy(w), torch.from_numpy(np.ascontiguousarray(V))
+
+
+def _eigvalsh_cpu(M64: Tensor) -> Tensor:
+    """Eigenvalues (ascending) of a finite symmetric float64 CPU matrix."""
+    return torch.from_numpy(
+        scipy.linalg.eigh(M64.numpy(), eigvals_only=True, driver="evd", check_finite=False)
+    )
+
+
+def _values_and_ones(M64: Tensor) -> tuple[Tensor, Tensor]:
+    """Eigenvalues and ``|Vᵀ1|`` of a symmetric float64 CPU matrix, without its eigenvectors.
+
+    A Householder reflection ``P`` maps ``1/√d`` to ``e₁``; LAPACK ``sytrd`` (lower) reduces
+    ``P M P = Q T Qᵀ`` with ``Q e₁ = e₁``; with ``T = S Λ Sᵀ`` the eigenvectors of ``M`` are
+    ``P Q s_j`` and ``v_jᵀ1 = √d · S₁ⱼ``: the first row of ``T``'s eigenvectors (``stemr``,
+    O(d²)). Cost: one tridiagonal reduction, as for eigenvalues alone, plus O(d²).
+    """
+    a = M64.numpy()
+    d = a.shape[0]
+    if d == 1:
+        return torch.from_numpy(a[0].copy()), torch.ones(1, dtype=torch.float64)
+    u = np.full(d, 1.0 / math.sqrt(d))
+    u[0] -= 1.0
+    u /= np.linalg.norm(u)
+    b = np.array(a, order="F")
+    au = b @ u
+    w = au - float(u @ au) * u
+    b = scipy.linalg.blas.dsyr2(-2.0, u, w, lower=1, a=b, overwrite_a=1)  # P M P, lower part
+    lwork, info = scipy.linalg.lapack.dsytrd_lwork(d, lower=1)
+    _, diag, off, _, info = scipy.linalg.lapack.dsytrd(b, lower=1, lwork=int(lwork), overwrite_a=1)
+    if info != 0:
+        raise np.linalg.LinAlgError(f"sytrd failed (info {info})")
+    try:
+        values, S = scipy.linalg.eigh_tridiagonal(
+            diag, off, lapack_driver="stemr", check_finite=False
+        )
+    except np.linalg.LinAlgError:  # MRRR can fail to converge; QL iteration does not
+        values, S = scipy.linalg.eigh_tridiagonal(diag, off, lapack_driver="stev")
+    c = math.sqrt(d) * np.abs(S[0])
+    return torch.from_numpy(np.ascontiguousarray(values)), torch.from_numpy(c)
+
+
+def gram_pair(W: Tensor) -> tuple[Spectrum, Spectrum]:
+    """Spectra of ``Z_a = WᵀW`` and ``Z_b = WWᵀ`` from one ``eigh`` (theory.md section 1).
+
+    Both share the non-zero eigenvalues ``σ_i²``; with ``Z_small v_i = σ_i² v_i`` on the
+    smaller side, ``u_i = X v_i / σ_i`` (``X = W`` or ``Wᵀ``) are the other side's
+    eigenvectors, and an orthonormal completion (Householder QR) spans its null space, whose
+    eigenvalues are 0. Pairs with ``σ_i² ≤ d·eps·max σ²`` (zero to round-off) join the null
+    space. ``u_i`` is as accurate as ``eigh`` of the bigger matrix would make it: its error
+    ``eps·σ_max/σ_i`` is below ``eigh``'s ``eps·σ_max²/gap`` for every kept pair.
+
+    Args:
+        W: the layer's ``d_out × d_in`` weight (finite).
+
+    Returns:
+        ``(Z_a, Z_b)``, both with eigenvectors.
+
+    Raises:
+        AnalysisError: a decomposition failed.
+    """
+    W64 = W.detach().to(torch.float64)
+    Za, Zb = _checked(W64.T @ W64), _checked(W64 @ W64.T)
+    a_small = Za.shape[0] <= Zb.shape[0]
+    small = spectrum(Za if a_small else Zb)
+    X = W64 if a_small else W64.T  # small-side vectors → big-side vectors
+    big_M = Zb if a_small else Za
+    assert small.vectors is not None
+    z = small.values
+    zmax = float(z.abs().max()) if z.numel() else 0.0
+    keep = z > z.numel() * torch.finfo(torch.float64).eps * zmax
+    n_keep = int(keep.sum())
+    U = (X @ small.vectors[:, keep]) / torch.sqrt(z[keep])
+    d_big = big_M.shape[0]
+    if n_keep < d_big:
+        Q, _ = torch.linalg.qr(U, mode="complete")
+        U = torch.cat([Q[:, n_keep:], U], dim=1)
+    values = torch.zeros(d_big, dtype=torch.float64, device=z.device)
+    values[d_big - n_keep :] = z[keep]
+    V = _canonical_signs(U.contiguous())
+    big = Spectrum(big_M, values, V, _canonical_ones(values, V.sum(dim=0)))
+    return (small, big) if a_small else (big, small)
 
 
 _CLUSTER_REL = 1e-9
@@ -151,15 +270,23 @@ def _canonical_ones(values: Tensor, c: Tensor) -> Tensor:
 
 
 def _canonical_signs(V: Tensor) -> Tensor:
-    """Flip eigenvector columns so each has entry sum ≥ 0 (ties: largest entry positive)."""
+    """Flip eigenvector columns so each has entry sum ≥ 0 (ties: largest entry positive).
+
+    A tie is ``|Σ v| ≤ 1e-12 · d · max|v|``; as ``max|v| ≤ 1`` for a unit column, only the
+    columns with ``|Σ v| ≤ 1e-12 · d`` are examined for it.
+    """
     if V.numel() == 0:
         return V
+    d = V.shape[0]
     col_sum = V.sum(dim=0)
-    scale = V.abs().amax(dim=0)
-    idx = V.abs().argmax(dim=0)
-    peak = V.gather(0, idx.unsqueeze(0)).squeeze(0)
-    tie = col_sum.abs() <= 1e-12 * scale * V.shape[0]
-    sign = torch.where(tie, torch.sign(peak), torch.sign(col_sum))
+    sign = torch.sign(col_sum)
+    maybe = torch.nonzero(col_sum.abs() <= 1e-12 * d).flatten()
+    if maybe.numel():
+        sub = V[:, maybe]
+        scale = sub.abs().amax(dim=0)
+        peak = sub.gather(0, sub.abs().argmax(dim=0).unsqueeze(0)).squeeze(0)
+        tie = col_sum[maybe].abs() <= 1e-12 * scale * d
+        sign[maybe] = torch.where(tie, torch.sign(peak), sign[maybe])
     sign = torch.where(sign == 0, torch.ones_like(sign), sign)
     return V * sign
 
@@ -208,7 +335,9 @@ def _check_metric(metric: str) -> None:
         raise UsageError(f"unknown alignment metric {metric!r}; choose one of {METRICS}")
 
 
-def alignment(A: Tensor, B: Tensor, metric: str = "pearson") -> float | None:
+def alignment(
+    A: Tensor, B: Tensor, metric: str = "pearson", *, assume_finite: bool = False
+) -> float | None:
     """Alignment score ``α(A, B)`` of two same-shape matrices (theory.md section 3).
 
     ``pearson``: correlation of all entries, flattened. ``cosine``: ``⟨A, B⟩_F/(‖A‖_F ‖B‖_F)``.
@@ -218,6 +347,8 @@ def alignment(A: Tensor, B: Tensor, metric: str = "pearson") -> float | None:
         A: first matrix.
         B: second matrix, same shape as ``A``.
         metric: ``"pearson"`` or ``"cosine"``.
+        assume_finite: skip the finiteness check (the matrices of a :class:`Spectrum`
+            were checked when it was made).
 
     Returns:
         The score, or ``None`` when it is undefined: a non-finite entry, or a matrix that is
@@ -234,7 +365,9 @@ def alignment(A: Tensor, B: Tensor, metric: str = "pearson") -> float | None:
         )
     a = A.to(torch.float64).reshape(-1)
     b = B.to(dtype=torch.float64, device=a.device).reshape(-1)
-    if a.numel() == 0 or not bool(torch.isfinite(a).all() & torch.isfinite(b).all()):
+    if a.numel() == 0:
+        return None
+    if not assume_finite and not bool(torch.isfinite(a).all() & torch.isfinite(b).all()):
         return None
     norm_a = float(torch.linalg.vector_norm(a))
     norm_b = float(torch.linalg.vector_norm(b))
@@ -359,6 +492,49 @@ class NullStats:
     reason: str | None = None
 
 
+def _fixed_products(
+    fixed: Sequence[Spectrum], O: Tensor, P: Tensor, metric: str
+) -> tuple[Tensor, Tensor | None]:
+    """``aᵀ P_k`` and (Pearson) ``cᵀ O_k`` of every fixed matrix, one pass over the bank.
+
+    Returns ``(u, co)`` of shape ``(K, m, d)`` for the ``m`` fixed spectra.
+    """
+    dev = fixed[0].values.device
+    a = torch.stack([f.values for f in fixed])
+    u = torch.matmul(a, P)
+    if metric == "cosine":
+        return u, None
+    missing = [f for f in fixed if f.ones is None]
+    if missing:
+        raise AnalysisError("the fixed side of a Pearson null needs c = Vᵀ1")
+    c = torch.stack([f.ones for f in fixed if f.ones is not None]).to(dev)
+    return u, torch.matmul(c, O)
+
+
+def _scores(A: Spectrum, B: Spectrum, u: Tensor, co: Tensor | None, metric: str) -> Tensor:
+    """``α(A, Q B Qᵀ)`` per sample from ``u = aᵀ(O∘O)`` and ``co = cᵀO`` (each ``K × d``)."""
+    lam = B.values.to(u.device)
+    inner = u @ lam  # aᵀ (O∘O) λ per sample
+    nb_sq = B.frob_sq
+    na_sq = A.frob_sq
+    if co is None:
+        num = inner
+        den_sq_a = torch.full_like(inner, na_sq)
+        den_sq_b = torch.full_like(inner, nb_sq)
+    else:
+        n = float(A.dim) ** 2
+        sum_b = (co * co) @ lam  # 1ᵀ Q B Qᵀ 1
+        sum_a = A.entry_sum
+        num = inner - sum_a * sum_b / n
+        den_sq_a = torch.full_like(inner, na_sq - sum_a * sum_a / n)
+        den_sq_b = nb_sq - sum_b * sum_b / n
+    tol = _UNDEFINED_REL**2
+    ok = (den_sq_a > tol * na_sq) & (den_sq_b > tol * nb_sq) & (den_sq_a > 0) & (den_sq_b > 0)
+    den = torch.sqrt(den_sq_a.clamp_min(0.0) * den_sq_b.clamp_min(0.0))
+    out = torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), torch.nan)
+    return out.clamp(-1.0, 1.0)
+
+
 def rotated_alignments(
     A: Spectrum,
     B: Spectrum,
@@ -368,10 +544,11 @@ def rotated_alignments(
 ) -> Tensor:
     """Scores ``α(A, Q B Qᵀ)`` for ``Q = V_A O V_Bᵀ``, one per ``O`` in a batch, in O(K d²).
 
-    Only ``A``'s eigenvectors enter (through ``c = V_Aᵀ1``); ``B`` may be values-only.
+    Neither matrix's eigenvectors enter: ``A`` needs its eigenvalues and (Pearson)
+    ``c = V_Aᵀ1``, ``B`` its eigenvalues.
 
     Args:
-        A: spectrum of the fixed matrix (with eigenvectors).
+        A: spectrum of the fixed matrix.
         B: spectrum of the rotated matrix (same side length).
         O: ``(K, d, d)`` orthogonal matrices (Haar ones give the null).
         metric: ``"pearson"`` or ``"cosine"``.
@@ -384,69 +561,16 @@ def rotated_alignments(
     _check_metric(metric)
     if A.dim != B.dim:
         raise AnalysisError(f"null needs equal sizes, got {A.dim} and {B.dim}")
-    if A.ones is None:
-        raise AnalysisError("the fixed side of a null needs eigenvectors")
-    a = A.values
-    lam = B.values.to(a.device)
-    O = O.to(device=a.device, dtype=torch.float64)
-    P = O * O if squares is None else squares.to(device=a.device, dtype=torch.float64)
-    k, d, _ = P.shape
-    inner = (P.reshape(k * d, d) @ lam).reshape(k, d) @ a  # aᵀ (O∘O) λ per sample
-    nb_sq = B.frob_sq
-    na_sq = A.frob_sq
-    if metric == "cosine":
-        num = inner
-        den_sq_a = torch.full_like(inner, na_sq)
-        den_sq_b = torch.full_like(inner, nb_sq)
-        lim_a, lim_b = na_sq, nb_sq
-    else:
-        n = float(A.dim) ** 2
-        co = A.ones @ O  # cᵀ O per sample
-        sum_b = (co * co) @ lam
-        sum_a = A.entry_sum
-        num = inner - sum_a * sum_b / n
-        den_sq_a = torch.full_like(inner, na_sq - sum_a * sum_a / n)
-        den_sq_b = nb_sq - sum_b * sum_b / n
-        lim_a, lim_b = na_sq, nb_sq
-    tol = _UNDEFINED_REL**2
-    ok = (den_sq_a > tol * lim_a) & (den_sq_b > tol * lim_b) & (den_sq_a > 0) & (den_sq_b > 0)
-    den = torch.sqrt(den_sq_a.clamp_min(0.0) * den_sq_b.clamp_min(0.0))
-    out = torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), torch.nan)
-    return out.clamp(-1.0, 1.0)
+    if metric == "pearson" and A.ones is None:
+        raise AnalysisError("the fixed side of a Pearson null needs c = Vᵀ1")
+    dev = A.values.device
+    O = O.to(device=dev, dtype=torch.float64)
+    P = O * O if squares is None else squares.to(device=dev, dtype=torch.float64)
+    u, co = _fixed_products([A], O, P, metric)
+    return _scores(A, B, u[:, 0], None if co is None else co[:, 0], metric)
 
 
-def rotation_null(
-    A: Spectrum,
-    B: Spectrum,
-    alpha: float | None,
-    *,
-    bank: HaarBank,
-    samples: int | None = None,
-    metric: str = "pearson",
-) -> NullStats:
-    """Null mean, std and z of ``α(A, B)`` under Haar rotations of ``B`` (theory.md section 3).
-
-    Args:
-        A: spectrum of the fixed matrix.
-        B: spectrum of the rotated matrix.
-        alpha: the observed score (``None`` gives ``z = None``).
-        bank: the run's shared :class:`HaarBank`.
-        samples: number K of rotations (default: the bank's).
-        metric: ``"pearson"`` or ``"cosine"``.
-
-    Returns:
-        :class:`NullStats`; ``std`` and ``z`` are ``None`` with fewer than two defined
-        samples, ``z`` is ``None`` when the null has zero spread (std ≤ 1e-12).
-    """
-    k = bank.samples if samples is None else int(samples)
-    if k <= 0:
-        return NullStats(None, None, None, 0, "null disabled (0 samples)")
-    if A.vectors is None and B.vectors is not None:
-        A, B = B, A  # α and its Haar null are symmetric in the two matrices
-    if A.vectors is None:
-        A = spectrum(A.matrix)
-    O = bank.get(A.dim, k, device=A.values.device)
-    vals = rotated_alignments(A, B, O, metric, bank.squares(A.dim, k, device=A.values.device))
+def _stats(vals: Tensor, alpha: float | None) -> NullStats:
     vals = vals[~torch.isnan(vals)]
     n = int(vals.numel())
     if n == 0:
@@ -460,3 +584,74 @@ def rotation_null(
     if std <= 1e-12:
         return NullStats(mean, std, None, n, "null has zero spread (rotation-invariant pair)")
     return NullStats(mean, std, (alpha - mean) / std, n, None)
+
+
+def rotation_nulls(
+    pairs: Sequence[tuple[Spectrum, Spectrum, float | None]],
+    *,
+    bank: HaarBank,
+    samples: int | None = None,
+    metric: str = "pearson",
+) -> list[NullStats]:
+    """:func:`rotation_null` of many ``(A, B, α)`` at once (a layer's eight relations).
+
+    The bank is read once per side length for all pairs: ``aᵀ(O∘O)`` and ``cᵀO`` are
+    computed for every distinct fixed matrix ``A`` in one batched product, and each pair then
+    costs O(K d). A fixed matrix without ``c`` (Pearson) gets it from its matrix here.
+    """
+    _check_metric(metric)
+    k = bank.samples if samples is None else int(samples)
+    if k <= 0:
+        return [NullStats(None, None, None, 0, "null disabled (0 samples)") for _ in pairs]
+    fixed: dict[int, Spectrum] = {}
+    for A, B, _ in pairs:
+        if A.dim != B.dim:
+            raise AnalysisError(f"null needs equal sizes, got {A.dim} and {B.dim}")
+        if id(A) not in fixed:
+            if metric == "pearson" and A.ones is None:
+                fixed[id(A)] = spectrum(A.matrix, vectors=False, ones=True)
+            else:
+                fixed[id(A)] = A
+    prods: dict[int, tuple[Tensor, Tensor | None, int]] = {}
+    by_dim: dict[int, list[int]] = {}
+    for key, A in fixed.items():
+        by_dim.setdefault(A.dim, []).append(key)
+    for d, keys in by_dim.items():
+        dev = fixed[keys[0]].values.device
+        O = bank.get(d, k, device=dev)
+        u, co = _fixed_products([fixed[key] for key in keys], O, bank.squares(d, k, dev), metric)
+        for i, key in enumerate(keys):
+            prods[key] = (u, co, i)
+    out = []
+    for A, B, alpha in pairs:
+        u, co, i = prods[id(A)]
+        vals = _scores(fixed[id(A)], B, u[:, i], None if co is None else co[:, i], metric)
+        out.append(_stats(vals, alpha))
+    return out
+
+
+def rotation_null(
+    A: Spectrum,
+    B: Spectrum,
+    alpha: float | None,
+    *,
+    bank: HaarBank,
+    samples: int | None = None,
+    metric: str = "pearson",
+) -> NullStats:
+    """Null mean, std and z of ``α(A, B)`` under Haar rotations of ``B`` (theory.md section 3):
+    ``α(A, Q B Qᵀ)``, ``A`` fixed.
+
+    Args:
+        A: spectrum of the fixed matrix (the first of the relation).
+        B: spectrum of the rotated matrix (the second).
+        alpha: the observed score (``None`` gives ``z = None``).
+        bank: the run's shared :class:`HaarBank`.
+        samples: number K of rotations (default: the bank's).
+        metric: ``"pearson"`` or ``"cosine"``.
+
+    Returns:
+        :class:`NullStats`; ``std`` and ``z`` are ``None`` with fewer than two defined
+        samples, ``z`` is ``None`` when the null has zero spread (std ≤ 1e-12).
+    """
+    return rotation_nulls([(A, B, alpha)], bank=bank, samples=samples, metric=metric)[0]

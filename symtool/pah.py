@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from symtool.crh import LayerSpectra, layer_spectra
-from symtool.errors import UsageError
+from symtool.errors import AnalysisError, UsageError
 from symtool.linalg import METRICS, Spectrum, kept_support
 from symtool.moments import LayerMatrices
 
@@ -245,16 +245,34 @@ def _slopes(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     return sxy / torch.where(sxx > 0, sxx, torch.ones_like(sxx)), sxx
 
 
-def _agreement(M: Tensor, Z: Spectrum, m: Tensor, floor: float, norm2: float) -> float | None:
-    """Eigenbasis agreement ``Σ m_i² / ‖M‖_F²``, with Z's numerical null space (eigenvalues
-    below the floor) taken as one eigenspace: its block ``‖V₀ᵀ M V₀‖_F²`` replaces the
-    Rayleigh quotients there, whose basis round-off alone decides (docs/metrics.md)."""
+def _agreement(M: Tensor, Z: Spectrum, floor: float, norm2: float) -> tuple[Tensor, float | None]:
+    """Rayleigh quotients ``m`` of ``M`` in ``Z``'s basis and the eigenbasis agreement
+    ``Σ m_i² / ‖M‖_F²``, with Z's numerical null space (eigenvalues below the floor) taken as
+    one eigenspace: its block ``‖V₀ᵀ M V₀‖_F²`` replaces the Rayleigh quotients there, whose
+    basis round-off alone decides (docs/metrics.md).
+
+    One product ``M V`` gives ``m`` and, when the null space is the bigger part, the block by
+    ``‖V₀ᵀMV₀‖² = ‖M‖² − 2‖MV₊‖² + ‖V₊ᵀMV₊‖²`` (``V₊``: kept columns).
+    """
+    V = Z.vectors
+    if V is None:
+        raise AnalysisError("this spectrum was computed without eigenvectors")
+    MV = M.to(dtype=torch.float64, device=V.device) @ V
+    m = (MV * V).sum(dim=0)
     if norm2 <= 0:
-        return None
+        return m, None
     kept = kept_support(Z.values, floor)
-    V0 = Z.vectors[:, ~kept]
-    block = V0.T @ M @ V0
-    return (float((m[kept] * m[kept]).sum()) + float((block * block).sum())) / norm2
+    n_kept = int(kept.sum())
+    if n_kept >= V.shape[1] - n_kept:
+        V0 = V[:, ~kept]
+        block = V0.T @ MV[:, ~kept]
+        block_sq = float((block * block).sum())
+    else:
+        MVk = MV[:, kept]
+        inner = V[:, kept].T @ MVk
+        block_sq = norm2 - 2.0 * float((MVk * MVk).sum()) + float((inner * inner).sum())
+        block_sq = max(block_sq, 0.0)
+    return m, (float((m[kept] * m[kept]).sum()) + block_sq) / norm2
 
 
 def fit_power(
@@ -293,9 +311,8 @@ def fit_power(
     if M.dim != d:
         raise UsageError(f"{target} is {M.dim}×{M.dim} but {reference} is {d}×{d}")
     z = Z.values
-    m = Z.rayleigh(M.matrix)
     norm2 = float((M.matrix * M.matrix).sum())
-    agreement = _agreement(M.matrix, Z, m, floor, norm2)
+    m, agreement = _agreement(M.matrix, Z, floor, norm2)
     scan = scan_alignments(M.matrix, Z, floor=floor, metric=metric, rayleigh=m)
     kappa_star = alpha_star = None
     best = [(a, i) for i, a in enumerate(scan) if a is not None]
@@ -442,7 +459,7 @@ def powers(
     if metric not in METRICS:
         raise UsageError(f"unknown alignment metric {metric!r}; choose one of {METRICS}")
     if spectra is None:
-        spectra = layer_spectra(m, cross=False)
+        spectra = layer_spectra(m, cross=False, metric=metric)
     fits = []
     for target, reference, side in FITS:
         M, Z = spectra.get(target), spectra.get(reference)

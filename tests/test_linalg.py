@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from symtool.errors import AnalysisError, UsageError
 from symtool.linalg import (
     HaarBank,
     alignment,
+    gram_pair,
     haar_orthogonal,
     matrix_power,
     rotated_alignments,
@@ -277,3 +279,100 @@ def test_null_degenerate_cases() -> None:
     zero = spectrum(torch.zeros(d, d, dtype=torch.float64))
     none = rotation_null(sb, zero, 0.5, bank=bank, metric="cosine")
     assert none.mean is None and none.samples == 0 and none.reason
+
+
+# --- partial spectra and the Gram pair --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: _psd(30, 60) + 2.0,  # a large entry mean: c is far from uniform
+        lambda: _psd(17, 61, rank=5),  # a 12-dimensional null space
+        lambda: torch.eye(6, dtype=torch.float64),  # one eigenspace
+        lambda: _psd(2, 62),
+        lambda: torch.tensor([[3.0]], dtype=torch.float64),
+        lambda: -_psd(9, 63) + 1.0,  # indefinite
+    ],
+)
+def test_values_and_ones_without_vectors_match_full_eigh(make: Callable[[], torch.Tensor]) -> None:
+    M = make()
+    full = spectrum(M)
+    part = spectrum(M, vectors=False, ones=True)
+    bare = spectrum(M, vectors=False)
+    scale = float(M.abs().max())
+    assert part.vectors is None and bare.vectors is None and bare.ones is None
+    assert torch.allclose(part.values, full.values, atol=1e-12 * scale, rtol=0)
+    assert torch.allclose(bare.values, full.values, atol=1e-12 * scale, rtol=0)
+    assert part.ones is not None and full.ones is not None
+    assert torch.allclose(part.ones, full.ones, atol=1e-10)
+    # Parseval: c holds all of 1 (‖c‖² = d), and the entry sum is Σ λ c²
+    d = M.shape[0]
+    assert float((part.ones**2).sum()) == pytest.approx(d, rel=1e-12)
+    assert float((part.values * part.ones**2).sum()) == pytest.approx(
+        float(M.sum()), abs=1e-9 * scale * d
+    )
+
+
+@pytest.mark.parametrize(
+    ("shape", "rank"), [((7, 7), None), ((4, 9), None), ((9, 4), None), ((8, 8), 3), ((6, 10), 2)]
+)
+def test_gram_pair_matches_dense_decompositions(shape: tuple[int, int], rank: int | None) -> None:
+    g = torch.Generator().manual_seed(sum(shape))
+    d_out, d_in = shape
+    W = torch.randn(d_out, d_in, generator=g, dtype=torch.float64)
+    if rank is not None:
+        W = torch.randn(d_out, rank, generator=g, dtype=torch.float64) @ torch.randn(
+            rank, d_in, generator=g, dtype=torch.float64
+        )
+    Za, Zb = gram_pair(W)
+    for s, Z in ((Za, W.T @ W), (Zb, W @ W.T)):
+        d = Z.shape[0]
+        assert s.vectors is not None and s.ones is not None
+        assert torch.allclose(s.matrix, Z, atol=1e-12)
+        ref = torch.linalg.eigvalsh(Z)
+        assert torch.allclose(s.values, ref, atol=1e-11 * float(ref.abs().max()))
+        assert bool((s.values[1:] >= s.values[:-1]).all())
+        eye = torch.eye(d, dtype=torch.float64)
+        assert torch.allclose(s.vectors.T @ s.vectors, eye, atol=1e-11)
+        rec = (s.vectors * s.values) @ s.vectors.T
+        assert torch.allclose(rec, Z, atol=1e-11 * float(Z.abs().max()))
+        full = spectrum(Z)  # c agrees with a direct eigh, null space included
+        assert torch.allclose(s.ones, full.ones, atol=1e-9)
+
+
+def test_gram_pair_of_zero_weight_is_all_null() -> None:
+    Za, Zb = gram_pair(torch.zeros(3, 5, dtype=torch.float64))
+    assert torch.equal(Za.values, torch.zeros(5, dtype=torch.float64))
+    assert Zb.vectors is not None and torch.allclose(
+        Zb.vectors.T @ Zb.vectors, torch.eye(3, dtype=torch.float64)
+    )
+    assert Za.ones is not None and float(Za.ones[0]) == pytest.approx(math.sqrt(5))
+
+
+# --- which matrix the null rotates -----------------------------------------------------
+
+
+def test_null_rotates_the_second_matrix_not_the_first() -> None:
+    # theory.md §3: α(A, Q B Qᵀ), A fixed. For Pearson this is not the law of α(Q A Qᵀ, B)
+    # when A has a large entry mean; the fast path must give the former, sample by sample.
+    d = 12
+    g = torch.Generator().manual_seed(70)
+    E = torch.randn(d, d, generator=g, dtype=torch.float64)
+    A = torch.ones(d, d, dtype=torch.float64) + 0.05 * (E + E.T)
+    B = torch.diag(torch.linspace(0.0, 1.0, d, dtype=torch.float64)) + 0.3
+    sa, sb = spectrum(A, vectors=False, ones=True), spectrum(B, vectors=False)
+    bank = HaarBank(seed=3, samples=64)
+    full_a = spectrum(A)
+    assert full_a.vectors is not None
+    brute = []
+    for O in bank.get(d):
+        Q = full_a.vectors @ O  # any V_B: it cancels in Q B Qᵀ only through B's own basis
+        Qb = Q @ spectrum(B).vectors.T
+        brute.append(alignment(A, Qb @ B @ Qb.T))
+    null = rotation_null(sa, sb, 0.5, bank=bank)
+    arr = np.array(brute)
+    assert null.mean == pytest.approx(arr.mean(), abs=1e-12)
+    assert null.std == pytest.approx(arr.std(ddof=1), abs=1e-12)
+    swapped = rotation_null(spectrum(B), spectrum(A), 0.5, bank=bank)
+    assert swapped.mean is not None and abs(swapped.mean - null.mean) > 5 * null.std / 8
