@@ -18,8 +18,9 @@ import torch
 from symtool import capture as cap
 from symtool import checkpoints as ck
 from symtool import crh, distributed, models, pah, probes
-from symtool.errors import ModelError, UsageError
+from symtool.errors import ModelError, ProbeError, UsageError
 from symtool.linalg import METRICS, HaarBank
+from symtool.moments import layer_bytes
 from symtool.pipeline import Progress, run_report
 from symtool.report import to_jsonable
 
@@ -55,6 +56,7 @@ class AlignSettings:
     bootstrap: int = 200
     device: str = "cpu"
     max_layer_dim: int = 8192
+    max_memory: float | None = None
     alpha_threshold: float = 0.8
     z_threshold: float = 3.0
     gemm_dtype: str = "float64"
@@ -83,6 +85,8 @@ class AlignSettings:
                 problems.append(f"--{name.replace('_', '-')} must be ≥ 1")
         if self.samples is not None and self.samples < 1:
             problems.append("--samples must be ≥ 1")
+        if self.max_memory is not None and not self.max_memory > 0:
+            problems.append("--max-memory must be > 0 (GiB)")
         if not (0 < self.pah_floor < 1):
             problems.append("--pah-floor must be in (0, 1)")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
@@ -145,6 +149,7 @@ class _Analyzer:
         self.thresholds = crh.Thresholds(s.alpha_threshold, s.z_threshold)
         self.model: torch.nn.Module | None = None
         self.layers: list[models.LayerRef] = []
+        self.groups: list[list[models.LayerRef]] = []
         self.skipped: list[dict[str, str]] = []
         self.matrices: dict[str, torch.Tensor] = {}
         self.keep_matrices = False
@@ -159,21 +164,26 @@ class _Analyzer:
         layers, skipped = models.select_layers(model, list(s.layers) or None)
         kept = []
         self.skipped = [{"name": k.name, "reason": k.reason} for k in skipped]
+        raw_too = s.verify and s.moments == "paper"
+        budget = None if s.max_memory is None else s.max_memory * 2**30
         for ref in layers:
+            need = layer_bytes(ref.d_in, ref.d_out, raw_too=raw_too)
             if max(ref.d_in, ref.d_out) > s.max_layer_dim:
-                self.skipped.append(
-                    {
-                        "name": ref.name,
-                        "reason": f"{ref.d_out}×{ref.d_in} exceeds --max-layer-dim "
-                        f"{s.max_layer_dim} (its sums would need "
-                        f"{_gib(ref.d_in, ref.d_out):.1f} GiB)",
-                    }
-                )
+                why = f"{ref.d_out}×{ref.d_in} exceeds --max-layer-dim {s.max_layer_dim}"
+            elif budget is not None and need > budget:
+                why = f"{ref.d_out}×{ref.d_in} alone exceeds --max-memory {s.max_memory:g} GiB"
             else:
                 kept.append(ref)
+                continue
+            self.skipped.append(
+                {"name": ref.name, "reason": f"{why} (its sums would need {need / 2**30:.2f} GiB)"}
+            )
         if not kept:
-            raise ModelError("no layer to analyse (all skipped; see --layers, --max-layer-dim)")
+            raise ModelError(
+                "no layer to analyse (all skipped; see --layers, --max-layer-dim, --max-memory)"
+            )
         self.model, self.layers = model, kept
+        self.groups = partition_layers(kept, budget, raw_too=raw_too)
         return model
 
     def __call__(self, c: ck.Checkpoint, loaded: ck.LoadedCheckpoint) -> dict[str, Any]:
@@ -182,11 +192,52 @@ class _Analyzer:
         models.load_state(model, loaded.tensors, source=c.path)
         if s.dtype is not None:
             model.to(DTYPES[s.dtype])
+        bad_weights = [
+            ref.name for ref in self.layers if not bool(torch.isfinite(ref.module.weight).all())
+        ]
+        done: dict[str, dict[str, Any]] = {}
+        n_samples = None
+        for i, group in enumerate(self.groups):
+            result = self._capture(model, group)
+            if n_samples is None:
+                n_samples = result.n_samples
+            elif result.n_samples != n_samples:
+                raise ProbeError(
+                    f"the probe data gave {n_samples} samples in pass 1 but "
+                    f"{result.n_samples} in pass {i + 1}; --max-memory needs the same data "
+                    "on every pass"
+                )
+            for ref in group:
+                m = result.layers.get(ref.name)
+                if m is None:
+                    why = result.failed.get(ref.name, "no matrices")
+                    if ref.name in bad_weights:
+                        why = f"non-finite weights; {why}"
+                    elif bad_weights:
+                        why = (
+                            f"{why}, propagated from non-finite weights in {', '.join(bad_weights)}"
+                        )
+                    done[ref.name] = _failed_layer(ref, why)
+                    continue
+                done[ref.name] = self._layer(ref, m)
+                if self.keep_matrices:
+                    self._keep(c, ref.name, m)
+            del result  # free this group's sums before the next pass
+        return {
+            "samples": n_samples,
+            "passes": len(self.groups),
+            "layers": [done[ref.name] for ref in self.layers],
+            "skipped_layers": list(self.skipped),
+        }
+
+    def _capture(self, model: torch.nn.Module, group: list[models.LayerRef]) -> cap.CaptureResult:
+        """One pass over the probe data holding the sums of ``group``'s layers only."""
+        s = self.s
         data_parallel = self.world.active and self.world.mode == "data"
         batches = self.probe.batches()
         result = cap.capture(
             model,
-            self.layers,
+            group,
             distributed.shard(batches, self.world) if data_parallel else batches,
             self.loss,
             recipe=s.moments,
@@ -195,29 +246,8 @@ class _Analyzer:
             gemm_dtype=DTYPES[s.gemm_dtype],
         )
         if data_parallel:
-            result = cap.all_reduce(result, self.layers, self.world)
-        layers = []
-        bad_weights = [
-            ref.name for ref in self.layers if not bool(torch.isfinite(ref.module.weight).all())
-        ]
-        for ref in self.layers:
-            m = result.layers.get(ref.name)
-            if m is None:
-                why = result.failed.get(ref.name, "no matrices")
-                if ref.name in bad_weights:
-                    why = f"non-finite weights; {why}"
-                elif bad_weights:
-                    why = f"{why}, propagated from non-finite weights in {', '.join(bad_weights)}"
-                layers.append(_failed_layer(ref, why))
-                continue
-            layers.append(self._layer(ref, m))
-            if self.keep_matrices:
-                self._keep(c, ref.name, m)
-        return {
-            "samples": result.n_samples,
-            "layers": layers,
-            "skipped_layers": list(self.skipped),
-        }
+            result = cap.all_reduce(result, group, self.world)
+        return result
 
     def _layer(self, ref: models.LayerRef, m: Any) -> dict[str, Any]:
         s = self.s
@@ -274,8 +304,27 @@ class _Analyzer:
             self.matrices[f"{tag}/{layer}/{k}"] = v.detach().to("cpu", torch.float64).contiguous()
 
 
-def _gib(d_in: int, d_out: int) -> float:
-    return 8 * (3 * d_in * d_in + 3 * d_out * d_out) / 2**30
+def partition_layers(
+    layers: list[models.LayerRef], budget: float | None, *, raw_too: bool = False
+) -> list[list[models.LayerRef]]:
+    """Split layers, in model order, into groups whose sums fit ``budget`` bytes together.
+
+    Each group is one pass over the probe data (``--max-memory``); ``None`` is one group.
+    A layer that alone exceeds the budget gets a group of its own (callers skip those).
+    """
+    if budget is None:
+        return [list(layers)] if layers else []
+    groups: list[list[models.LayerRef]] = []
+    used = 0.0
+    for ref in layers:
+        need = layer_bytes(ref.d_in, ref.d_out, raw_too=raw_too)
+        if groups and used + need <= budget:
+            groups[-1].append(ref)
+            used += need
+        else:
+            groups.append([ref])
+            used = need
+    return groups
 
 
 def _failed_layer(ref: models.LayerRef, reason: str) -> dict[str, Any]:

@@ -255,6 +255,11 @@ def main() -> None:
 # -------------------------------------------------------------------------- align
 
 
+def _opt_float(value: float | int | None) -> float | None:
+    """A number from the command line or symtool.toml as float, ``None`` kept."""
+    return None if value is None else float(value)
+
+
 def _model_args(pairs: list[str] | None, config: RunConfig) -> dict[str, Any]:
     """``--model-arg key=value`` (values parsed as TOML scalars) over ``[model.args]``."""
     import tomllib
@@ -380,6 +385,14 @@ def align(
     max_layer_dim: Annotated[
         int | None, typer.Option("--max-layer-dim", help="Skip layers wider than this.")
     ] = None,
+    max_memory: Annotated[
+        float | None,
+        typer.Option(
+            "--max-memory",
+            help="GiB of layer sums held at once: layers are split into groups, one pass "
+            "over the probe data each (same results).",
+        ),
+    ] = None,
     save_matrices: Annotated[
         Path | None,
         typer.Option(
@@ -435,6 +448,7 @@ def align(
         bootstrap=pick(bootstrap, config, "align", "bootstrap", 200),
         device=pick(device, config, "align", "device", "cpu"),
         max_layer_dim=pick(max_layer_dim, config, "align", "max_layer_dim", 8192),
+        max_memory=_opt_float(pick(max_memory, config, "align", "max_memory", None)),
         alpha_threshold=float(pick(None, config, "align", "alpha_threshold", 0.8)),
         z_threshold=float(pick(None, config, "align", "z_threshold", 3.0)),
         gemm_dtype=pick(None, config, "align", "gemm_dtype", "float64"),

@@ -54,6 +54,7 @@ KEYS: dict[str, dict[str, tuple[type, ...]]] = {
         "bootstrap": (int,),
         "device": (str,),
         "max_layer_dim": (int,),
+        "max_memory": _Num,
         "alpha_threshold": _Num,
         "z_threshold": _Num,
         "gemm_dtype": (str,),

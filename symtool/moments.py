@@ -55,6 +55,19 @@ VECTORS = ("h_a", "g_a", "h_b", "g_b")
 _MATRIX_NAMES = {"h_a": "H_a", "g_a": "G_a", "h_b": "H_b", "g_b": "G_b"}
 
 
+def layer_bytes(d_in: int, d_out: int, *, raw_too: bool = False) -> int:
+    """Bytes one captured layer holds through a pass: its float64 sums and finished matrices.
+
+    Sums: ``Σxxᵀ`` of ``h_a, g_a`` (``d_in²`` each) and ``h_b, g_b`` (``d_out²``) and the
+    cross sum ``D`` (``d_out·d_in``); finished: ``H, G, C`` per side and ``W``; with
+    ``raw_too`` (paper recipe with ``--verify``) four raw second moments more, summed and
+    finished. Per-batch rows and the ``O(d)`` vectors are not counted.
+    """
+    sq = d_in * d_in + d_out * d_out
+    per = (2 + 3) * sq + 2 * d_in * d_out + (4 * sq if raw_too else 0)
+    return 8 * per
+
+
 class LayerAccumulator:
     """Streaming float64 sums for one layer: ``n``, ``Σx``, ``Σxxᵀ`` and the cross sums.
 

@@ -131,14 +131,26 @@ def done_entries(previous: dict[str, Any] | None) -> dict[tuple[str, str], dict[
     }
 
 
+RESUME_FREE = frozenset({"max_memory"})
+"""Settings a resumed run may change: they decide how the work is done, not its numbers."""
+
+
 def check_resumable(previous: dict[str, Any], head: dict[str, Any]) -> None:
     """Refuse to resume from a report made with other settings or of another kind."""
     if previous.get("schema") != head["schema"]:
         raise UsageError(
             f"--resume: the existing report is {previous.get('schema')!r}, not {head['schema']!r}"
         )
-    old = previous.get("provenance", {}).get("settings") or {}
-    new = head["provenance"]["settings"]
+    if previous.get("schema_version") != head["schema_version"]:
+        raise UsageError(
+            f"--resume: the existing report has schema_version {previous.get('schema_version')}, "
+            f"this symtool writes {head['schema_version']}; remove it or rerun without --resume"
+        )
+    old = {k: v for k, v in (previous.get("provenance", {}).get("settings") or {}).items()}
+    new = dict(head["provenance"]["settings"])
+    for key in RESUME_FREE:  # settings that do not change any number
+        old.pop(key, None)
+        new.pop(key, None)
     if old != new:
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         raise UsageError(

@@ -197,3 +197,76 @@ def test_fixture_runs_with_no_flags(fixtures_dir: Path, tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     rep = json.loads(res.stdout)
     assert [layer["name"] for layer in rep["checkpoints"][0]["layers"]] == ["0", "2", "4", "6"]
+
+
+# ------------------------------------------------------------- layer partitioning
+
+
+def test_layer_bytes_counts_sums_and_finished_matrices() -> None:
+    from symtool.moments import layer_bytes
+
+    # sums 2a²+2b²+ab, finished 3a²+3b²+ab (H, G, C per side and W), 8 bytes each
+    a, b = 6, 10
+    assert layer_bytes(a, b) == 8 * (5 * (a * a + b * b) + 2 * a * b)
+    assert layer_bytes(a, b, raw_too=True) == layer_bytes(a, b) + 8 * 4 * (a * a + b * b)
+
+
+def test_partition_is_greedy_in_model_order() -> None:
+    from symtool.align import partition_layers
+    from symtool.models import LayerRef
+    from symtool.moments import layer_bytes
+
+    refs = [
+        LayerRef(
+            name=str(i), module=torch.nn.Linear(d_in, d_out), kind="linear", d_in=d_in, d_out=d_out
+        )
+        for i, (d_in, d_out) in enumerate([(6, 10), (10, 8), (8, 3), (3, 3)])
+    ]
+    sizes = [layer_bytes(r.d_in, r.d_out) for r in refs]
+    assert partition_layers(refs, None) == [refs]
+    groups = partition_layers(refs, sizes[0] + sizes[1])
+    assert groups == [refs[:2], refs[2:]]
+    for g in partition_layers(refs, max(sizes)):
+        assert sum(layer_bytes(r.d_in, r.d_out) for r in g) <= max(sizes)
+    assert [len(g) for g in partition_layers(refs, 1)] == [1, 1, 1, 1]
+
+
+def test_max_memory_passes_give_the_same_numbers(run_dir: Path, tmp_path: Path) -> None:
+    one, split = tmp_path / "one.json", tmp_path / "split.json"
+    assert _align(run_dir, "--verify", "--out", one).exit_code == 0
+    # 10×6, 8×10, 3×8 layers with --verify: 10.5, 12.8, 5.5 KiB; 15.7 KiB fits no two
+    res = _align(run_dir, "--verify", "--max-memory", "1.5e-5", "--out", split)
+    assert res.exit_code == 0, res.output
+    a, b = json.loads(one.read_text()), json.loads(split.read_text())
+    assert [e["passes"] for e in a["checkpoints"]] == [1, 1, 1]
+    assert [e["passes"] for e in b["checkpoints"]] == [3, 3, 3]
+    assert b["provenance"]["settings"]["max_memory"] == 1.5e-5
+    for rep in (a, b):
+        rep["provenance"]["settings"].pop("max_memory")
+        for e in rep["checkpoints"]:
+            e.pop("passes")
+    assert _strip_volatile(a) == _strip_volatile(b)
+
+
+def test_max_memory_skips_a_layer_too_big_alone_and_resume_may_change_it(
+    run_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "r.json"
+    res = _align(run_dir, "--max-memory", "7e-6", "--out", out)  # 7.3 KiB: 8×10 (7.7) is not
+    assert res.exit_code == 0, res.output
+    rep = json.loads(out.read_text())
+    skipped = {s["name"]: s["reason"] for s in rep["checkpoints"][0]["skipped_layers"]}
+    assert "--max-memory" in skipped["2"] and "GiB" in skipped["2"]
+    assert [layer["name"] for layer in rep["checkpoints"][0]["layers"]] == ["0", "4"]
+    # resuming with another budget is allowed: it changes how, not what, is computed
+    rep["checkpoints"] = rep["checkpoints"][:1]
+    rep["complete"] = False
+    out.write_text(json.dumps(rep))
+    again = _align(run_dir, "--max-memory", "1e-5", "--out", out, "--resume")
+    assert again.exit_code == 0, again.output
+    resumed = json.loads(out.read_text())
+    # each entry records its own skips: the bigger budget analyses layer 2 from then on
+    assert [len(e["layers"]) for e in resumed["checkpoints"]] == [2, 3, 3]
+    assert resumed["provenance"]["settings"]["max_memory"] == 1e-5
+    bad = _align(run_dir, "--max-memory", "0", "--out", tmp_path / "x.json")
+    assert bad.exit_code == 2 and "--max-memory" in bad.stderr

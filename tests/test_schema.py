@@ -101,9 +101,23 @@ def test_schemas_are_package_data() -> None:
     from importlib import resources
 
     folder = resources.files("symtool") / "schemas"
+    older = [f"{k}.v{v}.json" for k in schema.available() for v in range(1, SCHEMA_VERSION)]
     assert sorted(p.name for p in folder.iterdir() if p.name.endswith(".json")) == sorted(
-        f"{k}.json" for k in schema.available()
+        [f"{k}.json" for k in schema.available()] + older
     )
+
+
+def test_reports_of_the_previous_version_still_validate(align_report: dict) -> None:
+    # docs/reports.md: older schemas are kept; version 2 added align's max_memory and passes
+    old = copy.deepcopy(align_report)
+    old["schema_version"] = 1
+    del old["provenance"]["settings"]["max_memory"]
+    for entry in old["checkpoints"]:
+        entry.pop("passes", None)
+    assert schema.validate(old) == "align"
+    assert schema.load_schema("align", 1)["properties"]["schema_version"] == {"const": 1}
+    with pytest.raises(ReportError):
+        schema.validate({**old, "schema_version": 2})  # v2 requires the new fields
 
 
 # -------------------------------------------------------------------- validation
@@ -227,7 +241,7 @@ def test_failed_entries_validate(align_report: dict) -> None:
         ([], "a report must be a JSON object"),
         ({"schema": "other/x"}, "not a symtool report"),
         ({"schema": "symtool/nope", "schema_version": 1}, "unknown report kind 'nope'"),
-        ({"schema": "symtool/align", "schema_version": 99}, "reads up to 1"),
+        ({"schema": "symtool/align", "schema_version": 99}, f"reads up to {SCHEMA_VERSION}"),
     ],
 )
 def test_not_a_report(report: Any, needle: str) -> None:
@@ -268,7 +282,8 @@ def test_schema_command_prints_the_shipped_schema() -> None:
     assert json.loads(result.stdout) == schema.load_schema("align")
     listing = _invoke("schema")
     assert listing.exit_code == 0
-    assert "align\tsymtool/align\tschema_version 1" in listing.stdout.splitlines()
+    line = f"align\tsymtool/align\tschema_version {SCHEMA_VERSION}"
+    assert line in listing.stdout.splitlines()
     bad = _invoke("schema", "nope")
     assert bad.exit_code == 2 and "no schema for 'nope'" in bad.stderr
 
@@ -277,7 +292,7 @@ def test_schema_command_writes_a_file(tmp_path: Path) -> None:
     out = tmp_path / "inspect.schema.json"
     result = _invoke("schema", "inspect", "-o", str(out))
     assert result.exit_code == 0 and result.stdout == ""
-    assert json.loads(out.read_text(encoding="utf-8"))["$id"].endswith(":inspect:1")
+    assert json.loads(out.read_text(encoding="utf-8"))["$id"].endswith(f":inspect:{SCHEMA_VERSION}")
 
 
 def test_every_rendered_report_is_validated(tmp_path: Path, align_report: dict) -> None:
