@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from symtool.linalg import eigvalsh
 from symtool.symrecords import AttentionRecord, HeadRecord, SymmetrySettings, TauCount
 from symtool.units import dead_counts, duplicate_search
 from symtool.wiring import AttentionSpec
@@ -39,7 +40,7 @@ def singular_values(m: Tensor, *, exact: bool = False) -> Tensor:
     if exact:
         return torch.linalg.svdvals(tall)
     gram = tall.mT @ tall
-    values = torch.linalg.eigvalsh(gram).clamp_min(0.0).sqrt()
+    values = eigvalsh(gram).clamp_min(0.0).sqrt()
     return values.flip(-1)
 
 
@@ -89,8 +90,9 @@ def analyse_heads(
     Returns:
         The record; ``reason`` says why heads were not analysed.
     """
-    base = dict(name=spec.name, layout=spec.layout, q=spec.q, k=spec.k, v=spec.v, o=spec.o,
-                heads=heads)
+    base = dict(
+        name=spec.name, layout=spec.layout, q=spec.q, k=spec.k, v=spec.v, o=spec.o, heads=heads
+    )
     if heads is None:
         return AttentionRecord(**base, reason="number of heads not given")
     problems = []
@@ -130,9 +132,14 @@ def analyse_heads(
         return AttentionRecord(**base, kv_heads=kv, head_dim=dh, reason="all heads are zero")
     dead, nu = dead_counts(norms, None, settings.dead_taus)
     alive = torch.nonzero(nu >= settings.dead_tau).flatten()
-    found = duplicate_search(theta[alive], settings.dup_taus, settings.dup_tau,
-                             block=settings.block, max_pairs=settings.max_pairs,
-                             index=alive.tolist())
+    found = duplicate_search(
+        theta[alive],
+        settings.dup_taus,
+        settings.dup_tau,
+        block=settings.block,
+        max_pairs=settings.max_pairs,
+        index=alive.tolist(),
+    )
     records = tuple(
         HeadRecord(
             index=h,
