@@ -7,8 +7,8 @@ In one process, on the same checkpoints and probe data, it times
 * (b) the floor: that loop plus exactly the products the sums need, hand-written (per
   layer and batch: ``g_a = g_b W``, the one cross product ``D = Σ g_b h_aᵀ`` from which
   both raw cross moments follow (``Σ g_b h_bᵀ = D Wᵀ``, ``Σ h_a g_aᵀ = Dᵀ W``), and
-  ``Σ x̂ x̂ᵀ``, ``Σ x̂`` of the normalised rows of ``h_a, g_a, h_b, g_b``: the paper
-  recipe), in the same GEMM dtype,
+  ``Σ x̂ x̂ᵀ`` (one triangle, BLAS ``syrk``, on the CPU), ``Σ x̂`` of the normalised rows
+  of ``h_a, g_a, h_b, g_b``: the paper recipe), in the same GEMM dtype,
 * (c) symtool's capture alone (:func:`symtool.capture.capture`, hooks + streaming sums),
 * (d) the whole ``align`` (:func:`symtool.align.run_align` with default settings: paper
   moments, float64 GEMMs, 16 null rotations, PAH with 200 bootstrap resamples),
@@ -32,8 +32,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.linalg import blas
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -88,6 +90,17 @@ class FloorSums:
         else:
             out += (a @ b).to(torch.float64)
 
+    def _gram(self, out: Tensor, x: Tensor) -> None:
+        """``out += xᵀx``; on the CPU one triangle with BLAS ``syrk`` (half a GEMM)."""
+        if out.device.type != "cpu":
+            self._acc(out, x.T, x)
+            return
+        a, c = x.contiguous().T.numpy(), out.T.numpy()
+        if x.dtype == torch.float64:
+            blas.dsyrk(1.0, a, beta=1.0, c=c, trans=0, lower=0, overwrite_c=1)
+        else:
+            out += torch.from_numpy(np.ascontiguousarray(blas.ssyrk(1.0, a, trans=0).T))
+
     def add(self, inp: Tensor, out: Tensor, grad: Tensor) -> None:
         """One batch: rows, ``g_a = g_b W``, 1 cross product, 4 normalised second moments."""
         gd = self.gemm
@@ -117,7 +130,7 @@ class FloorSums:
                 x.mul_(torch.where(keep, norm.reciprocal(), 0.0)[:, None])
                 self.k[v] += keep.sum()
                 self.s[v] += x.sum(dim=0, dtype=torch.float64)
-                self._acc(self.S[v], x.T, x)
+                self._gram(self.S[v], x)
 
     def finish(self) -> dict[str, Tensor]:
         """The centred covariances of the normalised rows and the raw cross moments."""
@@ -125,7 +138,10 @@ class FloorSums:
         for v, name in (("h_a", "H_a"), ("g_a", "G_a"), ("h_b", "H_b"), ("g_b", "G_b")):
             k = int(self.k[v])
             mean = self.s[v] / k
-            out[name] = self.S[v] / k - torch.outer(mean, mean)
+            S = self.S[v]
+            if S.device.type == "cpu":  # lower triangle only (syrk)
+                S = torch.tril(S) + torch.tril(S, -1).T
+            out[name] = S / k - torch.outer(mean, mean)
         W = self.W.to(torch.float64)
         out["C_a"] = self.D.T @ W / self.n
         out["C_b"] = self.D @ W.T / self.n

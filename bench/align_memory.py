@@ -12,6 +12,10 @@ Two probe kinds, same model:
 * ``file``: one 65536-sample ``.safetensors`` probe read with ``--samples N``; the probe
   tensors are loaded into memory, so this peak grows by ``N × d_in × 4`` bytes by design.
 
+A second part runs a wide MLP (width 2048, N = 2048) once in one pass and once with
+``--max-memory`` (layer partitioning: one pass over the data per group of layers whose sums
+fit), and prints both peaks: the sums of all layers against those of one group.
+
     python bench/align_memory.py                 # N = 2048, 8192, 65536; MLP width 512
     python bench/align_memory.py --quick
 """
@@ -88,11 +92,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samples", type=int, nargs="+", default=[2048, 8192, 65536])
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--wide", type=int, default=2048, help="width of the partitioning case")
+    ap.add_argument("--budget", type=float, default=0.5, help="--max-memory GiB of that case")
     ap.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     if args.quick:
         args.width, args.samples, args.batch = 128, [1024, 4096], 256
+        args.wide, args.budget = 256, 0.004
     case = mlp_case(args.width)
     print(f"# align peak memory; {machine()}")
     print(
@@ -150,9 +157,62 @@ def main(argv: list[str] | None = None) -> int:
                 f"RESULT memory probe={kind} N={args.samples[0]}→{args.samples[-1]} "
                 f"growth={g:+.1f}% [target < 5%: {tag}]"
             )
+        rows += partition_case(root, args)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     return 0
+
+
+def partition_case(root: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Peak RSS of a wide MLP in one pass and with ``--max-memory`` (layer groups)."""
+    from symtool.moments import layer_bytes
+
+    case = mlp_case(args.wide)
+    ckpt = make_checkpoints(case, root / "wide", 1)[0]
+    spec = write_source(root / "wide_source.py", case)
+    dims = [(args.wide, args.wide)] * 3 + [(args.wide, case.classes)]
+    sums = sum(layer_bytes(a, b) for a, b in dims) / 2**20
+    print(
+        f"# MLP width {args.wide}: sums and finished matrices {sums:.0f} MiB for all layers "
+        f"(symtool.moments.layer_bytes), N = 2048, --null-samples 16 (Haar bank "
+        f"{16 * args.wide**2 * 8 / 2**20:.0f} MiB, held for the run)"
+    )
+    common = [
+        "align",
+        str(ckpt),
+        "--model",
+        case.factory,
+        *[a for k, v in case.args.items() for a in ("--model-arg", f"{k}={v}")],
+        "--data",
+        spec,
+        "--samples",
+        "2048",
+        "--batch-size",
+        str(args.batch),
+        "--format",
+        "json",
+    ]
+    rows = []
+    for label, extra in (
+        ("one pass", []),
+        (f"--max-memory {args.budget:g}", ["--max-memory", str(args.budget)]),
+    ):
+        out = root / f"wide-{len(rows)}.json"
+        r = measure([*common, *extra, "--out", str(out)], args.threads)
+        entry = json.loads(out.read_text())["checkpoints"][0]
+        mib = r["peak_kib"] / 1024
+        rows.append(
+            {"probe": "partition", "run": label, "peak_mib": mib, "passes": entry["passes"]}
+        )
+        print(f"{label:<20} passes {entry['passes']}  peak {mib:9.1f} MiB")
+        sys.stdout.flush()
+    one, split = rows[0]["peak_mib"], rows[1]["peak_mib"]
+    print(
+        f"RESULT memory partition width={args.wide} one-pass={one:.0f}MiB "
+        f"max-memory={args.budget:g}GiB:{split:.0f}MiB ({split / one:.2f}x, "
+        f"{rows[1]['passes']} passes)"
+    )
+    return rows
 
 
 if __name__ == "__main__":

@@ -9,16 +9,34 @@ from __future__ import annotations
 
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-import torch.nn.functional as F
-from safetensors.torch import save_file
-from torch import nn
+
+def _pin_blas_threads(argv: list[str]) -> None:
+    """Give SciPy's LAPACK (OpenBLAS, which symtool's CPU decompositions use) the thread
+    count of ``--threads N``. OpenBLAS reads ``OPENBLAS_NUM_THREADS`` once, when SciPy's
+    linear algebra is first imported, so this runs when this module is imported, before
+    symtool is; ``torch.set_num_threads`` pins torch's own threads (:func:`set_threads`).
+    """
+    if "--threads" not in argv[:-1] or "scipy.linalg" in sys.modules:
+        return
+    i = argv.index("--threads") + 1
+    values = [a for a in argv[i : i + 2] if a.isdigit()]
+    if len(values) == 1:  # several counts in one run (``--threads 1 2``): cannot pin
+        os.environ["OPENBLAS_NUM_THREADS"] = values[0]
+
+
+_pin_blas_threads(sys.argv)
+
+import torch  # noqa: E402  (after the BLAS thread pin)
+import torch.nn.functional as F  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+from torch import nn  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 FACTORY_FILE = HERE / "common.py"
@@ -204,6 +222,7 @@ def machine() -> str:
     ]
     if os.environ.get("OPENBLAS_CORETYPE"):
         parts.append(f"OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']}")
+    parts.append(f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}")
     if torch.cuda.is_available():
         parts.append(f"gpu: {torch.cuda.get_device_name()}")
     return "; ".join(parts)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+import scipy.linalg
 import torch
 
 from symtool.errors import AnalysisError
@@ -53,6 +55,39 @@ VECTORS = ("h_a", "g_a", "h_b", "g_b")
 """The four per-row vectors of theory.md section 1, in the order sums are kept."""
 
 _MATRIX_NAMES = {"h_a": "H_a", "g_a": "G_a", "h_b": "H_b", "g_b": "G_b"}
+
+
+def add_gram_(out: Tensor, x: Tensor) -> bool:
+    """``out += xᵀx`` for a float64 sum ``out``; returns whether only a triangle was added.
+
+    On the CPU, BLAS ``syrk`` (through SciPy) computes one triangle of the symmetric product,
+    half the work of a GEMM, and adds it into the **lower** triangle of ``out`` (row-major);
+    the upper triangle is left alone (see :func:`full_from_lower`). Elsewhere (CUDA) the
+    whole product is added with ``addmm``. ``x`` is ``N × d`` in float64 or float32 (then
+    the product is formed in float32 and added into the float64 sum).
+    """
+    if out.device.type != "cpu":
+        if x.dtype == torch.float64:
+            out.addmm_(x.T, x)
+        else:
+            out += torch.mm(x.T, x).to(torch.float64)
+        return False
+    a = x.detach().contiguous().T.numpy()  # d × N, Fortran order: no copy
+    c = out.T.numpy()  # Fortran view of out: its upper triangle is out's lower one
+    if x.dtype == torch.float64:
+        res = scipy.linalg.blas.dsyrk(1.0, a, beta=1.0, c=c, trans=0, lower=0, overwrite_c=1)
+        if not np.shares_memory(res, c):
+            c[...] = res
+    else:
+        tri = scipy.linalg.blas.ssyrk(1.0, a, trans=0, lower=0)
+        out += torch.from_numpy(np.ascontiguousarray(tri.T))
+    return True
+
+
+def full_from_lower(S: Tensor) -> Tensor:
+    """The symmetric matrix whose lower triangle ``S`` holds (what :func:`add_gram_` fills)."""
+    low = torch.tril(S)
+    return low + torch.tril(S, -1).mT
 
 
 def layer_bytes(d_in: int, d_out: int, *, raw_too: bool = False) -> int:
@@ -108,6 +143,7 @@ class LayerAccumulator:
         self._k: dict[str, Tensor] = {}
         self._R: dict[str, Tensor] = {}
         self._D: Tensor | None = None  # Σ g_b h_aᵀ; both cross sums follow from it
+        self._tri = False  # Σxxᵀ sums hold their lower triangle only (CPU syrk)
 
     # ----------------------------------------------------------------- allocation
     @property
@@ -125,6 +161,7 @@ class LayerAccumulator:
                 )
             return
         self.d_in, self.d_out = d_in, d_out
+        self._tri = torch.device(device).type == "cpu"
         f64 = {"dtype": torch.float64, "device": device}
         self._n = torch.zeros((), dtype=torch.int64, device=device)
         for v in VECTORS:
@@ -182,19 +219,19 @@ class LayerAccumulator:
         self._addmm(self._D, x["g_b"].T, x["h_a"])
         if self.recipe == "raw":
             for v in VECTORS:
-                self._addmm(self._S[v], x[v].T, x[v])
+                add_gram_(self._S[v], x[v])
             return
         for v in VECTORS:
             xv = x[v]
             if self.raw_too:
-                self._addmm(self._R[v], xv.T, xv)
+                add_gram_(self._R[v], xv)
             norm = torch.linalg.vector_norm(xv, dim=1)
             keep = norm > 0
             inv = torch.where(keep, norm.reciprocal(), 0.0)
             xv = xv.mul_(inv[:, None]) if v in own else xv * inv[:, None]
             self._k[v] += keep.sum()
             self._s[v] += xv.sum(dim=0, dtype=torch.float64)
-            self._addmm(self._S[v], xv.T, xv)
+            add_gram_(self._S[v], xv)
 
     def _addmm(self, out: Tensor, a: Tensor, b: Tensor) -> None:
         """``out += a @ b`` into a float64 sum, with the GEMM in ``gemm_dtype``."""
@@ -246,8 +283,28 @@ class LayerAccumulator:
         assert other.d_in is not None and other.d_out is not None
         assert other._D is not None
         self.allocate(other.d_in, other.d_out, other._D.device)
-        for dst, src in zip(self.sums(), other.sums(), strict=True):
+        if self._tri != other._tri:  # triangle sums (CPU) meet full ones: make both full
+            self._densify()
+        for dst, src in zip(self.sums(), other._full_sums(), strict=True):
             dst += src.to(dst.device)
+
+    def _grams(self) -> list[tuple[dict[str, Tensor], str]]:
+        return [(self._S, v) for v in VECTORS] + [(self._R, v) for v in self._R]
+
+    def _densify(self) -> None:
+        """Turn triangle-only ``Σxxᵀ`` sums into full symmetric ones (in place)."""
+        if self._tri:
+            for store, v in self._grams():
+                store[v] = full_from_lower(store[v])
+            self._tri = False
+
+    def _full_sums(self) -> list[Tensor]:
+        """:meth:`sums` with every ``Σxxᵀ`` as a full matrix when this one's are not."""
+        out = self.sums()
+        if not self._tri:
+            return out
+        tri = {id(store[v]) for store, v in self._grams()}
+        return [full_from_lower(t) if id(t) in tri else t for t in out]
 
     # ----------------------------------------------------------------- finishing
     @property
@@ -271,28 +328,29 @@ class LayerAccumulator:
         assert self._D is not None
         bad = [v for v in VECTORS if not bool(torch.isfinite(self._S[v].diagonal()).all())]
         if self.raw_too:
-            bad += [v for v in VECTORS if v not in bad and not _finite(self._R[v])]
+            bad += [v for v in VECTORS if v not in bad and not _finite(self._R[v].diagonal())]
         if not bad and not _finite(self._D):
             bad = ["the g_b·h_a cross sum"]
         if bad:
             raise AnalysisError(f"non-finite values in {', '.join(bad)} (activations or gradients)")
+        full = full_from_lower if self._tri else (lambda t: t)
         mats: dict[str, Tensor] = {}
         skipped = dict.fromkeys(VECTORS, 0)
         for v in VECTORS:
             if self.recipe == "raw":
-                mats[v] = self._S[v] / n
+                mats[v] = full(self._S[v]) / n
                 continue
             k = int(self._k[v].item())
             skipped[v] = n - k
             if k == 0:
                 raise AnalysisError(f"every {v} row has zero norm ({n} rows)")
             mean = self._s[v] / k
-            mats[v] = self._S[v] / k - torch.outer(mean, mean)
+            mats[v] = full(self._S[v]) / k - torch.outer(mean, mean)
         raw = None
         if self.recipe == "raw":
             raw = {_MATRIX_NAMES[v]: mats[v] for v in VECTORS}
         elif self.raw_too:
-            raw = {_MATRIX_NAMES[v]: self._R[v] / n for v in VECTORS}
+            raw = {_MATRIX_NAMES[v]: full(self._R[v]) / n for v in VECTORS}
         W64 = W.detach().to(device=self._D.device, dtype=torch.float64).reshape(W.shape[0], -1)
         D = self._D / n
         return LayerMatrices(

@@ -195,3 +195,44 @@ def test_shape_errors() -> None:
         acc.add(r["h_b"], r["h_b"], r["g_b"], r["g_b"])
     with pytest.raises(ValueError, match="allocate"):
         LayerAccumulator().sums()
+
+
+# ------------------------------------------------------------ one-triangle products
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_syrk_adds_the_lower_triangle_of_xtx(dtype: torch.dtype) -> None:
+    from symtool.moments import add_gram_, full_from_lower
+
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(37, 6, generator=g, dtype=DT)
+    out = torch.full((6, 6), 2.0, dtype=DT)
+    assert add_gram_(out, x[:20].to(dtype)) is True
+    assert add_gram_(out, x[20:].to(dtype)) is True
+    want = x.T @ x
+    tol = 1e-12 if dtype == DT else 1e-5
+    low = torch.tril(torch.ones(6, 6, dtype=torch.bool))
+    assert torch.allclose(out[low], (want + 2.0)[low], rtol=tol, atol=tol)
+    assert torch.equal(out[~low], torch.full_like(out[~low], 2.0))  # upper left alone
+    sym = full_from_lower(out - 2.0)
+    assert torch.equal(sym, sym.T) and torch.allclose(sym, want, rtol=tol, atol=tol)
+
+
+def test_triangle_and_full_sums_merge_either_way() -> None:
+    # CPU accumulators keep Σxxᵀ as a lower triangle, CUDA ones in full: merging mixes
+    r = _rows(n=24, seed=11)
+    whole = LayerAccumulator("paper", raw_too=True)
+    _add(whole, r)
+    want = whole.finish(r["W"])
+    for densify_first in (True, False):
+        a, b = LayerAccumulator("paper", raw_too=True), LayerAccumulator("paper", raw_too=True)
+        _add(a, r, slice(0, 9))
+        _add(b, r, slice(9, 24))
+        (a if densify_first else b)._densify()  # as a CUDA accumulator would hold them
+        a.merge(b)
+        got = a.finish(r["W"])
+        for key in ("H_a", "G_a", "H_b", "G_b", "C_a", "C_b"):
+            assert _rel(getattr(got, key), getattr(want, key)) < 1e-12
+        assert got.raw is not None and want.raw is not None
+        assert _rel(got.raw["H_a"], want.raw["H_a"]) < 1e-12
+        assert torch.equal(got.H_a, got.H_a.T)  # finished matrices are exactly symmetric
