@@ -35,7 +35,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.linalg import blas
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -53,6 +52,7 @@ from common import (
     teacher_data,
     timed,
 )
+from scipy.linalg import blas  # after common: it pins OpenBLAS's threads first
 
 from symtool import capture as cap
 from symtool import checkpoints as ck

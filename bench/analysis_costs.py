@@ -1,11 +1,16 @@
-"""Micro-benchmarks of the per-checkpoint analysis steps (the costs docs/performance.md lists).
+"""Micro-benchmarks of the choices behind ``align``'s and ``symmetry``'s analysis steps.
 
-* rotation null of one layer side (4 relations, K = 16): ``symtool.linalg.rotated_alignments``
-  as it is, against the same numbers computed from a bank holding ``Oᵀ`` row-major and its
-  square, with the per-``A`` products ``P_kᵀ a`` and ``O_kᵀ c`` shared across relations;
-* one float64 ``eigh`` (for scale), and ``eigh`` + GEMM for the other side's ``Z``;
-* ``svdvals`` against ``eigvalsh`` of the float64 Gram matrix (GPT-2 shapes);
-* ``units.duplicate_search`` block sizes on a 3072-unit MLP pair.
+Each line times symtool's way against the plain alternative on the same input, in this
+process, and checks that both give the same numbers (docs/performance.md, *Known costs*):
+
+* decompositions of one ``d × d`` float64 matrix: ``torch.linalg.eigh``/``eigvalsh``
+  against :func:`symtool.linalg.spectrum` at its three depths (SciPy's LAPACK on the CPU;
+  eigenvalues plus ``c = Vᵀ1`` without eigenvectors for the fixed side of a null);
+* ``Z_a = WᵀW`` and ``Z_b = WWᵀ``: two ``eigh`` against :func:`symtool.linalg.gram_pair`;
+* a layer's eight rotation nulls: one call per relation against one batched call;
+* a batch's second moment ``xᵀx`` into a float64 sum: ``addmm`` against BLAS ``syrk``;
+* singular values: ``svdvals`` against ``eigvalsh`` of the Gram matrix (GPT-2 shapes);
+* the identical-unit search at several block sizes.
 
     python bench/analysis_costs.py [--threads 1]
 """
@@ -25,7 +30,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import machine, median, set_threads
 
-from symtool.linalg import HaarBank, Spectrum, rotated_alignments, spectrum
+from symtool.heads import singular_values
+from symtool.linalg import (
+    HaarBank,
+    add_gram_,
+    full_from_lower,
+    gram_pair,
+    rotation_null,
+    rotation_nulls,
+    spectrum,
+)
 from symtool.units import duplicate_search
 
 Tensor = torch.Tensor
@@ -42,69 +56,81 @@ def ms(fn: Callable[[], Any], n: int = 5) -> float:
     return 1e3 * median(out)
 
 
-def shared_null(A: Spectrum, B: Spectrum, pre: tuple[Tensor, Tensor]) -> Tensor:
-    """Pearson null scores from precomputed ``u = P_kᵀ a`` and ``co = O_kᵀ c`` (K × d)."""
-    u, co = pre
-    lam = B.values
-    n = float(A.dim) ** 2
-    sum_b = (co * co) @ lam
-    sum_a = A.entry_sum
-    num = u @ lam - sum_a * sum_b / n
-    den = torch.sqrt((A.frob_sq - sum_a**2 / n) * (B.frob_sq - sum_b**2 / n))
-    return (num / den).clamp(-1.0, 1.0)
+def _cov(d: int, g: torch.Generator, offset: float = 0.0) -> Tensor:
+    X = torch.randn(2 * d, d, generator=g, dtype=torch.float64) * torch.linspace(0.1, 2.0, d)
+    return X.T @ X / (2 * d) + offset
 
 
-def null_costs(d: int, k: int) -> str:
-    """One side of one layer: f-RGA, f-GWA, f-RWA, f-CROSS."""
-    g = torch.Generator().manual_seed(0)
-    mats = []
-    for _ in range(4):
-        X = torch.randn(2 * d, d, generator=g, dtype=torch.float64)
-        mats.append(spectrum(X.T @ X / (2 * d)))
-    H, G, C, Z = mats
-    pairs = [(H, G), (G, Z), (H, Z), (C, Z)]
-    O = HaarBank(0, k).get(d)
-    OT = O.mT.contiguous()  # what the bank would keep, once per dimension and run
-    PT = OT * OT
-
-    def now() -> list[Tensor]:
-        return [rotated_alignments(a, b, O) for a, b in pairs]
-
-    def proposed() -> list[Tensor]:
-        pre: dict[int, tuple[Tensor, Tensor]] = {}
-        return [
-            shared_null(a, b, pre.setdefault(id(a), (PT @ a.values, OT @ a.ones))) for a, b in pairs
-        ]
-
-    diff = max(float((x - y).abs().max()) for x, y in zip(now(), proposed(), strict=True))
-    t_now, t_new = ms(now), ms(proposed)
-    t_eigh = ms(lambda: spectrum(H.matrix), 3)
+def decompositions(d: int) -> list[str]:
+    """One matrix at the three depths of :func:`spectrum`, against torch."""
+    g = torch.Generator().manual_seed(d)
+    M = _cov(d, g, offset=0.3)
+    full, part = spectrum(M), spectrum(M, vectors=False, ones=True)
+    assert full.ones is not None and part.ones is not None
+    dv = float((part.values - full.values).abs().max() / full.values.abs().max())
+    dc = float((part.ones - full.ones).abs().max())
     W = torch.randn(d, d, generator=g, dtype=torch.float64)
-    t_gemm = ms(lambda: W @ Z.vectors, 3)
+    _, Zb = gram_pair(W)
+    ref = torch.linalg.eigvalsh(W @ W.T)
+    dz = float((Zb.values - ref).abs().max() / ref.abs().max())
+    t_two = ms(lambda: (spectrum(W.T @ W), spectrum(W @ W.T)), 3)
+    t_pair = ms(lambda: gram_pair(W), 3)
+    return [
+        f"d={d}: torch eigh {ms(lambda: torch.linalg.eigh(M), 3):.0f} ms, spectrum() "
+        f"{ms(lambda: spectrum(M), 3):.0f} ms; torch eigvalsh "
+        f"{ms(lambda: torch.linalg.eigvalsh(M), 3):.0f} ms, values only "
+        f"{ms(lambda: spectrum(M, vectors=False), 3):.0f} ms, values + c = Vᵀ1 "
+        f"{ms(lambda: spectrum(M, vectors=False, ones=True), 3):.0f} ms "
+        f"(vs eigh: values {dv:.0e} relative, c {dc:.0e})",
+        f"d={d}: Z_a and Z_b by two eigh {t_two:.0f} ms, gram_pair {t_pair:.0f} ms "
+        f"(Z_b values {dz:.0e} relative)",
+    ]
+
+
+def nulls(d: int, k: int) -> str:
+    """A square layer's eight nulls (six relations, two cross terms): per call and batched."""
+    g = torch.Generator().manual_seed(d + 1)
+    H_a, H_b = spectrum(_cov(d, g)), spectrum(_cov(d, g))
+    G_a, G_b, X_a, X_b = (spectrum(_cov(d, g, 0.1), vectors=False, ones=True) for _ in range(4))
+    Z_a, Z_b = gram_pair(torch.randn(d, d, generator=g, dtype=torch.float64))
+    pairs = [
+        (H_a, G_a), (G_a, Z_a), (H_a, Z_a), (H_b, G_b), (G_b, Z_b), (H_b, Z_b),
+        (X_a, Z_a), (X_b, Z_b),
+    ]  # fmt: skip
+    bank = HaarBank(0, k)
+    bank.get(d)
+    one = lambda: [rotation_null(a, b, 0.5, bank=bank) for a, b in pairs]  # noqa: E731
+    batched = lambda: rotation_nulls([(a, b, 0.5) for a, b in pairs], bank=bank)  # noqa: E731
+    diff = max(abs(x.mean - y.mean) for x, y in zip(one(), batched(), strict=True))  # type: ignore[operator]
     return (
-        f"d={d}: 4 nulls now {t_now:.1f} ms, shared/row-major {t_new:.1f} ms "
-        f"({t_now / t_new:.1f}x, max |diff| {diff:.1e}); one eigh {t_eigh:.0f} ms, "
-        f"one d×d GEMM {t_gemm:.0f} ms"
+        f"d={d}: 8 nulls one call each {ms(one):.0f} ms, one batched call {ms(batched):.0f} ms "
+        f"(max |Δ mean| {diff:.0e})"
     )
 
 
-def svd_costs() -> list[str]:
-    """``svdvals`` against ``eigvalsh`` of the Gram matrix, both float64."""
-    g = torch.Generator().manual_seed(0)
-    out = []
-    for shape in ((768, 768), (3072, 768)):
-        W = (torch.randn(*shape, generator=g) * 0.02).double()
+def second_moment(n: int, d: int) -> str:
+    """``S += xᵀx`` for one batch: torch ``addmm`` against one triangle with ``syrk``."""
+    g = torch.Generator().manual_seed(n)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    S1, S2 = torch.zeros(d, d, dtype=torch.float64), torch.zeros(d, d, dtype=torch.float64)
+    S1.addmm_(x.T, x)
+    add_gram_(S2, x)
+    diff = float((full_from_lower(S2) - S1).abs().max() / S1.abs().max())
+    return (
+        f"{n}×{d} rows: addmm {ms(lambda: S1.addmm_(x.T, x), 10):.1f} ms, syrk "
+        f"{ms(lambda: add_gram_(S2, x), 10):.1f} ms (relative difference {diff:.0e})"
+    )
 
-        def gram(W: Tensor = W) -> Tensor:
-            return torch.linalg.eigvalsh(W.T @ W).clamp_min(0).sqrt().flip(0)
 
-        rel = float(((torch.linalg.svdvals(W) - gram()).abs() / torch.linalg.svdvals(W)[0]).max())
-        t_svd = ms(lambda W=W: torch.linalg.svdvals(W), 3)
-        out.append(
-            f"{shape[0]}×{shape[1]}: svdvals {t_svd:.0f} ms, Gram + eigvalsh "
-            f"{ms(gram, 3):.0f} ms, max |Δσ|/σ_1 {rel:.0e}"
-        )
-    return out
+def singular(shape: tuple[int, int]) -> str:
+    """``svdvals`` against ``eigvalsh`` of the float64 Gram matrix."""
+    W = (torch.randn(*shape, generator=torch.Generator().manual_seed(0)) * 0.02).double()
+    ref = torch.linalg.svdvals(W)
+    rel = float(((ref - singular_values(W)).abs() / ref[0]).max())
+    return (
+        f"{shape[0]}×{shape[1]}: svdvals {ms(lambda: torch.linalg.svdvals(W), 3):.0f} ms, Gram "
+        f"+ eigvalsh {ms(lambda: singular_values(W), 3):.0f} ms, max |Δσ|/σ_1 {rel:.0e}"
+    )
 
 
 def dup_costs() -> str:
@@ -125,11 +151,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--null-samples", type=int, default=16)
     args = ap.parse_args(argv)
     set_threads(args.threads)
-    print(f"# analysis step costs; {machine()}; threads {torch.get_num_threads()}")
+    print(f"# analysis step costs; {machine()}; torch threads {torch.get_num_threads()}")
     for d in (512, 1024):
-        print(null_costs(d, args.null_samples))
-    for line in svd_costs():
-        print(line)
+        for line in decompositions(d):
+            print(line)
+    for d in (512, 1024):
+        print(nulls(d, args.null_samples))
+    print(second_moment(512, 1024))
+    for shape in ((768, 768), (3072, 768)):
+        print(singular(shape))
     print(dup_costs())
     return 0
 

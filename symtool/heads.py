@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from symtool.linalg import eigvalsh
+from symtool.linalg import eigvalsh, gram
 from symtool.symrecords import AttentionRecord, HeadRecord, SymmetrySettings, TauCount
 from symtool.units import dead_counts, duplicate_search
 from symtool.wiring import AttentionSpec
@@ -39,8 +39,7 @@ def singular_values(m: Tensor, *, exact: bool = False) -> Tensor:
     tall = m.mT if m.shape[-2] < m.shape[-1] else m
     if exact:
         return torch.linalg.svdvals(tall)
-    gram = tall.mT @ tall
-    values = eigvalsh(gram).clamp_min(0.0).sqrt()
+    values = eigvalsh(gram(tall)).clamp_min(0.0).sqrt()
     return values.flip(-1)
 
 

@@ -97,6 +97,56 @@ class Spectrum:
         return ((M64 @ V) * V).sum(dim=0)
 
 
+def add_gram_(out: Tensor, x: Tensor) -> bool:
+    """``out += xᵀx`` for a float64 sum ``out``; returns whether only a triangle was added.
+
+    On the CPU, BLAS ``syrk`` (through SciPy) computes one triangle of the symmetric product,
+    half the work of a GEMM, and adds it into the **lower** triangle of ``out`` (row-major);
+    the upper triangle is left alone (see :func:`full_from_lower`). Elsewhere (CUDA) the
+    whole product is added with ``addmm``. ``x`` is ``N × d`` in float64 or float32 (then
+    the product is formed in float32 and added into the float64 sum).
+    """
+    if out.device.type != "cpu":
+        if x.dtype == torch.float64:
+            out.addmm_(x.T, x)
+        else:
+            out += torch.mm(x.T, x).to(torch.float64)
+        return False
+    a = x.detach().contiguous().T.numpy()  # d × N, Fortran order: no copy
+    c = out.T.numpy()  # Fortran view of out: its upper triangle is out's lower one
+    if x.dtype == torch.float64:
+        res = scipy.linalg.blas.dsyrk(1.0, a, beta=1.0, c=c, trans=0, lower=0, overwrite_c=1)
+        if not np.shares_memory(res, c):
+            c[...] = res
+    else:
+        tri = scipy.linalg.blas.ssyrk(1.0, a, trans=0, lower=0)
+        out += torch.from_numpy(np.ascontiguousarray(tri.T))
+    return True
+
+
+def gram(X: Tensor) -> Tensor:
+    """``XᵀX`` of a matrix or a batch of matrices, float64; by ``syrk`` on the CPU.
+
+    Exactly symmetric on the CPU (one triangle computed, then mirrored).
+    """
+    X = X.to(torch.float64)
+    if X.device.type != "cpu":
+        return X.mT @ X
+    flat = X.reshape(-1, *X.shape[-2:])
+    c = flat.shape[-1]
+    out = torch.zeros((flat.shape[0], c, c), dtype=torch.float64)
+    for i in range(flat.shape[0]):
+        add_gram_(out[i], flat[i])
+        out[i] = full_from_lower(out[i])
+    return out.reshape(*X.shape[:-2], c, c)
+
+
+def full_from_lower(S: Tensor) -> Tensor:
+    """The symmetric matrix whose lower triangle ``S`` holds (what :func:`add_gram_` fills)."""
+    low = torch.tril(S)
+    return low + torch.tril(S, -1).mT
+
+
 def _checked(M: Tensor) -> Tensor:
     """``sym(M)`` in float64, after checking the shape and that every entry is finite."""
     if M.ndim != 2 or M.shape[0] != M.shape[1]:
@@ -234,7 +284,7 @@ def gram_pair(W: Tensor) -> tuple[Spectrum, Spectrum]:
         AnalysisError: a decomposition failed.
     """
     W64 = W.detach().to(torch.float64)
-    Za, Zb = _checked(W64.T @ W64), _checked(W64 @ W64.T)
+    Za, Zb = _checked(gram(W64)), _checked(gram(W64.T))
     a_small = Za.shape[0] <= Zb.shape[0]
     small = spectrum(Za if a_small else Zb)
     X = W64 if a_small else W64.T  # small-side vectors → big-side vectors
@@ -466,13 +516,15 @@ def haar_orthogonal(d: int, k: int, generator: torch.Generator) -> Tensor:
     QR of a standard Gaussian matrix with the sign fix ``Q · sign(diag R)`` (without it the
     distribution is not Haar), returned transposed (the inverse of a Haar matrix is Haar).
     """
-    X = torch.randn((k, d, d), generator=generator, dtype=torch.float64)
-    Q, R = torch.linalg.qr(X)
-    signs = torch.sign(torch.diagonal(R, dim1=-2, dim2=-1))
-    signs = torch.where(signs == 0, torch.ones_like(signs), signs)
-    # (Q · diag(signs))ᵀ, Haar as well: LAPACK's Q is column-major, so its transpose comes out
-    # row-major from this one multiplication, with no extra copy
-    return Q.mT * signs.unsqueeze(-1)
+    out = torch.empty((k, d, d), dtype=torch.float64)
+    for i in range(k):  # one at a time: the transient is 3 d² numbers, not 3 K d²
+        Q, R = torch.linalg.qr(torch.randn((d, d), generator=generator, dtype=torch.float64))
+        signs = torch.sign(torch.diagonal(R))
+        signs = torch.where(signs == 0, torch.ones_like(signs), signs)
+        # (Q · diag(signs))ᵀ, Haar as well: LAPACK's Q is column-major, so its transpose is
+        # written row-major by this one multiplication
+        torch.mul(Q.mT, signs.unsqueeze(-1), out=out[i])
+    return out
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-import scipy.linalg
 import torch
 
 from symtool.errors import AnalysisError
+from symtool.linalg import add_gram_, full_from_lower
 
 Tensor = torch.Tensor
 
@@ -55,39 +54,6 @@ VECTORS = ("h_a", "g_a", "h_b", "g_b")
 """The four per-row vectors of theory.md section 1, in the order sums are kept."""
 
 _MATRIX_NAMES = {"h_a": "H_a", "g_a": "G_a", "h_b": "H_b", "g_b": "G_b"}
-
-
-def add_gram_(out: Tensor, x: Tensor) -> bool:
-    """``out += xᵀx`` for a float64 sum ``out``; returns whether only a triangle was added.
-
-    On the CPU, BLAS ``syrk`` (through SciPy) computes one triangle of the symmetric product,
-    half the work of a GEMM, and adds it into the **lower** triangle of ``out`` (row-major);
-    the upper triangle is left alone (see :func:`full_from_lower`). Elsewhere (CUDA) the
-    whole product is added with ``addmm``. ``x`` is ``N × d`` in float64 or float32 (then
-    the product is formed in float32 and added into the float64 sum).
-    """
-    if out.device.type != "cpu":
-        if x.dtype == torch.float64:
-            out.addmm_(x.T, x)
-        else:
-            out += torch.mm(x.T, x).to(torch.float64)
-        return False
-    a = x.detach().contiguous().T.numpy()  # d × N, Fortran order: no copy
-    c = out.T.numpy()  # Fortran view of out: its upper triangle is out's lower one
-    if x.dtype == torch.float64:
-        res = scipy.linalg.blas.dsyrk(1.0, a, beta=1.0, c=c, trans=0, lower=0, overwrite_c=1)
-        if not np.shares_memory(res, c):
-            c[...] = res
-    else:
-        tri = scipy.linalg.blas.ssyrk(1.0, a, trans=0, lower=0)
-        out += torch.from_numpy(np.ascontiguousarray(tri.T))
-    return True
-
-
-def full_from_lower(S: Tensor) -> Tensor:
-    """The symmetric matrix whose lower triangle ``S`` holds (what :func:`add_gram_` fills)."""
-    low = torch.tril(S)
-    return low + torch.tril(S, -1).mT
 
 
 def layer_bytes(d_in: int, d_out: int, *, raw_too: bool = False) -> int:

@@ -15,6 +15,7 @@ from symtool.errors import AnalysisError, UsageError
 from symtool.linalg import (
     HaarBank,
     alignment,
+    gram,
     gram_pair,
     haar_orthogonal,
     matrix_power,
@@ -376,3 +377,14 @@ def test_null_rotates_the_second_matrix_not_the_first() -> None:
     assert null.std == pytest.approx(arr.std(ddof=1), abs=1e-12)
     swapped = rotation_null(spectrum(B), spectrum(A), 0.5, bank=bank)
     assert swapped.mean is not None and abs(swapped.mean - null.mean) > 5 * null.std / 8
+
+
+def test_gram_of_matrix_and_batch_is_exactly_symmetric() -> None:
+    g = torch.Generator().manual_seed(80)
+    X = torch.randn(3, 11, 7, generator=g)  # float32 in, float64 out
+    G = gram(X)
+    want = X.double().mT @ X.double()
+    assert G.dtype == torch.float64 and G.shape == (3, 7, 7)
+    assert torch.allclose(G, want, rtol=1e-12, atol=1e-12)
+    assert torch.equal(G, G.mT)
+    assert torch.allclose(gram(X[0]), want[0], rtol=1e-12, atol=1e-12)

@@ -202,7 +202,7 @@ def test_shape_errors() -> None:
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_syrk_adds_the_lower_triangle_of_xtx(dtype: torch.dtype) -> None:
-    from symtool.moments import add_gram_, full_from_lower
+    from symtool.linalg import add_gram_, full_from_lower
 
     g = torch.Generator().manual_seed(9)
     x = torch.randn(37, 6, generator=g, dtype=DT)
