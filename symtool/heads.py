@@ -39,7 +39,7 @@ def singular_values(m: Tensor, *, exact: bool = False) -> Tensor:
     tall = m.mT if m.shape[-2] < m.shape[-1] else m
     if exact:
         return torch.linalg.svdvals(tall)
-    values = eigvalsh(gram(tall)).clamp_min(0.0).sqrt()
+    values = eigvalsh(gram(tall, mirror=False)).clamp_min(0.0).sqrt()  # lower triangle only
     return values.flip(-1)
 
 

@@ -112,22 +112,30 @@ def add_gram_(out: Tensor, x: Tensor) -> bool:
         else:
             out += torch.mm(x.T, x).to(torch.float64)
         return False
-    a = x.detach().contiguous().T.numpy()  # d × N, Fortran order: no copy
+    x = x.detach()
+    if x.is_contiguous():
+        a, trans = x.T.numpy(), 0  # d × N in Fortran order (no copy): C = a aᵀ
+    elif x.mT.is_contiguous():
+        a, trans = x.numpy(), 1  # N × d in Fortran order (a transposed view): C = aᵀ a
+    else:
+        a, trans = x.contiguous().T.numpy(), 0
     c = out.T.numpy()  # Fortran view of out: its upper triangle is out's lower one
     if x.dtype == torch.float64:
-        res = scipy.linalg.blas.dsyrk(1.0, a, beta=1.0, c=c, trans=0, lower=0, overwrite_c=1)
+        res = scipy.linalg.blas.dsyrk(1.0, a, beta=1.0, c=c, trans=trans, lower=0, overwrite_c=1)
         if not np.shares_memory(res, c):
             c[...] = res
     else:
-        tri = scipy.linalg.blas.ssyrk(1.0, a, trans=0, lower=0)
+        tri = scipy.linalg.blas.ssyrk(1.0, a, trans=trans, lower=0)
         out += torch.from_numpy(np.ascontiguousarray(tri.T))
     return True
 
 
-def gram(X: Tensor) -> Tensor:
+def gram(X: Tensor, *, mirror: bool = True) -> Tensor:
     """``XᵀX`` of a matrix or a batch of matrices, float64; by ``syrk`` on the CPU.
 
-    Exactly symmetric on the CPU (one triangle computed, then mirrored).
+    Exactly symmetric on the CPU (one triangle computed, then mirrored); ``mirror=False``
+    leaves the upper triangle zero there, for a consumer that reads only the lower one
+    (:func:`eigvalsh`: LAPACK ``syevd`` with ``UPLO = 'L'``).
     """
     X = X.to(torch.float64)
     if X.device.type != "cpu":
@@ -137,7 +145,8 @@ def gram(X: Tensor) -> Tensor:
     out = torch.zeros((flat.shape[0], c, c), dtype=torch.float64)
     for i in range(flat.shape[0]):
         add_gram_(out[i], flat[i])
-        out[i] = full_from_lower(out[i])
+        if mirror:
+            out[i] = full_from_lower(out[i])
     return out.reshape(*X.shape[:-2], c, c)
 
 
@@ -217,9 +226,10 @@ def _eigvalsh_cpu(M64: Tensor) -> Tensor:
 def eigvalsh(M: Tensor) -> Tensor:
     """Eigenvalues (ascending) of a symmetric float64 matrix or batch of matrices.
 
-    Finite CPU input runs LAPACK ``syevd`` through SciPy, one matrix at a time (20–30%
-    faster than ``torch.linalg.eigvalsh`` on the machines of docs/performance.md); anything
-    else goes to ``torch.linalg.eigvalsh``, with its behaviour on non-finite input.
+    Only the lower triangle is read (as ``torch.linalg.eigvalsh`` does). Finite CPU input
+    runs LAPACK ``syevd`` through SciPy, one matrix at a time (20–30% faster than
+    ``torch.linalg.eigvalsh`` on the machines of docs/performance.md); anything else goes
+    to ``torch.linalg.eigvalsh``, with its behaviour on non-finite input.
     """
     if M.device.type != "cpu" or M.dtype != torch.float64 or not bool(torch.isfinite(M).all()):
         return torch.linalg.eigvalsh(M)

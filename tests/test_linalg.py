@@ -15,6 +15,7 @@ from symtool.errors import AnalysisError, UsageError
 from symtool.linalg import (
     HaarBank,
     alignment,
+    eigvalsh,
     gram,
     gram_pair,
     haar_orthogonal,
@@ -388,3 +389,9 @@ def test_gram_of_matrix_and_batch_is_exactly_symmetric() -> None:
     assert torch.allclose(G, want, rtol=1e-12, atol=1e-12)
     assert torch.equal(G, G.mT)
     assert torch.allclose(gram(X[0]), want[0], rtol=1e-12, atol=1e-12)
+    # a transposed view (Fortran order) goes to syrk as it is; mirror=False keeps one triangle
+    Y = torch.randn(9, 13, generator=g, dtype=torch.float64)
+    low = gram(Y.mT, mirror=False)
+    assert torch.equal(torch.triu(low, 1), torch.zeros_like(low))
+    assert torch.allclose(torch.tril(low), torch.tril(Y @ Y.mT), rtol=1e-12, atol=1e-12)
+    assert torch.allclose(eigvalsh(low), torch.linalg.eigvalsh(Y @ Y.mT), atol=1e-10)
