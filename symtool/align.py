@@ -251,7 +251,7 @@ class _Analyzer:
 
     def _layer(self, ref: models.LayerRef, m: Any) -> dict[str, Any]:
         s = self.s
-        spectra = crh.layer_spectra(m, cross=True)
+        spectra = crh.layer_spectra(m, cross=True, metric=s.metric)
         al = crh.relations(
             m,
             spectra=spectra,

@@ -328,6 +328,9 @@ def _canonical_ones(values: Tensor, c: Tensor) -> Tensor:
     Rotating the cluster's basis so that ``1`` projects onto its first vector alone gives
     ``(‖c_G‖, 0, …, 0)``: the same for every basis of that eigenspace. Entry sums and the
     rotation null then no longer change with round-off.
+
+    A cluster spans at most ``1e-9 · max|λ|`` from its first value (a chain of small gaps is
+    cut there), so ``c``-mass never moves further than that along the spectrum.
     """
     d = values.shape[0]
     if d < 2:
@@ -340,9 +343,18 @@ def _canonical_ones(values: Tensor, c: Tensor) -> Tensor:
         return c
     out = c.clone()
     for lo, hi in zip(starts, ends, strict=True):
-        if hi - lo > 1:
-            out[lo:hi] = 0.0
-            out[lo] = c[lo:hi].norm()
+        if hi - lo < 2:
+            continue
+        vals = values[lo:hi].tolist()
+        i = 0
+        while i < hi - lo:
+            j = i + 1
+            while j < hi - lo and vals[j] - vals[i] <= tol:
+                j += 1
+            if j - i > 1:
+                out[lo + i : lo + j] = 0.0
+                out[lo + i] = c[lo + i : lo + j].norm()
+            i = j
     return out
 
 

@@ -152,6 +152,11 @@ def _imbalance(layer: str, steps: Sequence[int], recs: Sequence[UnitsRecord | No
     if len(pts) < 2:
         return ImbalanceTrend(layer, len(pts), None, None, None, None, None, None,
                               reason="fewer than 2 checkpoints with imbalances")
+    acts = sorted({r.activation for r in recs if r is not None and not r.balanced})
+    if acts:  # theory.md section 5: the law comes from the rescaling symmetry
+        return ImbalanceTrend(layer, len(pts), None, None, None, None, None, None,
+                              reason=f"activation {', '.join(map(str, acts))} has no rescaling "
+                              "symmetry, so the imbalance law does not apply")
     if any(im.mean_abs <= 0.0 for _, im in pts):
         return ImbalanceTrend(layer, len(pts), None, None, None, None, None, None,
                               reason="zero imbalance at some checkpoint (log undefined)")

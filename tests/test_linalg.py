@@ -395,3 +395,17 @@ def test_gram_of_matrix_and_batch_is_exactly_symmetric() -> None:
     assert torch.equal(torch.triu(low, 1), torch.zeros_like(low))
     assert torch.allclose(torch.tril(low), torch.tril(Y @ Y.mT), rtol=1e-12, atol=1e-12)
     assert torch.allclose(eigvalsh(low), torch.linalg.eigvalsh(Y @ Y.mT), atol=1e-10)
+
+
+def test_canonical_ones_clusters_have_bounded_span() -> None:
+    from symtool.linalg import _canonical_ones
+
+    # a chain of gaps 0.6e-9 (each below the 1e-9 cluster tolerance) spans 3e-9: it is cut
+    # into clusters of span ≤ 1e-9, so no c-mass moves further than that
+    values = torch.tensor([0.0, 0.6e-9, 1.2e-9, 1.8e-9, 2.4e-9, 3.0e-9, 1.0], dtype=torch.float64)
+    c = torch.arange(1.0, 8.0, dtype=torch.float64)
+    out = _canonical_ones(values, c)
+    assert float(out.norm()) == pytest.approx(float(c.norm()), rel=1e-15)  # ‖c‖ kept
+    assert out.tolist() == pytest.approx(
+        [math.hypot(1, 2), 0.0, math.hypot(3, 4), 0.0, math.hypot(5, 6), 0.0, 7.0]
+    )

@@ -135,3 +135,19 @@ def test_sequence_input_errors():
     no_hyst = analyse_sequence([(0, analyse_symmetry(_layer([1.0]), SymmetrySettings(
         rank_taus=(1e-2,))))])
     assert any("no hysteresis" in n for n in no_hyst.notes)
+
+
+def test_imbalance_law_needs_a_rescaling_symmetry():
+    # theory.md §5: the law follows from (w, b, u) → (c·w, c·b, u/c), which tanh units lack
+    g = torch.Generator().manual_seed(5)
+    w1, w2 = torch.randn(8, 5, generator=g), torch.randn(3, 8, generator=g)
+    tanh = SymmetrySettings(activation="tanh")
+    seq = [(t, analyse_symmetry({"fc1.weight": w1 * math.exp(-0.01 * t),
+                                 "fc2.weight": w2 * math.exp(-0.01 * t)}, tanh))
+           for t in (0, 20, 40)]
+    (trend,) = analyse_sequence(seq).imbalance
+    assert trend.law is None and trend.rate is None
+    assert "no rescaling symmetry" in (trend.reason or "") and "tanh" in (trend.reason or "")
+    # the per-checkpoint imbalances are still reported
+    units = seq[0][1].units[0]
+    assert units.imbalance is not None and units.imbalance.mean_abs > 0
