@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.quick:
         args.width, args.samples, args.batch = 128, [1024, 4096], 256
-        args.wide, args.budget = 256, 0.004
+        args.wide, args.budget = 256, 0.008
     case = mlp_case(args.width)
     print(f"# align peak memory; {machine()}")
     print(

@@ -1,6 +1,6 @@
 """Run every benchmark of bench/ in turn and print all ratios at the end.
 
-    python bench/run_all.py              # full sizes (about 20 minutes on 2 cores, 1 thread)
+    python bench/run_all.py              # full sizes (about 25 minutes on 2 cores, 1 thread)
     python bench/run_all.py --quick      # smoke run of every script (a few minutes)
     python bench/run_all.py --threads 2  # torch threads for every script
 
