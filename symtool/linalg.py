@@ -97,6 +97,15 @@ class Spectrum:
         return ((M64 @ V) * V).sum(dim=0)
 
 
+HOST_BLAS = True
+"""Use SciPy's BLAS/LAPACK for CPU tensors (``False``: ``torch.linalg`` everywhere, the path
+GPU tensors always take; the tests switch it off to check that path on the CPU)."""
+
+
+def _host_blas(t: Tensor) -> bool:
+    return HOST_BLAS and t.device.type == "cpu"
+
+
 def add_gram_(out: Tensor, x: Tensor) -> bool:
     """``out += xᵀx`` for a float64 sum ``out``; returns whether only a triangle was added.
 
@@ -106,7 +115,7 @@ def add_gram_(out: Tensor, x: Tensor) -> bool:
     whole product is added with ``addmm``. ``x`` is ``N × d`` in float64 or float32 (then
     the product is formed in float32 and added into the float64 sum).
     """
-    if out.device.type != "cpu":
+    if not _host_blas(out):
         if x.dtype == torch.float64:
             out.addmm_(x.T, x)
         else:
@@ -138,7 +147,7 @@ def gram(X: Tensor, *, mirror: bool = True) -> Tensor:
     (:func:`eigvalsh`: LAPACK ``syevd`` with ``UPLO = 'L'``).
     """
     X = X.to(torch.float64)
-    if X.device.type != "cpu":
+    if not _host_blas(X):
         return X.mT @ X
     flat = X.reshape(-1, *X.shape[-2:])
     c = flat.shape[-1]
@@ -192,7 +201,7 @@ def spectrum(M: Tensor, *, vectors: bool = True, ones: bool = False) -> Spectrum
         AnalysisError: ``M`` is not square, has non-finite entries, or ``eigh`` fails.
     """
     M64 = _checked(M)
-    cpu = M64.device.type == "cpu"
+    cpu = _host_blas(M64)
     try:
         if vectors:
             values, V = _eigh_cpu(M64) if cpu else torch.linalg.eigh(M64)
@@ -231,7 +240,7 @@ def eigvalsh(M: Tensor) -> Tensor:
     ``torch.linalg.eigvalsh`` on the machines of docs/performance.md); anything else goes
     to ``torch.linalg.eigvalsh``, with its behaviour on non-finite input.
     """
-    if M.device.type != "cpu" or M.dtype != torch.float64 or not bool(torch.isfinite(M).all()):
+    if not _host_blas(M) or M.dtype != torch.float64 or not bool(torch.isfinite(M).all()):
         return torch.linalg.eigvalsh(M)
     n = M.shape[-1]
     flat = M.reshape(-1, n, n)

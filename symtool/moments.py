@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from symtool import linalg
 from symtool.errors import AnalysisError
 from symtool.linalg import add_gram_, full_from_lower
 
@@ -127,7 +128,7 @@ class LayerAccumulator:
                 )
             return
         self.d_in, self.d_out = d_in, d_out
-        self._tri = torch.device(device).type == "cpu"
+        self._tri = linalg.HOST_BLAS and torch.device(device).type == "cpu"  # add_gram_
         f64 = {"dtype": torch.float64, "device": device}
         self._n = torch.zeros((), dtype=torch.int64, device=device)
         for v in VECTORS:

@@ -409,3 +409,37 @@ def test_canonical_ones_clusters_have_bounded_span() -> None:
     assert out.tolist() == pytest.approx(
         [math.hypot(1, 2), 0.0, math.hypot(3, 4), 0.0, math.hypot(5, 6), 0.0, 7.0]
     )
+
+
+def test_the_torch_path_gpus_take_gives_the_same_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With SciPy switched off, CPU tensors take the ``torch.linalg`` path CUDA tensors always
+    take: spectra, c = Vᵀ1, Gram pairs, sums, nulls and a layer's relations must agree."""
+    from symtool import linalg as la
+    from symtool.crh import layer_spectra, relations
+    from symtool.moments import LayerAccumulator
+
+    g = torch.Generator().manual_seed(90)
+    W = torch.randn(6, 9, generator=g, dtype=torch.float64)
+    X = torch.randn(50, 9, generator=g, dtype=torch.float64)
+    Y = torch.randn(50, 6, generator=g, dtype=torch.float64)
+
+    def run() -> tuple:
+        M = _psd(9, 91) + 0.5
+        s, p = spectrum(M), spectrum(M, vectors=False, ones=True)
+        za, zb = gram_pair(W)
+        acc = LayerAccumulator("paper")
+        acc.add(X, X @ W.T, Y, Y @ W)
+        m = acc.finish(W)
+        rel = relations(m, spectra=layer_spectra(m), bank=HaarBank(seed=2), null_samples=8)
+        return s.values, s.ones, p.ones, za.values, zb.ones, m.H_a, rel
+
+    fast = run()
+    monkeypatch.setattr(la, "HOST_BLAS", False)
+    slow = run()
+    for a, b in zip(fast[:6], slow[:6], strict=True):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-10)
+    pairs = zip(fast[6].relations + fast[6].cross, slow[6].relations + slow[6].cross, strict=True)
+    for ra, rb in pairs:
+        assert ra.alpha == pytest.approx(rb.alpha, abs=1e-12)
+        assert ra.null_mean == pytest.approx(rb.null_mean, abs=1e-10)
+        assert ra.z == pytest.approx(rb.z, rel=1e-8, abs=1e-8)
