@@ -7,7 +7,7 @@ In one process, on the same checkpoints and probe data, it times
 * (b) the floor: that loop plus exactly the products the sums need, hand-written (per
   layer and batch: ``g_a = g_b W``, the one cross product ``D = Σ g_b h_aᵀ`` from which
   both raw cross moments follow (``Σ g_b h_bᵀ = D Wᵀ``, ``Σ h_a g_aᵀ = Dᵀ W``), and
-  ``Σ x̂ x̂ᵀ`` (one triangle, BLAS ``syrk``, on the CPU), ``Σ x̂`` of the normalised rows
+  ``Σ x̂ x̂ᵀ`` (lower triangle, :func:`symtool.linalg.add_gram_`), ``Σ x̂`` of the normalised rows
   of ``h_a, g_a, h_b, g_b``: the paper recipe), in the same GEMM dtype,
 * (c) symtool's capture alone (:func:`symtool.capture.capture`, hooks + streaming sums),
 * (d) the whole ``align`` (:func:`symtool.align.run_align` with default settings: paper
@@ -32,7 +32,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -52,13 +51,12 @@ from common import (
     teacher_data,
     timed,
 )
-from scipy.linalg import blas  # after common: it pins OpenBLAS's threads first
 
 from symtool import capture as cap
 from symtool import checkpoints as ck
 from symtool import crh, models, pah, probes
 from symtool.align import AlignSettings, run_align
-from symtool.linalg import HaarBank
+from symtool.linalg import HaarBank, add_gram_, full_from_lower
 
 Tensor = torch.Tensor
 GEMM = {"float64": torch.float64, "float32": torch.float32}
@@ -91,15 +89,10 @@ class FloorSums:
             out += (a @ b).to(torch.float64)
 
     def _gram(self, out: Tensor, x: Tensor) -> None:
-        """``out += xᵀx``; on the CPU one triangle with BLAS ``syrk`` (half a GEMM)."""
-        if out.device.type != "cpu":
-            self._acc(out, x.T, x)
-            return
-        a, c = x.contiguous().T.numpy(), out.T.numpy()
-        if x.dtype == torch.float64:
-            blas.dsyrk(1.0, a, beta=1.0, c=c, trans=0, lower=0, overwrite_c=1)
-        else:
-            out += torch.from_numpy(np.ascontiguousarray(blas.ssyrk(1.0, a, trans=0).T))
+        """Lower triangle of ``out += xᵀx`` with the least work symtool knows (one triangle
+        by BLAS ``syrk`` at one thread, three of four blocks otherwise): the same primitive
+        as the capture, so the floor is never above what symtool itself needs."""
+        add_gram_(out, x)
 
     def add(self, inp: Tensor, out: Tensor, grad: Tensor) -> None:
         """One batch: rows, ``g_a = g_b W``, 1 cross product, 4 normalised second moments."""
@@ -138,10 +131,7 @@ class FloorSums:
         for v, name in (("h_a", "H_a"), ("g_a", "G_a"), ("h_b", "H_b"), ("g_b", "G_b")):
             k = int(self.k[v])
             mean = self.s[v] / k
-            S = self.S[v]
-            if S.device.type == "cpu":  # lower triangle only (syrk)
-                S = torch.tril(S) + torch.tril(S, -1).T
-            out[name] = S / k - torch.outer(mean, mean)
+            out[name] = full_from_lower(self.S[v]) / k - torch.outer(mean, mean)
         W = self.W.to(torch.float64)
         out["C_a"] = self.D.T @ W / self.n
         out["C_b"] = self.D @ W.T / self.n

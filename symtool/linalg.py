@@ -98,30 +98,50 @@ class Spectrum:
 
 
 HOST_BLAS = True
-"""Use SciPy's BLAS/LAPACK for CPU tensors (``False``: ``torch.linalg`` everywhere, the path
-GPU tensors always take; the tests switch it off to check that path on the CPU)."""
+"""Allow SciPy's BLAS/LAPACK for CPU tensors when torch runs on one thread (``False``:
+``torch.linalg`` everywhere, the path GPU tensors always take; the tests switch it off to
+check that path on the CPU)."""
 
 
 def _host_blas(t: Tensor) -> bool:
-    return HOST_BLAS and t.device.type == "cpu"
+    """Whether ``t`` goes to SciPy's BLAS/LAPACK rather than torch's.
 
-
-def add_gram_(out: Tensor, x: Tensor) -> bool:
-    """``out += xᵀx`` for a float64 sum ``out``; returns whether only a triangle was added.
-
-    On the CPU, BLAS ``syrk`` (through SciPy) computes one triangle of the symmetric product,
-    half the work of a GEMM, and adds it into the **lower** triangle of ``out`` (row-major);
-    the upper triangle is left alone (see :func:`full_from_lower`). Elsewhere (CUDA) the
-    whole product is added with ``addmm``. ``x`` is ``N × d`` in float64 or float32 (then
-    the product is formed in float32 and added into the float64 sum).
+    Only CPU tensors, and only while torch runs on one thread: there SciPy's LAPACK is
+    10–40% faster than torch's (docs/performance.md); with more threads torch's MKL scales
+    on its own thread pool, while OpenBLAS's threads would compete with torch's.
     """
-    if not _host_blas(out):
-        if x.dtype == torch.float64:
-            out.addmm_(x.T, x)
-        else:
-            out += torch.mm(x.T, x).to(torch.float64)
-        return False
+    return HOST_BLAS and t.device.type == "cpu" and torch.get_num_threads() == 1
+
+
+def _addmm_(out: Tensor, a: Tensor, b: Tensor) -> None:
+    """``out += a @ b`` into a float64 ``out`` (the product in ``a``'s dtype)."""
+    if a.dtype == torch.float64:
+        out.addmm_(a, b)
+    else:
+        out += torch.mm(a, b).to(torch.float64)
+
+
+def add_gram_(out: Tensor, x: Tensor) -> None:
+    """Add the lower triangle of ``xᵀx`` into that of a float64 sum ``out``.
+
+    Only ``out``'s lower triangle is defined afterwards (:func:`full_from_lower` mirrors it).
+    On the CPU at one thread, BLAS ``syrk`` through SciPy computes just that triangle, half
+    the work of a GEMM; otherwise three of the four ``d/2`` blocks are formed with torch
+    (the upper-right one is the mirror of the lower-left), three quarters of a GEMM, on
+    torch's own threads and device. ``x`` is ``N × d`` in float64 or float32 (then the
+    product is formed in float32 and added into the float64 sum).
+    """
     x = x.detach()
+    if not _host_blas(out):
+        h = x.shape[1] // 2
+        if h < 64:
+            _addmm_(out, x.T, x)
+            return
+        A, B = x[:, :h], x[:, h:]
+        _addmm_(out[:h, :h], A.T, A)
+        _addmm_(out[h:, :h], B.T, A)
+        _addmm_(out[h:, h:], B.T, B)
+        return
     if x.is_contiguous():
         a, trans = x.T.numpy(), 0  # d × N in Fortran order (no copy): C = a aᵀ
     elif x.mT.is_contiguous():
@@ -136,22 +156,19 @@ def add_gram_(out: Tensor, x: Tensor) -> bool:
     else:
         tri = scipy.linalg.blas.ssyrk(1.0, a, trans=trans, lower=0)
         out += torch.from_numpy(np.ascontiguousarray(tri.T))
-    return True
 
 
 def gram(X: Tensor, *, mirror: bool = True) -> Tensor:
-    """``XᵀX`` of a matrix or a batch of matrices, float64; by ``syrk`` on the CPU.
+    """``XᵀX`` of a matrix or a batch of matrices, float64, from its lower triangle
+    (:func:`add_gram_`).
 
-    Exactly symmetric on the CPU (one triangle computed, then mirrored); ``mirror=False``
-    leaves the upper triangle zero there, for a consumer that reads only the lower one
-    (:func:`eigvalsh`: LAPACK ``syevd`` with ``UPLO = 'L'``).
+    Exactly symmetric (the triangle mirrored); ``mirror=False`` leaves the upper triangle
+    undefined, for a consumer that reads only the lower one (:func:`eigvalsh`).
     """
     X = X.to(torch.float64)
-    if not _host_blas(X):
-        return X.mT @ X
     flat = X.reshape(-1, *X.shape[-2:])
     c = flat.shape[-1]
-    out = torch.zeros((flat.shape[0], c, c), dtype=torch.float64)
+    out = torch.zeros((flat.shape[0], c, c), dtype=torch.float64, device=X.device)
     for i in range(flat.shape[0]):
         add_gram_(out[i], flat[i])
         if mirror:
@@ -186,8 +203,9 @@ def spectrum(M: Tensor, *, vectors: bool = True, ones: bool = False) -> Spectrum
       tridiagonal reduction, about 0.6 of a full ``eigh``);
     * ``vectors=False, ones=False``: eigenvalues only (``eigvalsh``).
 
-    On the CPU the float64 decompositions run in SciPy's LAPACK (``syevd``, ``sytrd``,
-    ``stemr``); on other devices in ``torch.linalg``.
+    On the CPU with torch on one thread the float64 decompositions run in SciPy's LAPACK
+    (``syevd``, ``sytrd``, ``stemr``); otherwise in ``torch.linalg`` (``c`` then comes from
+    a full ``eigh``).
 
     Args:
         M: a square matrix (any float dtype, any device).
@@ -235,10 +253,10 @@ def _eigvalsh_cpu(M64: Tensor) -> Tensor:
 def eigvalsh(M: Tensor) -> Tensor:
     """Eigenvalues (ascending) of a symmetric float64 matrix or batch of matrices.
 
-    Only the lower triangle is read (as ``torch.linalg.eigvalsh`` does). Finite CPU input
-    runs LAPACK ``syevd`` through SciPy, one matrix at a time (20–30% faster than
-    ``torch.linalg.eigvalsh`` on the machines of docs/performance.md); anything else goes
-    to ``torch.linalg.eigvalsh``, with its behaviour on non-finite input.
+    Only the lower triangle is read (as ``torch.linalg.eigvalsh`` does). Finite CPU input,
+    with torch on one thread, runs LAPACK ``syevd`` through SciPy, one matrix at a time
+    (15–20% faster than ``torch.linalg.eigvalsh`` there, docs/performance.md); anything
+    else goes to ``torch.linalg.eigvalsh``, with its behaviour on non-finite input.
     """
     if not _host_blas(M) or M.dtype != torch.float64 or not bool(torch.isfinite(M).all()):
         return torch.linalg.eigvalsh(M)

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import torch
 
-from symtool import linalg
 from symtool.errors import AnalysisError
 from symtool.linalg import add_gram_, full_from_lower
 
@@ -110,7 +109,7 @@ class LayerAccumulator:
         self._k: dict[str, Tensor] = {}
         self._R: dict[str, Tensor] = {}
         self._D: Tensor | None = None  # Σ g_b h_aᵀ; both cross sums follow from it
-        self._tri = False  # Σxxᵀ sums hold their lower triangle only (CPU syrk)
+        # the Σxxᵀ sums (S, R) hold their lower triangle only (linalg.add_gram_)
 
     # ----------------------------------------------------------------- allocation
     @property
@@ -128,7 +127,6 @@ class LayerAccumulator:
                 )
             return
         self.d_in, self.d_out = d_in, d_out
-        self._tri = linalg.HOST_BLAS and torch.device(device).type == "cpu"  # add_gram_
         f64 = {"dtype": torch.float64, "device": device}
         self._n = torch.zeros((), dtype=torch.int64, device=device)
         for v in VECTORS:
@@ -250,28 +248,8 @@ class LayerAccumulator:
         assert other.d_in is not None and other.d_out is not None
         assert other._D is not None
         self.allocate(other.d_in, other.d_out, other._D.device)
-        if self._tri != other._tri:  # triangle sums (CPU) meet full ones: make both full
-            self._densify()
-        for dst, src in zip(self.sums(), other._full_sums(), strict=True):
+        for dst, src in zip(self.sums(), other.sums(), strict=True):
             dst += src.to(dst.device)
-
-    def _grams(self) -> list[tuple[dict[str, Tensor], str]]:
-        return [(self._S, v) for v in VECTORS] + [(self._R, v) for v in self._R]
-
-    def _densify(self) -> None:
-        """Turn triangle-only ``Σxxᵀ`` sums into full symmetric ones (in place)."""
-        if self._tri:
-            for store, v in self._grams():
-                store[v] = full_from_lower(store[v])
-            self._tri = False
-
-    def _full_sums(self) -> list[Tensor]:
-        """:meth:`sums` with every ``Σxxᵀ`` as a full matrix when this one's are not."""
-        out = self.sums()
-        if not self._tri:
-            return out
-        tri = {id(store[v]) for store, v in self._grams()}
-        return [full_from_lower(t) if id(t) in tri else t for t in out]
 
     # ----------------------------------------------------------------- finishing
     @property
@@ -300,7 +278,7 @@ class LayerAccumulator:
             bad = ["the g_b·h_a cross sum"]
         if bad:
             raise AnalysisError(f"non-finite values in {', '.join(bad)} (activations or gradients)")
-        full = full_from_lower if self._tri else (lambda t: t)
+        full = full_from_lower  # the Σxxᵀ sums hold their lower triangle
         mats: dict[str, Tensor] = {}
         skipped = dict.fromkeys(VECTORS, 0)
         for v in VECTORS:
