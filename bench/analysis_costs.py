@@ -109,16 +109,26 @@ def nulls(d: int, k: int) -> str:
 
 
 def second_moment(n: int, d: int) -> str:
-    """``S += xᵀx`` for one batch: torch ``addmm`` against one triangle with ``syrk``."""
+    """``S += xᵀx`` for one batch: torch ``addmm`` against the lower triangle only, by
+    ``syrk`` (SciPy, one thread) and by three of four torch blocks (any thread count)."""
+    from symtool import linalg
+
     g = torch.Generator().manual_seed(n)
     x = torch.randn(n, d, generator=g, dtype=torch.float64)
     S1, S2 = torch.zeros(d, d, dtype=torch.float64), torch.zeros(d, d, dtype=torch.float64)
     S1.addmm_(x.T, x)
     add_gram_(S2, x)
     diff = float((full_from_lower(S2) - S1).abs().max() / S1.abs().max())
+    t_addmm, t_syrk = ms(lambda: S1.addmm_(x.T, x), 10), ms(lambda: add_gram_(S2, x), 10)
+    linalg.HOST_BLAS = False
+    try:
+        t_blocks = ms(lambda: add_gram_(S2, x), 10)
+    finally:
+        linalg.HOST_BLAS = True
     return (
-        f"{n}×{d} rows: addmm {ms(lambda: S1.addmm_(x.T, x), 10):.1f} ms, syrk "
-        f"{ms(lambda: add_gram_(S2, x), 10):.1f} ms (relative difference {diff:.0e})"
+        f"{n}×{d} rows: addmm {t_addmm:.1f} ms, add_gram_ {t_syrk:.1f} ms (syrk at one "
+        f"thread, else torch blocks), torch blocks {t_blocks:.1f} ms (relative difference "
+        f"{diff:.0e})"
     )
 
 
