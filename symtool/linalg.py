@@ -132,6 +132,8 @@ def add_gram_(out: Tensor, x: Tensor) -> None:
     product is formed in float32 and added into the float64 sum).
     """
     x = x.detach()
+    if x.numel() == 0:  # no rows or no columns: nothing to add
+        return
     if not _host_blas(out):
         h = x.shape[1] // 2
         if h < 64:
@@ -166,7 +168,7 @@ def gram(X: Tensor, *, mirror: bool = True) -> Tensor:
     undefined, for a consumer that reads only the lower one (:func:`eigvalsh`).
     """
     X = X.to(torch.float64)
-    flat = X.reshape(-1, *X.shape[-2:])
+    flat = X.reshape(math.prod(X.shape[:-2]), *X.shape[-2:])
     c = flat.shape[-1]
     out = torch.zeros((flat.shape[0], c, c), dtype=torch.float64, device=X.device)
     for i in range(flat.shape[0]):
@@ -261,7 +263,7 @@ def eigvalsh(M: Tensor) -> Tensor:
     if not _host_blas(M) or M.dtype != torch.float64 or not bool(torch.isfinite(M).all()):
         return torch.linalg.eigvalsh(M)
     n = M.shape[-1]
-    flat = M.reshape(-1, n, n)
+    flat = M.reshape(math.prod(M.shape[:-2]), n, n)
     out = torch.empty(flat.shape[:2], dtype=torch.float64)
     for i in range(flat.shape[0]):
         out[i] = _eigvalsh_cpu(flat[i].contiguous())
@@ -278,6 +280,8 @@ def _values_and_ones(M64: Tensor) -> tuple[Tensor, Tensor]:
     """
     a = M64.numpy()
     d = a.shape[0]
+    if d == 0:
+        return M64.new_zeros(0), M64.new_zeros(0)
     if d == 1:
         return torch.from_numpy(a[0].copy()), torch.ones(1, dtype=torch.float64)
     u = np.full(d, 1.0 / math.sqrt(d))

@@ -443,3 +443,17 @@ def test_the_torch_path_gpus_take_gives_the_same_numbers(monkeypatch: pytest.Mon
         assert ra.alpha == pytest.approx(rb.alpha, abs=1e-12)
         assert ra.null_mean == pytest.approx(rb.null_mean, abs=1e-10)
         assert ra.z == pytest.approx(rb.z, rel=1e-8, abs=1e-8)
+
+
+@pytest.mark.parametrize("host", [True, False])
+def test_empty_matrices_decompose_to_nothing(monkeypatch: pytest.MonkeyPatch, host: bool) -> None:
+    from symtool import linalg as la
+
+    monkeypatch.setattr(la, "HOST_BLAS", host)
+    empty = torch.zeros(0, 0, dtype=torch.float64)
+    for kw in ({}, {"vectors": False}, {"vectors": False, "ones": True}):
+        assert spectrum(empty, **kw).values.shape == (0,)
+    Za, Zb = gram_pair(torch.zeros(3, 0, dtype=torch.float64))  # a layer with no inputs
+    assert Za.dim == 0 and torch.equal(Zb.values, torch.zeros(3, dtype=torch.float64))
+    assert gram(torch.zeros(2, 0, 4)).abs().sum() == 0
+    assert eigvalsh(torch.zeros(2, 0, 0, dtype=torch.float64)).shape == (2, 0)
