@@ -241,14 +241,14 @@ def spectrum(M: Tensor, *, vectors: bool = True, ones: bool = False) -> Spectrum
 
 def _eigh_cpu(M64: Tensor) -> tuple[Tensor, Tensor]:
     """``eigh`` of a finite symmetric float64 CPU matrix with LAPACK ``syevd``."""
-    w, V = scipy.linalg.eigh(M64.numpy(), driver="evd", check_finite=False)
+    w, V = scipy.linalg.eigh(M64.detach().numpy(), driver="evd", check_finite=False)
     return torch.from_numpy(w), torch.from_numpy(np.ascontiguousarray(V))
 
 
 def _eigvalsh_cpu(M64: Tensor) -> Tensor:
     """Eigenvalues (ascending) of a finite symmetric float64 CPU matrix."""
     return torch.from_numpy(
-        scipy.linalg.eigh(M64.numpy(), eigvals_only=True, driver="evd", check_finite=False)
+        scipy.linalg.eigh(M64.detach().numpy(), eigvals_only=True, driver="evd", check_finite=False)
     )
 
 
@@ -278,7 +278,7 @@ def _values_and_ones(M64: Tensor) -> tuple[Tensor, Tensor]:
     ``P Q s_j`` and ``v_jᵀ1 = √d · S₁ⱼ``: the first row of ``T``'s eigenvectors (``stemr``,
     O(d²)). Cost: one tridiagonal reduction, as for eigenvalues alone, plus O(d²).
     """
-    a = M64.numpy()
+    a = M64.detach().numpy()
     d = a.shape[0]
     if d == 0:
         return M64.new_zeros(0), M64.new_zeros(0)
