@@ -235,6 +235,7 @@ def _finish(
     metric: str,
     thresholds: Thresholds,
 ) -> Relation:
+    """The record of one scored relation, with its null and whether it holds."""
     reason = None
     if alpha is None:
         what = "constant" if metric == "pearson" else "zero"
