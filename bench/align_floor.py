@@ -56,7 +56,7 @@ from symtool import capture as cap
 from symtool import checkpoints as ck
 from symtool import crh, models, pah, probes
 from symtool.align import AlignSettings, run_align
-from symtool.linalg import HaarBank, add_gram_, full_from_lower
+from symtool.linalg import HaarBank, add_gram_, add_product_, full_from_lower
 
 Tensor = torch.Tensor
 GEMM = {"float64": torch.float64, "float32": torch.float32}
@@ -82,18 +82,6 @@ class FloorSums:
         self.D = torch.zeros(self.d_out, self.d_in, **f64)
         self.n = 0
 
-    def _acc(self, out: Tensor, a: Tensor, b: Tensor) -> None:
-        if a.dtype == torch.float64:
-            out.addmm_(a, b)
-        else:
-            out += (a @ b).to(torch.float64)
-
-    def _gram(self, out: Tensor, x: Tensor) -> None:
-        """Lower triangle of ``out += xᵀx`` with the least work symtool knows (one triangle
-        by BLAS ``syrk`` at one thread, three of four blocks otherwise): the same primitive
-        as the capture, so the floor is never above what symtool itself needs."""
-        add_gram_(out, x)
-
     def add(self, inp: Tensor, out: Tensor, grad: Tensor) -> None:
         """One batch: rows, ``g_a = g_b W``, 1 cross product, 4 normalised second moments."""
         gd = self.gemm
@@ -114,7 +102,7 @@ class FloorSums:
             g_b = grad.reshape(-1, self.d_out).to(gd)
             g_a = g_b @ self.W
             self.n += h_a.shape[0]
-            self._acc(self.D, g_b.T, h_a)
+            add_product_(self.D, g_b.T, h_a)
             for v, x in (("h_a", h_a), ("g_a", g_a), ("h_b", h_b), ("g_b", g_b)):
                 if x.data_ptr() in (inp.data_ptr(), grad.data_ptr()):
                     x = x.clone()  # same dtype as the model: do not scale the graph's tensor
@@ -123,7 +111,9 @@ class FloorSums:
                 x.mul_(torch.where(keep, norm.reciprocal(), 0.0)[:, None])
                 self.k[v] += keep.sum()
                 self.s[v] += x.sum(dim=0, dtype=torch.float64)
-                self._gram(self.S[v], x)
+                # the least work known for a Gram sum, the capture's own primitive: the
+                # floor is never above what symtool itself needs
+                add_gram_(self.S[v], x)
 
     def finish(self) -> dict[str, Tensor]:
         """The centred covariances of the normalised rows and the raw cross moments."""

@@ -210,13 +210,7 @@ class _Analyzer:
             for ref in group:
                 m = result.layers.get(ref.name)
                 if m is None:
-                    why = result.failed.get(ref.name, "no matrices")
-                    if ref.name in bad_weights:
-                        why = f"non-finite weights; {why}"
-                    elif bad_weights:
-                        why = (
-                            f"{why}, propagated from non-finite weights in {', '.join(bad_weights)}"
-                        )
+                    why = _why_failed(ref.name, result.failed, bad_weights)
                     done[ref.name] = _failed_layer(ref, why)
                     continue
                 done[ref.name] = self._layer(ref, m)
@@ -325,6 +319,16 @@ def partition_layers(
             groups.append([ref])
             used = need
     return groups
+
+
+def _why_failed(name: str, failed: dict[str, str], bad_weights: list[str]) -> str:
+    """Why a layer has no matrices, naming the layers with non-finite weights if any."""
+    why = failed.get(name, "no matrices")
+    if name in bad_weights:
+        return f"non-finite weights; {why}"
+    if bad_weights:
+        return f"{why}, propagated from non-finite weights in {', '.join(bad_weights)}"
+    return why
 
 
 def _failed_layer(ref: models.LayerRef, reason: str) -> dict[str, Any]:

@@ -85,16 +85,20 @@ class Spectrum:
         """``1ᵀ M 1``, the sum of all entries."""
         return float(self.matrix.sum())
 
+    def product(self, M: Tensor) -> Tensor:
+        """``M V`` in float64: the one GEMM behind Rayleigh quotients in this eigenbasis."""
+        V = self.vectors
+        if V is None:
+            raise AnalysisError("this spectrum was computed without eigenvectors")
+        return M.to(dtype=torch.float64, device=V.device) @ V
+
     def rayleigh(self, M: Tensor) -> Tensor:
         """Rayleigh quotients ``m_i = v_iᵀ M v_i`` of ``M`` in this eigenbasis (one GEMM).
 
         ``vᵀ M v = vᵀ sym(M) v``, so ``M`` need not be symmetrised first.
         """
-        V = self.vectors
-        if V is None:
-            raise AnalysisError("this spectrum was computed without eigenvectors")
-        M64 = M.to(dtype=torch.float64, device=V.device)
-        return ((M64 @ V) * V).sum(dim=0)
+        MV = self.product(M)
+        return (MV * self.vectors).sum(dim=0)
 
 
 HOST_BLAS = True
@@ -113,8 +117,8 @@ def _host_blas(t: Tensor) -> bool:
     return HOST_BLAS and t.device.type == "cpu" and torch.get_num_threads() == 1
 
 
-def _addmm_(out: Tensor, a: Tensor, b: Tensor) -> None:
-    """``out += a @ b`` into a float64 ``out`` (the product in ``a``'s dtype)."""
+def add_product_(out: Tensor, a: Tensor, b: Tensor) -> None:
+    """``out += a @ b`` into a float64 sum ``out``, the product formed in ``a``'s dtype."""
     if a.dtype == torch.float64:
         out.addmm_(a, b)
     else:
@@ -137,12 +141,12 @@ def add_gram_(out: Tensor, x: Tensor) -> None:
     if not _host_blas(out):
         h = x.shape[1] // 2
         if h < 64:
-            _addmm_(out, x.T, x)
+            add_product_(out, x.T, x)
             return
         A, B = x[:, :h], x[:, h:]
-        _addmm_(out[:h, :h], A.T, A)
-        _addmm_(out[h:, :h], B.T, A)
-        _addmm_(out[h:, h:], B.T, B)
+        add_product_(out[:h, :h], A.T, A)
+        add_product_(out[h:, :h], B.T, A)
+        add_product_(out[h:, h:], B.T, B)
         return
     if x.is_contiguous():
         a, trans = x.T.numpy(), 0  # d × N in Fortran order (no copy): C = a aᵀ
@@ -182,6 +186,12 @@ def full_from_lower(S: Tensor) -> Tensor:
     """The symmetric matrix whose lower triangle ``S`` holds (what :func:`add_gram_` fills)."""
     low = torch.tril(S)
     return low + torch.tril(S, -1).mT
+
+
+def _with_vectors(M64: Tensor, values: Tensor, V: Tensor) -> Spectrum:
+    """The :class:`Spectrum` of ``M64`` from its eigenpairs, in the canonical signs and ``c``."""
+    V = _canonical_signs(V)
+    return Spectrum(M64, values, V, _canonical_ones(values, V.sum(dim=0)))
 
 
 def _checked(M: Tensor) -> Tensor:
@@ -224,9 +234,7 @@ def spectrum(M: Tensor, *, vectors: bool = True, ones: bool = False) -> Spectrum
     cpu = _host_blas(M64)
     try:
         if vectors:
-            values, V = _eigh_cpu(M64) if cpu else torch.linalg.eigh(M64)
-            V = _canonical_signs(V)
-            return Spectrum(M64, values, V, _canonical_ones(values, V.sum(dim=0)))
+            return _with_vectors(M64, *(_eigh_cpu(M64) if cpu else torch.linalg.eigh(M64)))
         if ones:
             if cpu:
                 values, c = _values_and_ones(M64)
@@ -342,8 +350,7 @@ def gram_pair(W: Tensor) -> tuple[Spectrum, Spectrum]:
         U = torch.cat([Q[:, n_keep:], U], dim=1)
     values = torch.zeros(d_big, dtype=torch.float64, device=z.device)
     values[d_big - n_keep :] = z[keep]
-    V = _canonical_signs(U.contiguous())
-    big = Spectrum(big_M, values, V, _canonical_ones(values, V.sum(dim=0)))
+    big = _with_vectors(big_M, values, U.contiguous())
     return (small, big) if a_small else (big, small)
 
 

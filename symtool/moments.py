@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from symtool.errors import AnalysisError
-from symtool.linalg import add_gram_, full_from_lower
+from symtool.linalg import add_gram_, add_product_, full_from_lower
 
 Tensor = torch.Tensor
 
@@ -181,7 +181,7 @@ class LayerAccumulator:
         self._n += h_a.shape[0]
         # Raw cross sums (theory.md section 3) Σ g_b h_bᵀ = D Wᵀ and Σ h_a g_aᵀ = Dᵀ W, both
         # exact for h_b = W h_a and g_a = Wᵀ g_b, from one product D = Σ g_b h_aᵀ.
-        self._addmm(self._D, x["g_b"].T, x["h_a"])
+        add_product_(self._D, x["g_b"].T, x["h_a"])
         if self.recipe == "raw":
             for v in VECTORS:
                 add_gram_(self._S[v], x[v])
@@ -197,13 +197,6 @@ class LayerAccumulator:
             self._k[v] += keep.sum()
             self._s[v] += xv.sum(dim=0, dtype=torch.float64)
             add_gram_(self._S[v], xv)
-
-    def _addmm(self, out: Tensor, a: Tensor, b: Tensor) -> None:
-        """``out += a @ b`` into a float64 sum, with the GEMM in ``gemm_dtype``."""
-        if a.dtype == torch.float64:
-            out.addmm_(a, b)
-        else:
-            out += torch.mm(a, b).to(torch.float64)
 
     # ----------------------------------------------------------------- merging
     def sums(self) -> list[Tensor]:
@@ -278,24 +271,23 @@ class LayerAccumulator:
             bad = ["the g_b·h_a cross sum"]
         if bad:
             raise AnalysisError(f"non-finite values in {', '.join(bad)} (activations or gradients)")
-        full = full_from_lower  # the Σxxᵀ sums hold their lower triangle
         mats: dict[str, Tensor] = {}
         skipped = dict.fromkeys(VECTORS, 0)
         for v in VECTORS:
             if self.recipe == "raw":
-                mats[v] = full(self._S[v]) / n
+                mats[v] = full_from_lower(self._S[v]) / n
                 continue
             k = int(self._k[v].item())
             skipped[v] = n - k
             if k == 0:
                 raise AnalysisError(f"every {v} row has zero norm ({n} rows)")
             mean = self._s[v] / k
-            mats[v] = full(self._S[v]) / k - torch.outer(mean, mean)
+            mats[v] = full_from_lower(self._S[v]) / k - torch.outer(mean, mean)
         raw = None
         if self.recipe == "raw":
             raw = {_MATRIX_NAMES[v]: mats[v] for v in VECTORS}
         elif self.raw_too:
-            raw = {_MATRIX_NAMES[v]: full(self._R[v]) / n for v in VECTORS}
+            raw = {_MATRIX_NAMES[v]: full_from_lower(self._R[v]) / n for v in VECTORS}
         W64 = W.detach().to(device=self._D.device, dtype=torch.float64).reshape(W.shape[0], -1)
         D = self._D / n
         return LayerMatrices(

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from symtool.crh import LayerSpectra, layer_spectra
-from symtool.errors import AnalysisError, UsageError
+from symtool.errors import UsageError
 from symtool.linalg import METRICS, Spectrum, kept_support
 from symtool.moments import LayerMatrices
 
@@ -254,10 +254,9 @@ def _agreement(M: Tensor, Z: Spectrum, floor: float, norm2: float) -> tuple[Tens
     One product ``M V`` gives ``m`` and, when the null space is the bigger part, the block by
     ``‖V₀ᵀMV₀‖² = ‖M‖² − 2‖MV₊‖² + ‖V₊ᵀMV₊‖²`` (``V₊``: kept columns).
     """
+    MV = Z.product(M)
     V = Z.vectors
-    if V is None:
-        raise AnalysisError("this spectrum was computed without eigenvectors")
-    MV = M.to(dtype=torch.float64, device=V.device) @ V
+    assert V is not None  # product() checked
     m = (MV * V).sum(dim=0)
     if norm2 <= 0:
         return m, None

@@ -146,7 +146,7 @@ def check_resumable(previous: dict[str, Any], head: dict[str, Any]) -> None:
             f"--resume: the existing report has schema_version {previous.get('schema_version')}, "
             f"this symtool writes {head['schema_version']}; remove it or rerun without --resume"
         )
-    old = {k: v for k, v in (previous.get("provenance", {}).get("settings") or {}).items()}
+    old = dict(previous.get("provenance", {}).get("settings") or {})
     new = dict(head["provenance"]["settings"])
     for key in RESUME_FREE:  # settings that do not change any number
         old.pop(key, None)
