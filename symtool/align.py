@@ -19,7 +19,7 @@ from symtool import capture as cap
 from symtool import checkpoints as ck
 from symtool import crh, distributed, models, pah, probes
 from symtool.errors import ModelError, ProbeError, UsageError
-from symtool.linalg import METRICS, HaarBank
+from symtool.linalg import METRICS, HaarBank, all_finite
 from symtool.moments import layer_bytes
 from symtool.pipeline import Progress, run_report
 from symtool.report import to_jsonable
@@ -193,7 +193,7 @@ class _Analyzer:
         if s.dtype is not None:
             model.to(DTYPES[s.dtype])
         bad_weights = [
-            ref.name for ref in self.layers if not bool(torch.isfinite(ref.module.weight).all())
+            ref.name for ref in self.layers if not all_finite(ref.module.weight)
         ]
         done: dict[str, dict[str, Any]] = {}
         n_samples = None

@@ -23,6 +23,7 @@ from symtool.linalg import (
     NullStats,
     Spectrum,
     alignment,
+    all_finite,
     gram_pair,
     rotation_nulls,
     spectrum,
@@ -124,7 +125,7 @@ def layer_spectra(m: LayerMatrices, *, cross: bool = True, metric: str = "pearso
             out[name] = None
             reasons.append((name, f"{_LABEL.get(name, name)}: {exc.message}"))
     out["Z_a"] = out["Z_b"] = None
-    if not bool(torch.isfinite(W).all()):
+    if not all_finite(W):
         reasons += [("Z_a", "W has non-finite entries"), ("Z_b", "W has non-finite entries")]
     else:
         try:
@@ -320,7 +321,7 @@ class Verification:
 
 
 def _rel_error(lhs: Tensor, rhs: Tensor, name: str) -> tuple[float | None, str | None]:
-    if not bool(torch.isfinite(lhs).all() & torch.isfinite(rhs).all()):
+    if not (all_finite(lhs) and all_finite(rhs)):
         return None, f"{name}: non-finite entries"
     norm = float(torch.linalg.matrix_norm(lhs))
     if norm == 0.0:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from symtool.linalg import eigvalsh, gram
+from symtool.linalg import all_finite, eigvalsh, gram
 from symtool.symrecords import AttentionRecord, HeadRecord, SymmetrySettings, TauCount
 from symtool.units import dead_counts, duplicate_search
 from symtool.wiring import AttentionSpec
@@ -107,7 +107,7 @@ def analyse_heads(
         return AttentionRecord(**base, reason="; ".join(problems))
     mats = [q, k, v] + ([o] if o is not None else [])
     mats += [b for b in biases if b is not None]
-    if not all(bool(torch.isfinite(t).all()) for t in mats):
+    if not all(all_finite(t) for t in mats):
         return AttentionRecord(**base, reason="non-finite weights")
     kv = k.shape[0] // dh
     group = torch.arange(heads) // (heads // kv)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from symtool.errors import AnalysisError
-from symtool.linalg import add_gram_, add_product_, full_from_lower
+from symtool.linalg import add_gram_, add_product_, all_finite, full_from_lower
 
 Tensor = torch.Tensor
 
@@ -307,4 +307,4 @@ class LayerAccumulator:
 
 def _finite(t: Tensor) -> bool:
     """Whether every entry of ``t`` is finite."""
-    return bool(torch.isfinite(t).all())
+    return all_finite(t)

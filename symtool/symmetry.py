@@ -23,6 +23,7 @@ import torch
 from scipy.integrate import quad
 
 from symtool.heads import analyse_heads, singular_values
+from symtool.linalg import all_finite
 from symtool.symrecords import (
     AttentionRecord,
     DeadAt,
@@ -151,7 +152,7 @@ def analyse_rank(
     head = dict(name=name, shape=(m, n), kind=kind, dtype=str(dtype).replace("torch.", ""),
                 floor=floor)
     w = w.detach().to(device="cpu", dtype=torch.float64)
-    if not bool(torch.isfinite(w).all()):
+    if not all_finite(w):
         return LayerRank(**head, sigma_max=None, frobenius=None, ranks=(), effective_rank=None,
                          stable_rank=None, reason="non-finite weights")
     sigma = singular_values(w, exact=keep_vectors)
@@ -199,7 +200,7 @@ def softmax_translation(w: Tensor, bias: Tensor | None = None, *, layer: str = "
         return SoftmaxRecord(**head, translation=None, bias_translation=None,
                              gaussian_level=None, reason="fewer than two classes")
     tensors = [w] + ([bias] if bias is not None else [])
-    if not all(bool(torch.isfinite(t).all()) for t in tensors):
+    if not all(all_finite(t) for t in tensors):
         return SoftmaxRecord(**head, translation=None, bias_translation=None,
                              gaussian_level=None, reason="non-finite weights")
     frob = float(w.norm())
@@ -328,7 +329,7 @@ def symmetry_subspaces(
         if wanted is not None and lm.name not in wanted:
             continue
         w = layer_matrix(state, lm)
-        if not bool(torch.isfinite(w).all()):
+        if not all_finite(w):
             continue
         m, n = w.shape
         full = max(m, n) <= max_side

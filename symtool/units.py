@@ -14,6 +14,7 @@ float64 Gram block). Clusters are single-linkage components, merged block by blo
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ import torch
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from symtool.linalg import all_finite
 from symtool.symrecords import (
     HOMOGENEOUS,
     ODD,
@@ -131,6 +133,49 @@ def _block_gram64(
     return r + r0, c + c0, d[r, c], flip[r, c]
 
 
+def screen_columns(x: Tensor, screen: int | None, tmax: float = 0.1) -> Tensor | None:
+    """Columns of the partial screen: the ``m`` columns that hold the most of the rows'
+    relative energy ``Σ_i x_ik² / ‖x_i‖²`` (relative, so a few large rows cannot choose;
+    summed over at most about 1000 evenly spaced rows).
+
+    ``screen=None`` picks ``m = max(64, ⌈p·max(1/8, 1.25·τ_max)⌉)``: unrelated rows then
+    keep a lower bound near ``2m/p > τ_max`` and are dropped by the screen. None (no
+    partial screen) when ``m`` is at least half the columns, where it saves too little.
+    """
+    p = x.shape[1]
+    if screen is None:
+        m = max(64, math.ceil(p * max(0.125, 1.25 * tmax)))
+    else:
+        m = int(screen)
+    if m < 1 or 2 * m > p:
+        return None
+    sample = x[:: max(1, x.shape[0] // 512)]  # the choice only needs to be good, not exact
+    norms = torch.linalg.vector_norm(sample, dim=1, keepdim=True)
+    energy = torch.linalg.vector_norm(sample / torch.where(norms > 0, norms, 1.0), dim=0)
+    return torch.topk(energy, m, sorted=False).indices.sort().values
+
+
+def _screen(
+    y: Tensor, b: Tensor, rows: slice, cols: slice, sign: bool
+) -> tuple[Tensor, Tensor]:
+    """Pairs of one block that the columns in ``y`` cannot rule out (float32; indices
+    relative to the block).
+
+    For any subset of the columns, ``‖θ_i − θ_j‖² ≥ a_i + a_j − 2 g_ij`` with ``a`` the
+    rows' squared norms and ``g = ⟨y_i, y_j⟩`` on the subset (``|g_ij|`` bounds the
+    sign-flipped distance too), so ``d_ij ≥ 2(a_i + a_j − 2 g_ij)/(s_i + s_j)``, ``s`` the
+    full squared norms; on all columns the bound is ``d_ij`` itself. A pair survives when
+    the bound is below the limit ``L``: ``2 g_ij > b_i + b_j`` with ``b = a − (L/2)·s``.
+    """
+    g = y[rows] @ y[cols].T
+    if sign:
+        g.abs_()
+    mask = g.mul_(2.0).sub_(b[rows, None]).sub_(b[None, cols]) > 0
+    if rows.start == cols.start:
+        mask &= torch.ones_like(mask).triu(1)
+    return mask.nonzero(as_tuple=True)
+
+
 def duplicate_search(
     x: Tensor,
     taus: Sequence[float],
@@ -141,11 +186,16 @@ def duplicate_search(
     max_pairs: int = 1000,
     index: Sequence[int] | None = None,
     exact_limit: int = _EXACT_LIMIT,
+    screen: int | None = None,
 ) -> DuplicateSearch:
     """All pairs of rows with ``d_ij < τ``, and their single-linkage clusters.
 
-    Rows with zero norm are never paired. Work is ``n²·p/2`` in blocked Gram products;
-    memory is ``O(block·n)``.
+    Rows with zero norm are never paired. Each block of pairs is screened with a float32
+    Gram product over the ``screen`` columns of largest energy, which bounds ``d_ij`` from
+    below (:func:`_screen`); a block where that leaves many candidates is screened again
+    over all columns. Survivors are recomputed exactly in float64. Work is at least
+    ``n²·m/2`` and at most ``n²·(p + m)/2`` for ``m`` screened columns; memory is
+    ``O(block·n)``.
 
     Args:
         x: ``n × p`` rows ``θ_i`` (already balanced if needed).
@@ -156,6 +206,8 @@ def duplicate_search(
         max_pairs: most pairs listed.
         index: original index of every row (default ``0..n−1``).
         exact_limit: candidates per block above which a float64 Gram block is used.
+        screen: columns of the first screen (default ``max(64, ⌈p/8⌉)``; all columns when
+            that is at least half of them).
 
     Returns:
         Counts per threshold, clusters and closest pairs, in original indices.
@@ -164,9 +216,17 @@ def duplicate_search(
     n, p = x.shape
     taus = sorted({float(t) for t in taus} | {float(main_tau)})
     tmax = taus[-1]
-    norms2 = x.pow(2).sum(1)
-    x32, n32 = x.float(), norms2.float()
-    margin = 4.0 * (p + 2) * _EPS32
+    norms2 = torch.einsum("ij,ij->i", x, x)
+    x32 = x.float()
+    cols = screen_columns(x32, screen, tmax)
+    half = 0.5 * (tmax + (4.0 * (p + 2) + 32.0) * _EPS32)
+    b_all = (norms2 * (1.0 - half)).float()
+    if cols is None:
+        y32, b32 = x32, b_all
+    else:
+        y32 = x32[:, cols].contiguous()
+        xs = x[:, cols]
+        b32 = (torch.einsum("ij,ij->i", xs, xs) - half * norms2).float()
     labels = {t: np.arange(n) for t in taus}
     counts = dict.fromkeys(taus, 0)
     kept: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
@@ -175,15 +235,10 @@ def duplicate_search(
         r1 = min(n, r0 + block)
         for c0 in range(r0, n, block):
             c1 = min(n, c0 + block)
-            g = x32[r0:r1] @ x32[c0:c1].T
-            s = n32[r0:r1, None] + n32[None, c0:c1]
-            g = g.abs() if sign else g
-            d = torch.where(s > 0, 2.0 - 4.0 * g / s.clamp_min(torch.finfo(torch.float32).tiny),
-                            torch.inf)
-            mask = d < tmax + margin
-            if r0 == c0:
-                mask &= torch.ones_like(mask).triu(1)
-            r, c = mask.nonzero(as_tuple=True)
+            rows, cs = slice(r0, r1), slice(c0, c1)
+            r, c = _screen(y32, b32, rows, cs, sign)
+            if cols is not None and r.numel() * 128 > (r1 - r0) * (c1 - c0):
+                r, c = _screen(x32, b_all, rows, cs, sign)
             if r.numel() == 0:
                 continue
             if r.numel() <= exact_limit:
@@ -241,12 +296,17 @@ def _groups(labels: np.ndarray, idx: np.ndarray) -> tuple[tuple[int, ...], ...]:
     """Components with ≥ 2 members, in original indices, sorted by smallest member."""
     order = np.argsort(labels, kind="stable")
     lab = labels[order]
-    cuts = np.flatnonzero(np.diff(lab)) + 1
-    out = []
-    for members in np.split(order, cuts):
-        if members.shape[0] >= 2:
-            out.append(tuple(sorted(int(i) for i in idx[members])))
+    starts = np.flatnonzero(np.r_[True, lab[1:] != lab[:-1]])
+    sizes = np.diff(np.r_[starts, lab.shape[0]])
+    out = [tuple(sorted(int(i) for i in idx[order[a : a + k]]))
+           for a, k in zip(starts.tolist(), sizes.tolist(), strict=True) if k >= 2]
     return tuple(sorted(out))
+
+
+def balance_scales(n_in: Tensor, n_out: Tensor) -> Tensor:
+    """``s_i = sqrt(‖u_i‖/‖(w_i,b_i)‖)`` from the parts' norms (1 where a part is zero)."""
+    ok = (n_in > 0) & (n_out > 0)
+    return torch.where(ok, (n_out / torch.where(ok, n_in, 1.0)).sqrt(), torch.ones_like(n_in))
 
 
 def balance(inc: Tensor, out: Tensor) -> tuple[Tensor, Tensor]:
@@ -255,11 +315,21 @@ def balance(inc: Tensor, out: Tensor) -> tuple[Tensor, Tensor]:
     Afterwards both parts have norm ``sqrt(‖(w_i,b_i)‖·‖u_i‖)``. Units with a zero part are
     left unchanged.
     """
-    n_in = inc.norm(dim=1)
-    n_out = out.norm(dim=1)
-    ok = (n_in > 0) & (n_out > 0)
-    s = torch.where(ok, (n_out / torch.where(ok, n_in, 1.0)).sqrt(), torch.ones_like(n_in))
+    s = balance_scales(inc.norm(dim=1), out.norm(dim=1))
     return inc * s[:, None], out / s[:, None]
+
+
+def _search_rows(inc: Tensor, out: Tensor, alive: Tensor, scale: Tensor | None) -> Tensor:
+    """``[w_i, b_i, u_i]`` of the live units, balanced by ``scale``, in one new tensor."""
+    rows = alive if alive.numel() < inc.shape[0] else slice(None)
+    x = torch.empty(alive.numel(), inc.shape[1] + out.shape[1], dtype=torch.float64)
+    x_in, x_out = x[:, : inc.shape[1]], x[:, inc.shape[1] :]
+    x_in.copy_(inc[rows])
+    x_out.copy_(out[rows])
+    if scale is not None:
+        x_in.mul_(scale[rows, None])
+        x_out.div_(scale[rows, None])
+    return x
 
 
 def dead_counts(
@@ -322,18 +392,16 @@ def analyse_units(
     head = dict(incoming=incoming, outgoing=outgoing, kind=kind, width=width, source=source,
                 activation=activation, balanced=balanced, sign_symmetric=signed,
                 units=int(inc.shape[0]))
-    if not (torch.isfinite(inc).all() and torch.isfinite(out).all()):
+    if not (all_finite(inc) and all_finite(out)):
         return UnitsRecord(**head, reason="non-finite weights")
     n_in, n_out = inc.norm(dim=1), out.norm(dim=1)
     if not bool(((n_in > 0) | (n_out > 0)).any()):
         return UnitsRecord(**head, reason="all units are zero")
     dead, nu = dead_counts(n_in, n_out, settings.dead_taus)
     alive = torch.nonzero(nu >= settings.dead_tau).flatten()
-    x_in, x_out = inc[alive], out[alive]
-    if balanced:
-        x_in, x_out = balance(x_in, x_out)
+    scale = balance_scales(n_in, n_out) if balanced else None
     found = duplicate_search(
-        torch.cat([x_in, x_out], dim=1), settings.dup_taus, settings.dup_tau, sign=signed,
+        _search_rows(inc, out, alive, scale), settings.dup_taus, settings.dup_tau, sign=signed,
         block=settings.block, max_pairs=settings.max_pairs, index=alive.tolist(),
     )
     imb = n_in.pow(2) - n_out.pow(2)

@@ -15,6 +15,7 @@ from symtool.errors import AnalysisError, UsageError
 from symtool.linalg import (
     HaarBank,
     alignment,
+    all_finite,
     eigvalsh,
     gram,
     gram_pair,
@@ -457,3 +458,18 @@ def test_empty_matrices_decompose_to_nothing(monkeypatch: pytest.MonkeyPatch, ho
     assert Za.dim == 0 and torch.equal(Zb.values, torch.zeros(3, dtype=torch.float64))
     assert gram(torch.zeros(2, 0, 4)).abs().sum() == 0
     assert eigvalsh(torch.zeros(2, 0, 0, dtype=torch.float64)).shape == (2, 0)
+
+
+def test_all_finite_agrees_with_the_entrywise_check():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(50, 40, generator=g, dtype=torch.float64)
+    assert all_finite(x) and all_finite(x[:0])
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        y = x.clone()
+        y[7, 3] = bad
+        assert not all_finite(y) and not all_finite(y.float())
+    y = x.clone()
+    y[0, 0], y[1, 1] = float("inf"), -float("inf")  # the sum is NaN, not ±inf
+    assert not all_finite(y)
+    big = torch.full((4,), 3e38, dtype=torch.float32)  # finite entries whose sum overflows
+    assert not torch.isfinite(big.sum()) and all_finite(big)

@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from symtool.symrecords import SymmetrySettings
-from symtool.units import analyse_units, balance, duplicate_search, unit_vectors
+from symtool.units import (
+    analyse_units,
+    balance,
+    duplicate_search,
+    screen_columns,
+    unit_vectors,
+)
 
 SETTINGS = SymmetrySettings()
 
@@ -182,6 +188,75 @@ def test_blocked_search_equals_brute_force(sign: bool, block: int, exact_limit: 
             assert {(p.i, p.j) for p in found.pairs} == pairs
             assert list(found.clusters) == groups
     assert any(a.pairs > 0 for a in found.at)
+
+
+def _dense_distances(x: torch.Tensor, sign: bool) -> torch.Tensor:
+    """Reference ``d_ij`` for all pairs from float64 differences (``inf`` on the diagonal)."""
+    diff = (x[:, None, :] - x[None, :, :]).pow(2).sum(-1)
+    s = x.pow(2).sum(1)
+    tot = s[:, None] + s[None, :]
+    d = 2.0 * diff / tot
+    if sign:
+        d = torch.minimum(d, 2.0 * (x[:, None, :] + x[None, :, :]).pow(2).sum(-1) / tot)
+    d = torch.where(tot > 0, d, torch.inf)
+    return d.fill_diagonal_(torch.inf)
+
+
+def _wide_with_planted(seed: int, p: int = 640) -> torch.Tensor:
+    """200 wide rows: near copies at every threshold, copies that differ only in the
+    low-energy columns a partial screen skips, rows equal on the screened columns but far
+    apart elsewhere, sign flips and a zero row."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(200, p, generator=g, dtype=torch.float64)
+    x[:, p // 2 :] *= 0.05  # the screen takes the first half's columns
+    for k in range(30):
+        src = int(torch.randint(0, 150, (1,), generator=g))
+        scale = [0.0, 1e-3, 0.03, 0.06, 0.1, 0.2][k % 6]
+        sgn = -1.0 if k % 4 == 0 else 1.0
+        x[150 + k] = sgn * (x[src] + scale * torch.randn(p, generator=g, dtype=torch.float64))
+    for k in range(10):  # differ only where the screen does not look: it must keep them
+        x[180 + k] = x[k]
+        x[180 + k, p // 2 :] += 0.2 * torch.randn(p - p // 2, generator=g, dtype=torch.float64)
+    for k in range(9):  # agree where the screen looks, far apart elsewhere
+        x[190 + k, : p // 2] = x[20 + k, : p // 2]
+        x[190 + k, p // 2 :] = 40.0 * torch.randn(p - p // 2, generator=g, dtype=torch.float64)
+    x[199] = 0.0
+    return x
+
+
+@pytest.mark.parametrize("sign", [False, True], ids=["plain", "signed"])
+@pytest.mark.parametrize("screen,block", [(None, 64), (None, 1000), (8, 64), (320, 50)],
+                         ids=["auto", "auto-one-block", "loose-screen", "half-columns"])
+def test_partial_screen_search_equals_dense_reference(sign: bool, screen, block: int):
+    x = _wide_with_planted(5)
+    assert screen_columns(x, screen, 0.1) is not None or screen == 320
+    d = _dense_distances(x, sign)
+    taus = (1e-1, 3e-2, 1e-2, 1e-3)
+    found = duplicate_search(x, taus, 1e-1, sign=sign, block=block, max_pairs=10_000,
+                             screen=screen)
+    dist = {(i, j): float(d[i, j]) for i in range(200) for j in range(i + 1, 200)
+            if d[i, j] < 1e-1}
+    for at in found.at:
+        pairs, groups = _brute(dist, 200, at.tau)
+        assert at.pairs == len(pairs)
+        assert at.clusters == len(groups)
+        if at.tau == 1e-1:
+            assert {(p.i, p.j) for p in found.pairs} == pairs
+            assert list(found.clusters) == groups
+            for pair in found.pairs:
+                assert pair.distance == pytest.approx(dist[(pair.i, pair.j)], rel=1e-12, abs=1e-300)
+    assert {(k, 180 + k) for k in range(10)} <= {(p.i, p.j) for p in found.pairs}
+    assert not {(20 + k, 190 + k) for k in range(9)} & {(p.i, p.j) for p in found.pairs}
+
+
+def test_screen_columns_take_the_largest_energy_and_skip_when_not_worth_it():
+    x = torch.randn(50, 1000, dtype=torch.float64)
+    x[:, 100:225] *= 10.0
+    cols = screen_columns(x, None, 0.1)
+    assert cols is not None and cols.tolist() == list(range(100, 225))  # ⌈1000/8⌉ = 125
+    assert screen_columns(x, None, 0.5) is None  # would need 625 of 1000 columns
+    assert screen_columns(x[:, :100], None, 0.1) is None  # 64 of 100: over half
+    assert screen_columns(x, 10, 0.1).tolist() == sorted(screen_columns(x, 10, 0.1).tolist())
 
 
 def test_single_linkage_chains_and_pair_cap():
