@@ -10,7 +10,8 @@ process, and checks that both give the same numbers (docs/performance.md, *Known
 * a layer's eight rotation nulls: one call per relation against one batched call;
 * a batch's second moment ``xᵀx`` into a float64 sum: ``addmm`` against BLAS ``syrk``;
 * singular values: ``svdvals`` against ``eigvalsh`` of the Gram matrix (GPT-2 shapes);
-* the identical-unit search at several block sizes.
+* the identical-unit search: the float32 screen on all columns against the partial
+  screen on the columns of most relative energy.
 
     python bench/analysis_costs.py [--threads 1]
 """
@@ -143,15 +144,26 @@ def singular(shape: tuple[int, int]) -> str:
     )
 
 
-def dup_costs() -> str:
-    """``duplicate_search`` on 3072 units of 1537 numbers at several block sizes."""
+def dup_costs() -> list[str]:
+    """``duplicate_search`` on 3072 units of 1537 numbers: the screen on all columns
+    against the partial screen (default), on random units and on correlated ones (rank 8
+    plus noise, where the partial bound clears few blocks and they are screened again)."""
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(3072, 1537, generator=g, dtype=torch.float64) * 0.02
-    parts = []
-    for b in (2048, 1024, 512):
-        t = ms(lambda b=b: duplicate_search(x, (0.1, 0.01), 0.01, block=b), 3)
-        parts.append(f"block {b}: {t:.0f} ms")
-    return "duplicate_search 3072×1537: " + ", ".join(parts)
+    rand = torch.randn(3072, 1537, generator=g, dtype=torch.float64) * 0.02
+    low = torch.randn(3072, 8, generator=g, dtype=torch.float64) @ torch.randn(
+        8, 1537, generator=g, dtype=torch.float64)
+    corr = low + 0.3 * torch.randn(3072, 1537, generator=g, dtype=torch.float64)
+    lines = []
+    for name, x in (("random", rand), ("rank 8 + noise", corr)):
+        full = duplicate_search(x, (0.1, 0.01), 0.01, screen=x.shape[1])
+        part = duplicate_search(x, (0.1, 0.01), 0.01)
+        same = full.at == part.at and full.pairs == part.pairs
+        t_full = ms(lambda x=x: duplicate_search(x, (0.1, 0.01), 0.01, screen=x.shape[1]), 3)
+        t_part = ms(lambda x=x: duplicate_search(x, (0.1, 0.01), 0.01), 3)
+        lines.append(f"duplicate_search 3072×1537 {name}: all columns {t_full:.0f} ms, "
+                     f"partial screen {t_part:.0f} ms ({'same pairs' if same else 'DIFFERENT'}; "
+                     f"{full.at[0].pairs} pairs below 0.1)")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     print(second_moment(512, 1024))
     for shape in ((768, 768), (3072, 768)):
         print(singular(shape))
-    print(dup_costs())
+    for line in dup_costs():
+        print(line)
     return 0
 
 
