@@ -558,11 +558,12 @@ def _symmetry_table(report: dict[str, Any], out: Console) -> None:
             heads = at.get("head_records") or []
             out.print(
                 f"attention {at['name']} ({at['layout']}): {fmt_num(at.get('heads'))} heads, "
-                f"dead {fmt_num(at.get('dead'))}, duplicate pairs "
-                f"{fmt_num(len(at.get('pairs') or []))}; QK ranks "
-                + ", ".join(str(_at(h["qk_ranks"], r_tau, "rank")) for h in heads)
-                + "; OV ranks "
-                + ", ".join(str(_at(h["ov_ranks"], r_tau, "rank")) for h in heads)
+                f"dead@{d_tau:g} {fmt_num(_at(at.get('dead'), d_tau, 'dead'))}, identical "
+                f"pairs@{u_tau:g} {fmt_num(_at(at.get('duplicates'), u_tau, 'pairs'))}; "
+                f"QK ranks@{r_tau:g} "
+                + ", ".join(fmt_num(_at(h["qk_ranks"], r_tau, "count")) for h in heads)
+                + f"; OV ranks@{r_tau:g} "
+                + ", ".join(fmt_num(_at(h["ov_ranks"], r_tau, "count")) for h in heads)
             )
         sm = e.get("softmax")
         if sm and sm.get("translation") is not None:
@@ -664,7 +665,7 @@ def _symmetry_rows(report: dict[str, Any]) -> tuple[list[str], Iterable[dict[str
                                 **ab,
                                 "quantity": f"head{h['index']}.{k[:2]}_rank",
                                 "tau": r["tau"],
-                                "value": r["rank"],
+                                "value": r["count"],
                             }
             sm = e.get("softmax")
             if sm:

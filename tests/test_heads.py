@@ -112,3 +112,29 @@ def test_heads_need_a_head_count_that_fits():
     assert "do not split" in analyse_symmetry(sd, heads=3).attention[0].reason
     big = analyse_symmetry(sd, SymmetrySettings(dead_tau=1e-1), heads=H).attention[0]
     assert big.dead_heads == (2,)
+
+
+@pytest.mark.parametrize("fmt", ["table", "csv"])
+def test_head_ranks_reach_the_table_and_csv(tmp_path, fmt):
+    """The planted QK ranks 4, 2, 0, 4 (τ = 1e-2) are what the human table and CSV show."""
+    from safetensors.torch import save_file
+    from typer.testing import CliRunner
+
+    from symtool.cli import app
+
+    path = tmp_path / "attn.safetensors"
+    save_file(_gpt2(_planted_heads()), str(path))
+    res = CliRunner().invoke(app, ["symmetry", str(path), "--heads", str(H), "-f", fmt],
+                             env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    if fmt == "csv":
+        rows = [r.split(",") for r in res.stdout.strip().splitlines()]
+        col = {name: i for i, name in enumerate(rows[0])}
+        qk = {r[col["quantity"]]: int(r[col["value"]]) for r in rows[1:]
+              if r[col["quantity"]].endswith(".qk_rank") and float(r[col["tau"]]) == 1e-2}
+        assert qk == {"head0.qk_rank": 4, "head1.qk_rank": 2, "head2.qk_rank": 0,
+                      "head3.qk_rank": 4}
+    else:
+        line = next(x for x in res.stdout.splitlines() if x.startswith("attention"))
+        assert "dead@0.01 1" in line and "identical pairs@0.01 1" in line
+        assert "QK ranks@0.01 4, 2, 0, 4" in line
