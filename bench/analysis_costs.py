@@ -31,7 +31,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import machine, median, set_threads
 
-from symtool.heads import singular_values
 from symtool.linalg import (
     HaarBank,
     add_gram_,
@@ -39,6 +38,7 @@ from symtool.linalg import (
     gram_pair,
     rotation_null,
     rotation_nulls,
+    singular_values,
     spectrum,
 )
 from symtool.units import duplicate_search

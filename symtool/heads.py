@@ -17,30 +17,12 @@ from __future__ import annotations
 
 import torch
 
-from symtool.linalg import all_finite, eigvalsh, gram
+from symtool.linalg import all_finite, singular_values
 from symtool.symrecords import AttentionRecord, HeadRecord, SymmetrySettings, TauCount
 from symtool.units import dead_counts, duplicate_search
 from symtool.wiring import AttentionSpec
 
 Tensor = torch.Tensor
-
-
-def singular_values(m: Tensor, *, exact: bool = False) -> Tensor:
-    """Singular values (float64, descending) of a matrix or a batch of matrices.
-
-    By default from ``eigvalsh`` of the Gram matrix on the smaller side, 1.4–1.7× faster
-    than ``svdvals`` here; a value ``σ_k`` is then resolved down to about
-    ``sqrt(d·eps)·σ_1`` (≈ 4e-7 σ_1 for d = 768), far below every ratio symtool reads
-    (≥ 1e-3, and the float32 floor ``max(m,n)·eps``); below it, values are round-off.
-    ``exact=True`` runs ``svdvals`` (on the tall orientation: LAPACK is several times
-    slower on wide matrices) for reports that list every singular value.
-    """
-    m = m.to(torch.float64)
-    tall = m.mT if m.shape[-2] < m.shape[-1] else m
-    if exact:
-        return torch.linalg.svdvals(tall)
-    values = eigvalsh(gram(tall, mirror=False)).clamp_min(0.0).sqrt()  # lower triangle only
-    return values.flip(-1)
 
 
 def _ranks(m: Tensor, eps: float, taus: tuple[float, ...]) -> tuple[Tensor, list[list[TauCount]]]:

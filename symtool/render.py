@@ -554,6 +554,15 @@ def _symmetry_table(report: dict[str, Any], out: Console) -> None:
                     fmt_num((un.get("imbalance") or {}).get("mean_abs")),
                 )
             out.print(u)
+            for un in e["units"]:
+                lp = un.get("linear_pair")
+                if lp:
+                    out.print(
+                        f"linear pair {un['incoming']} → {un['outgoing']}: rank of K = AAᵀ + BᵀB "
+                        f"@{r_tau:g} {fmt_num(_at(lp['ranks'], r_tau, 'count'))}, "
+                        f"‖AAᵀ − BᵀB‖_F {fmt_num(lp['imbalance_norm'])} "
+                        f"(‖K‖_F {fmt_num(lp['k_norm'])})"
+                    )
         for at in e["attention"] or []:
             heads = at.get("head_records") or []
             out.print(
@@ -600,8 +609,10 @@ def _symmetry_sequence(seq: dict[str, Any], out: Console) -> None:
             + "; ".join(f"{m['layer']} mode {m['mode']} at step {m['step']}" for m in seq["modes"])
         )
     for im in seq["imbalance"]:
+        what = "‖AAᵀ − BᵀB‖_F" if im.get("quantity") == "matrix" else "imbalance"
+        law = im["law"] if im["law"] is not None else f"no fit: {im['reason']}"
         out.print(
-            f"imbalance of {im['layer']}: {im['law']} (rate {fmt_num(im['rate'])}, "
+            f"{what} of {im['layer']}: {law} (rate {fmt_num(im['rate'])}, "
             f"R² {fmt_num(im['r2'], 2)}) — {im['label']}"
         )
 
@@ -655,6 +666,13 @@ def _symmetry_rows(report: dict[str, Any]) -> tuple[list[str], Iterable[dict[str
                         yield {**ub, "quantity": f"duplicate_{k}", "tau": d["tau"], "value": d[k]}
                 for k, v in (un.get("imbalance") or {}).items():
                     yield {**ub, "quantity": f"imbalance_{k}", "value": v}
+                lp = un.get("linear_pair")
+                if lp:
+                    for k in ("sigma_max", "imbalance_norm", "k_norm"):
+                        yield {**ub, "quantity": f"pair_{k}", "value": lp[k]}
+                    for r in lp["ranks"]:
+                        yield {**ub, "quantity": "pair_k_rank", "tau": r["tau"],
+                               "value": r["count"]}
             for at in e["attention"] or []:
                 ab = {**base, "layer": at["name"], "group": "attention", "reason": at.get("reason")}
                 yield {**ab, "quantity": "dead_heads", "value": at.get("dead")}

@@ -27,7 +27,7 @@ import torch
 import symtool
 from symtool.errors import ReportError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: Fields whose values change between otherwise identical runs (docs/reports.md).
 VOLATILE_FIELDS = ("created", "duration_s")
 

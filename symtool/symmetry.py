@@ -22,8 +22,8 @@ from functools import lru_cache
 import torch
 from scipy.integrate import quad
 
-from symtool.heads import analyse_heads, singular_values
-from symtool.linalg import all_finite
+from symtool.heads import analyse_heads
+from symtool.linalg import all_finite, singular_values
 from symtool.symrecords import (
     AttentionRecord,
     DeadAt,
@@ -33,6 +33,7 @@ from symtool.symrecords import (
     ImbalanceStats,
     ImbalanceTrend,
     LayerRank,
+    LinearPairRecord,
     ModeLearned,
     RankAt,
     SequenceResult,
@@ -62,6 +63,7 @@ __all__ = [
     "ImbalanceTrend",
     "LayerRank",
     "Layout",
+    "LinearPairRecord",
     "ModeLearned",
     "RankAt",
     "SequenceResult",
@@ -269,7 +271,8 @@ def analyse_symmetry(
                                 layer_matrix(state, b), spec.width)
         units.append(analyse_units(inc, out, incoming=a.name, outgoing=b.name, kind=spec.kind,
                                    width=spec.width, source=spec.source,
-                                   activation=spec.activation, settings=settings))
+                                   activation=spec.activation, settings=settings,
+                                   eps=max(_eps(a), _eps(b))))
     attention = []
     for spec in layout.attention:
         q, k, v = (layout.layer(n) for n in (spec.q, spec.k, spec.v))

@@ -226,6 +226,32 @@ class ImbalanceStats:
 
 
 @dataclass(frozen=True)
+class LinearPairRecord:
+    """Rotation symmetry of a linear pair (theory.md section 5): ``A → RA``, ``B → BRᵀ``.
+
+    ``A`` (``h × (d_in + 1)``) holds the incoming rows with their bias, ``B`` the outgoing
+    weight, whose columns for unit ``i`` are ``u_i``; so ``K = AAᵀ + BᵀB = ΘΘᵀ`` with ``Θ``
+    the units' rows ``θ_i = [w_i, b_i, u_i]``, and K's eigenvalues are ``σ_k(Θ)²``.
+
+    Attributes:
+        sigma_max: ``σ_1(Θ)`` (``sqrt`` of K's largest eigenvalue).
+        floor: ``max(h, p)·eps`` of the checkpoint dtype; a cut never goes below it.
+        ranks: rank of K at every ``rank_taus``: how many ``σ_k/σ_1 > max(τ, floor)``,
+            the directions the pair's rotation symmetry is broken along.
+        imbalance_norm: ``‖AAᵀ − BᵀB‖_F``, whose diagonal is the per-unit imbalance; it is
+            conserved by gradient flow without weight decay and decays like ``e^{−2λt}``
+            under weight decay λ.
+        k_norm: ``‖AAᵀ + BᵀB‖_F``, the scale ``imbalance_norm`` is compared with.
+    """
+
+    sigma_max: float
+    floor: float
+    ranks: tuple[TauCount, ...]
+    imbalance_norm: float
+    k_norm: float
+
+
+@dataclass(frozen=True)
 class UnitsRecord:
     """Hidden units between two layers (theory.md section 5, dead and identical units).
 
@@ -248,6 +274,7 @@ class UnitsRecord:
         pairs_truncated: more pairs existed than were listed.
         imbalance: summary of ``‖w_i‖² + b_i² − ‖u_i‖²``.
         imbalances: the full per-unit vector when ``keep_vectors``.
+        linear_pair: the pair's rotation measures, for the ``identity`` activation only.
         reason: why numbers are missing, else None.
     """
 
@@ -269,6 +296,7 @@ class UnitsRecord:
     pairs_truncated: bool = False
     imbalance: ImbalanceStats | None = None
     imbalances: tuple[float, ...] | None = None
+    linear_pair: LinearPairRecord | None = None
     reason: str | None = None
 
 
@@ -435,19 +463,25 @@ class ModeLearned:
 
 @dataclass(frozen=True)
 class ImbalanceTrend:
-    """Fit of ``log(mean_i |imbalance_i|)`` against step for one unit pair.
+    """Fit of the log of an imbalance against step for one unit pair.
+
+    ``quantity`` names what is fitted: ``units``, the per-unit imbalance ``C_i = ‖w_i‖² +
+    b_i² − ‖u_i‖²`` through ``mean_i |C_i|`` (every pair with a rescaling symmetry); or
+    ``matrix``, ``‖AAᵀ − BᵀB‖_F`` of a linear pair (an extra trend for those pairs).
 
     Attributes:
         layer: incoming layer of the pair.
         points: checkpoints used.
-        slope: fitted ``d log(mean|C|) / d step``.
-        rate: ``λ = −slope/2``, the decay rate in ``|C| ∝ e^{−2λ·step}``.
+        slope: fitted ``d log(value) / d step``.
+        rate: ``λ = −slope/2``, the decay rate in ``value ∝ e^{−2λ·step}``.
         r2: coefficient of determination of the fit.
-        drift: largest relative change of ``mean C`` or ``mean|C|`` from the first point.
-        ratio: ``mean|C|`` at the last point over the first.
+        drift: largest relative change from the first point (``units``: of ``mean C`` or
+            ``mean|C|``; ``matrix``: of the norm).
+        ratio: the value at the last point over the first.
         law: ``conserved``, ``decaying`` or ``neither``.
         label: always ``law: SGD with L2 only`` (the law holds only there).
         reason: why no fit was made, else None.
+        quantity: ``units`` or ``matrix``.
     """
 
     layer: str
@@ -460,6 +494,7 @@ class ImbalanceTrend:
     law: str | None
     label: str = "law: SGD with L2 only"
     reason: str | None = None
+    quantity: str = "units"
 
 
 @dataclass(frozen=True)

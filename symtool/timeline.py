@@ -144,6 +144,26 @@ def _modes(layer: str, steps: Sequence[int], recs: Sequence[LayerRank | None]) -
     return out
 
 
+def _law(layer: str, quantity: str, pts: Sequence[tuple[int, float]], drift: float,
+         decay_ratio: float, conserved_tol: float, min_r2: float) -> ImbalanceTrend:
+    """Fit ``log value`` against step over positive ``pts`` and classify the law."""
+    t = np.array([s for s, _ in pts], dtype=np.float64)
+    y = np.log(np.array([v for _, v in pts], dtype=np.float64))
+    slope, icpt = np.polyfit(t, y, 1)
+    ss_tot = float(((y - y.mean()) ** 2).sum())
+    ss_res = float(((y - (slope * t + icpt)) ** 2).sum())
+    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else None
+    ratio = pts[-1][1] / pts[0][1]
+    if drift <= conserved_tol:
+        law = "conserved"
+    elif slope < 0 and ratio <= decay_ratio and r2 is not None and r2 >= min_r2:
+        law = "decaying"
+    else:
+        law = "neither"
+    return ImbalanceTrend(layer, len(pts), float(slope), float(-slope / 2.0), r2, float(drift),
+                          float(ratio), law, quantity=quantity)
+
+
 def _imbalance(layer: str, steps: Sequence[int], recs: Sequence[UnitsRecord | None],
                conserved_tol: float, decay_ratio: float, min_r2: float) -> ImbalanceTrend:
     """Fit ``log mean|C|`` against step and classify the law."""
@@ -160,24 +180,31 @@ def _imbalance(layer: str, steps: Sequence[int], recs: Sequence[UnitsRecord | No
     if any(im.mean_abs <= 0.0 for _, im in pts):
         return ImbalanceTrend(layer, len(pts), None, None, None, None, None, None,
                               reason="zero imbalance at some checkpoint (log undefined)")
-    t = np.array([s for s, _ in pts], dtype=np.float64)
-    y = np.log(np.array([im.mean_abs for _, im in pts], dtype=np.float64))
-    slope, icpt = np.polyfit(t, y, 1)
-    ss_tot = float(((y - y.mean()) ** 2).sum())
-    ss_res = float(((y - (slope * t + icpt)) ** 2).sum())
-    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else None
     first = pts[0][1]
     drift = max(max(abs(im.mean - first.mean), abs(im.mean_abs - first.mean_abs))
                 for _, im in pts) / first.mean_abs
-    ratio = pts[-1][1].mean_abs / first.mean_abs
-    if drift <= conserved_tol:
-        law = "conserved"
-    elif slope < 0 and ratio <= decay_ratio and r2 is not None and r2 >= min_r2:
-        law = "decaying"
-    else:
-        law = "neither"
-    return ImbalanceTrend(layer, len(pts), float(slope), float(-slope / 2.0), r2, float(drift),
-                          float(ratio), law)
+    return _law(layer, "units", [(s, im.mean_abs) for s, im in pts], drift, decay_ratio,
+                conserved_tol, min_r2)
+
+
+def _matrix_imbalance(layer: str, steps: Sequence[int], recs: Sequence[UnitsRecord | None],
+                      conserved_tol: float, decay_ratio: float,
+                      min_r2: float) -> ImbalanceTrend | None:
+    """Fit ``log ‖AAᵀ − BᵀB‖_F`` of a linear pair against step (None: not a linear pair)."""
+    pts = [(s, r.linear_pair.imbalance_norm) for s, r in zip(steps, recs, strict=True)
+           if r is not None and r.linear_pair is not None]
+    if not pts:
+        return None
+    if len(pts) < 2:
+        return ImbalanceTrend(layer, len(pts), None, None, None, None, None, None,
+                              reason="fewer than 2 checkpoints with imbalances",
+                              quantity="matrix")
+    if any(v <= 0.0 for _, v in pts):
+        return ImbalanceTrend(layer, len(pts), None, None, None, None, None, None,
+                              reason="zero imbalance at some checkpoint (log undefined)",
+                              quantity="matrix")
+    drift = max(abs(v - pts[0][1]) for _, v in pts) / pts[0][1]
+    return _law(layer, "matrix", pts, drift, decay_ratio, conserved_tol, min_r2)
 
 
 def _collect(ordered: Sequence[tuple[int, SymmetryResult]],
@@ -263,8 +290,12 @@ def analyse_sequence(
         events.extend(_events(name, quantity, steps, h, persist))
     events.sort(key=lambda e: steps.index(e.step))
     modes = [m for name, recs in layers.items() for m in _modes(name, steps, recs)]
-    trends = [_imbalance(name, steps, recs, conserved_tol, decay_ratio, min_r2)
-              for name, recs in units.items()]
+    trends = []
+    for name, recs in units.items():
+        trends.append(_imbalance(name, steps, recs, conserved_tol, decay_ratio, min_r2))
+        matrix = _matrix_imbalance(name, steps, recs, conserved_tol, decay_ratio, min_r2)
+        if matrix is not None:
+            trends.append(matrix)
     return SequenceResult(steps, tuple(series), tuple(events), tuple(modes), tuple(trends),
                           tuple(notes))
 

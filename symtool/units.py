@@ -7,9 +7,11 @@ an incoming layer (row ``w_i``, bias ``b_i``) and an outgoing layer (columns ``u
 ones ``d_ij = min(d(θ_i, θ_j), d(θ_i, −θ_j))``.
 
 The pairwise search is a blocked Gram product (:func:`duplicate_search`): a float32 screen
-with a rigorous rounding margin picks candidate pairs, whose ``d_ij`` is then recomputed
-exactly in float64 from differences (or, when a block has very many candidates, from a
-float64 Gram block). Clusters are single-linkage components, merged block by block.
+with a rigorous rounding margin, first on the columns of most relative energy (a lower
+bound on ``d_ij``), then on all columns where that bound clears too few pairs, picks
+candidate pairs, whose ``d_ij`` is then recomputed exactly in float64 from differences (or,
+when a block has very many candidates, from a float64 Gram block). Clusters are
+single-linkage components, merged block by block.
 """
 
 from __future__ import annotations
@@ -23,14 +25,16 @@ import torch
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from symtool.linalg import all_finite
+from symtool.linalg import all_finite, singular_values
 from symtool.symrecords import (
     HOMOGENEOUS,
     ODD,
     DeadAt,
     DuplicatesAt,
     ImbalanceStats,
+    LinearPairRecord,
     SymmetrySettings,
+    TauCount,
     UnitPair,
     UnitsRecord,
 )
@@ -191,11 +195,11 @@ def duplicate_search(
     """All pairs of rows with ``d_ij < τ``, and their single-linkage clusters.
 
     Rows with zero norm are never paired. Each block of pairs is screened with a float32
-    Gram product over the ``screen`` columns of largest energy, which bounds ``d_ij`` from
-    below (:func:`_screen`); a block where that leaves many candidates is screened again
-    over all columns. Survivors are recomputed exactly in float64. Work is at least
-    ``n²·m/2`` and at most ``n²·(p + m)/2`` for ``m`` screened columns; memory is
-    ``O(block·n)``.
+    Gram product over the columns of most relative energy (:func:`screen_columns`), which
+    bounds ``d_ij`` from below (:func:`_screen`); a block where more than 1/128 of the
+    pairs survive is screened again over all columns. Survivors are recomputed exactly
+    in float64. Work is at least ``n²·m/2`` and at most ``n²·(p + m)/2`` for ``m``
+    screened columns; memory is ``O(block·n)``.
 
     Args:
         x: ``n × p`` rows ``θ_i`` (already balanced if needed).
@@ -364,6 +368,43 @@ def dead_counts(
     return tuple(out), nu
 
 
+LINEAR = frozenset({"identity", "linear"})
+"""Activations under which a unit pair has the full rotation symmetry ``A → RA, B → BRᵀ``."""
+
+
+def linear_pair(
+    inc: Tensor, out: Tensor, eps: float, taus: Sequence[float], block: int = 512
+) -> LinearPairRecord:
+    """Rotation measures of a linear pair from its units' parts (theory.md section 5).
+
+    Args:
+        inc: ``h × ·`` incoming parts ``[w_i, b_i]`` (rows of ``A``), float64.
+        out: ``h × ·`` outgoing parts ``u_i`` (columns of ``B``), float64.
+        eps: machine epsilon of the checkpoint dtype (rank floor).
+        taus: thresholds on ``σ_k/σ_1``.
+        block: rows of ``AAᵀ`` and ``BᵀB`` formed at a time.
+
+    Returns:
+        ``σ_1`` and ranks of ``Θ = [A | Bᵀ]`` (``K = ΘΘᵀ``), ``‖AAᵀ − BᵀB‖_F`` and
+        ``‖AAᵀ + BᵀB‖_F``. The norms come from ``h × h`` products, ``block`` rows at a
+        time (memory ``O(block·h)``), not from the smaller-side identity ``‖AᵀA‖² −
+        2‖BA‖² + ‖BBᵀ‖²``, which cancels when the pair is nearly balanced.
+    """
+    theta = torch.cat([inc, out], dim=1)
+    sigma = singular_values(theta)
+    floor = max(theta.shape) * eps
+    s1 = float(sigma[0]) if sigma.numel() else 0.0
+    ratio = sigma / s1 if s1 > 0 else torch.zeros_like(sigma)
+    ranks = tuple(TauCount(float(t), int((ratio > max(float(t), floor)).sum())) for t in taus)
+    imb2 = k2 = 0.0
+    for r0 in range(0, inc.shape[0], block):
+        aa, bb = inc[r0 : r0 + block] @ inc.T, out[r0 : r0 + block] @ out.T
+        imb2 += float((aa - bb).pow(2).sum())
+        k2 += float((aa + bb).pow(2).sum())
+    return LinearPairRecord(sigma_max=s1, floor=floor, ranks=ranks,
+                            imbalance_norm=math.sqrt(imb2), k_norm=math.sqrt(k2))
+
+
 def analyse_units(
     inc: Tensor,
     out: Tensor,
@@ -375,15 +416,19 @@ def analyse_units(
     source: str,
     activation: str,
     settings: SymmetrySettings,
+    eps: float = float(torch.finfo(torch.float64).eps),
 ) -> UnitsRecord:
-    """Dead, half-dead and duplicate units and imbalances of one unit pair.
+    """Dead, half-dead and duplicate units and imbalances of one unit pair, and for a
+    linear pair (``identity``) its rotation measures (:func:`linear_pair`).
 
     Args:
         inc: ``n × ·`` incoming parts ``[w_i, b_i]`` (see :func:`unit_vectors`).
         out: ``n × ·`` outgoing parts ``u_i``.
         incoming, outgoing, kind, width, source: copied into the record.
-        activation: decides balancing (positively homogeneous) and sign (odd).
+        activation: decides balancing (positively homogeneous) and sign (odd), and
+            whether the pair is linear.
         settings: thresholds.
+        eps: machine epsilon of the checkpoint dtype (floor of the linear pair's ranks).
 
     Returns:
         The record; ``reason`` set (and numbers empty) for non-finite or all-zero weights.
@@ -419,4 +464,6 @@ def analyse_units(
         pairs_truncated=found.truncated,
         imbalance=stats,
         imbalances=tuple(imb.tolist()) if settings.keep_vectors else None,
+        linear_pair=linear_pair(inc, out, eps, settings.rank_taus, settings.block)
+        if activation in LINEAR else None,
     )

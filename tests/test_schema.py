@@ -329,6 +329,24 @@ def test_symmetry_and_ode_reports_validate(weight_reports: dict, kind: str) -> N
     assert report["checkpoints"] and all(e["status"] == "ok" for e in report["checkpoints"])
 
 
+def test_symmetry_reports_of_version_2_still_validate(weight_reports: dict) -> None:
+    # docs/reports.md: version 3 added units' linear_pair and the imbalance trends' quantity
+    old = copy.deepcopy(weight_reports["symmetry"])
+    old["schema_version"] = 2
+    for entry in old["checkpoints"]:
+        for units in entry["units"]:
+            del units["linear_pair"]
+    for trend in old["sequence"]["imbalance"]:
+        del trend["quantity"]
+    assert schema.validate(old) == "symmetry"
+    with pytest.raises(ReportError, match="linear_pair"):
+        schema.validate({**old, "schema_version": 3})
+    new = weight_reports["symmetry"]
+    assert all("linear_pair" in u for e in new["checkpoints"] for u in e["units"])
+    assert [t["quantity"] for t in new["sequence"]["imbalance"]] == ["units"] * len(
+        new["sequence"]["imbalance"])
+
+
 @pytest.mark.parametrize(
     ("kind", "path", "value", "message"),
     [

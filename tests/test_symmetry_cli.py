@@ -180,3 +180,23 @@ def test_all_values_lists_the_exact_singular_values(tmp_path: Path) -> None:
         rtol=1e-10,
         atol=1e-12,
     )
+
+
+def test_linear_pair_in_json_table_and_csv(tmp_path: Path) -> None:
+    sd = _planted()
+    rep = _one(tmp_path, sd, "--activation", "identity")
+    pair = rep["checkpoints"][0]["units"][0]["linear_pair"]
+    a = torch.cat([sd["fc1.weight"], sd["fc1.bias"][:, None]], 1).double()
+    b = sd["fc2.weight"].double()
+    assert pair["imbalance_norm"] == pytest.approx(
+        float(torch.linalg.matrix_norm(a @ a.T - b.T @ b)), rel=1e-10)
+    lam = torch.linalg.eigvalsh(a @ a.T + b.T @ b).flip(0).clamp_min(0)
+    rank = int(((lam / lam[0]).sqrt() > 0.01).sum())
+    assert {r["tau"]: r["count"] for r in pair["ranks"]}[0.01] == rank
+    path = tmp_path / "model.safetensors"
+    table = _invoke("symmetry", path, "--activation", "identity", "-f", "table")
+    assert table.exit_code == 0, table.output
+    assert f"linear pair fc1 → fc2: rank of K = AAᵀ + BᵀB @0.01 {rank}" in table.stdout
+    csv = _invoke("symmetry", path, "--activation", "identity", "-f", "csv")
+    assert any(f",pair_k_rank,0.01,{rank},ok," in r for r in csv.stdout.splitlines())
+    assert _one(tmp_path, sd)["checkpoints"][0]["units"][0]["linear_pair"] is None

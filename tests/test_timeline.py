@@ -151,3 +151,53 @@ def test_imbalance_law_needs_a_rescaling_symmetry():
     # the per-checkpoint imbalances are still reported
     units = seq[0][1].units[0]
     assert units.imbalance is not None and units.imbalance.mean_abs > 0
+
+
+def test_linear_pair_matrix_imbalance_law():
+    """theory.md §5: for a linear pair, AAᵀ − BᵀB is conserved by gradient descent without
+    weight decay (up to O(lr²)) and decays like e^{−2λt} with it."""
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(64, 5, generator=g, dtype=torch.float64)
+    target = torch.randn(5, 3, generator=g, dtype=torch.float64) * 0.5
+    y = x @ target
+    identity = SymmetrySettings(activation="identity")
+    lr = 0.02
+
+    def train(wd: float) -> list:
+        w1 = torch.randn(8, 5, generator=g, dtype=torch.float64) * 0.5
+        b1 = torch.randn(8, generator=g, dtype=torch.float64) * 0.5
+        w2 = torch.randn(3, 8, generator=g, dtype=torch.float64) * 0.5
+        out = []
+        for step in range(301):
+            if step % 30 == 0:
+                out.append((step, analyse_symmetry(
+                    {"fc1.weight": w1.clone(), "fc1.bias": b1.clone(), "fc2.weight": w2.clone()},
+                    identity)))
+            err = ((x @ w1.T + b1) @ w2.T - y) / x.shape[0]  # d(½ mean ‖·‖²)/d output
+            hid = x @ w1.T + b1
+            gw2, gh = err.T @ hid, err @ w2
+            gw1, gb1 = gh.T @ x, gh.sum(0)
+            w1, b1, w2 = (w1 - lr * (gw1 + wd * w1), b1 - lr * (gb1 + wd * b1),
+                          w2 - lr * (gw2 + wd * w2))
+        return out
+
+    plain = analyse_sequence(train(0.0)).imbalance
+    assert [t.quantity for t in plain] == ["units", "matrix"]
+    matrix = plain[1]
+    assert matrix.law == "conserved" and matrix.drift < 1e-2
+    first = train(0.0)[0][1].units[0].linear_pair
+    assert first is not None and first.imbalance_norm > 0.1 * first.k_norm  # not trivially 0
+    decayed = analyse_sequence(train(0.1)).imbalance[1]
+    assert decayed.law == "decaying"
+    assert decayed.rate == pytest.approx(lr * 0.1, rel=0.05)  # λ per step = lr · wd
+    # exact e^{−2λt}: A and B scaled by e^{−λt}
+    w1, w2 = torch.randn(8, 5, generator=g), torch.randn(3, 8, generator=g)
+    planted = [(t, analyse_symmetry({"fc1.weight": w1 * math.exp(-0.01 * t),
+                                     "fc2.weight": w2 * math.exp(-0.01 * t)}, identity))
+               for t in (0, 20, 40, 60)]
+    exact = analyse_sequence(planted).imbalance[1]
+    assert exact.quantity == "matrix" and exact.rate == pytest.approx(0.01, rel=1e-6)
+    assert exact.r2 == pytest.approx(1.0)
+    # pairs without the rotation symmetry get no matrix trend
+    relu = [(t, analyse_symmetry({"fc1.weight": w1, "fc2.weight": w2})) for t in (0, 20)]
+    assert [t.quantity for t in analyse_sequence(relu).imbalance] == ["units"]

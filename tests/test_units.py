@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,6 +14,7 @@ from symtool.units import (
     analyse_units,
     balance,
     duplicate_search,
+    linear_pair,
     screen_columns,
     unit_vectors,
 )
@@ -317,3 +320,34 @@ def test_imbalance_conserved_by_plain_gradient_descent():
                                                                 strict=True))
     assert moved > 1e-2
     assert drift < 1e-3 * moved
+
+
+def test_linear_pair_measures_against_dense_reference():
+    """K = AAᵀ + BᵀB = ΘΘᵀ of a planted rank-3 pair, and ‖AAᵀ − BᵀB‖_F, against numpy."""
+    g = torch.Generator().manual_seed(8)
+    u, _ = torch.linalg.qr(torch.randn(10, 3, generator=g, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(11, 3, generator=g, dtype=torch.float64))
+    theta = u @ torch.diag(torch.tensor([3.0, 1.0, 0.5], dtype=torch.float64)) @ v.T
+    w1, b1, w2 = theta[:, :6], theta[:, 6], theta[:, 7:].T  # A = [w1 | b1], Bᵀ = w2ᵀ
+    inc, out = unit_vectors(w1, b1, w2)
+    rec = _analyse(inc, out, activation="identity")
+    a, b = torch.cat([w1, b1[:, None]], 1).numpy(), w2.numpy()
+    k = a @ a.T + b.T @ b
+    lam = np.linalg.eigvalsh(k)[::-1]
+    pair = rec.linear_pair
+    assert pair is not None
+    assert pair.sigma_max == pytest.approx(math.sqrt(lam[0]), rel=1e-12)
+    assert pair.sigma_max == pytest.approx(3.0, rel=1e-12)
+    assert [(r.tau, r.count) for r in pair.ranks] == [(t, 3) for t in SETTINGS.rank_taus]
+    assert pair.imbalance_norm == pytest.approx(np.linalg.norm(a @ a.T - b.T @ b), rel=1e-12)
+    assert pair.k_norm == pytest.approx(np.linalg.norm(k), rel=1e-12)
+    # its diagonal is the per-unit imbalance
+    diag = np.diag(a @ a.T - b.T @ b)
+    assert rec.imbalance.mean == pytest.approx(diag.mean(), rel=1e-12)
+    assert pair.floor == 11 * float(torch.finfo(torch.float64).eps)
+    small = linear_pair(inc, out, pair.floor / 11, SETTINGS.rank_taus, block=3)  # 4 blocks
+    assert small.imbalance_norm == pytest.approx(pair.imbalance_norm, rel=1e-13)
+    assert small.k_norm == pytest.approx(pair.k_norm, rel=1e-13)
+    # only a linear pair has the rotation symmetry
+    assert _analyse(inc, out, activation="relu").linear_pair is None
+    assert _analyse(inc, out, activation="tanh").linear_pair is None
