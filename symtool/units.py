@@ -221,16 +221,22 @@ def duplicate_search(
     taus = sorted({float(t) for t in taus} | {float(main_tau)})
     tmax = taus[-1]
     norms2 = torch.einsum("ij,ij->i", x, x)
-    x32 = x.float()
+    # d is scale-free: weights far from 1 are scaled by a power of two (exact) near the
+    # largest norm, so the float32 screens neither overflow nor underflow
+    top = float(norms2.max()) if n else 0.0
+    k = round(0.5 * math.log2(top)) if top > 0 else 0
+    unit, rel2 = (x, norms2) if abs(k) <= 40 else (x * 2.0**-k, norms2 * 2.0**-k * 2.0**-k)
+    x32 = unit.float()
     cols = screen_columns(x32, screen, tmax)
     half = 0.5 * (tmax + (4.0 * (p + 2) + 32.0) * _EPS32)
-    b_all = (norms2 * (1.0 - half)).float()
+    b_all = (rel2 * (1.0 - half)).float()
     if cols is None:
         y32, b32 = x32, b_all
     else:
         y32 = x32[:, cols].contiguous()
-        xs = x[:, cols]
-        b32 = (torch.einsum("ij,ij->i", xs, xs) - half * norms2).float()
+        part = unit[:, cols]
+        b32 = (torch.einsum("ij,ij->i", part, part) - half * rel2).float()
+    del unit
     labels = {t: np.arange(n) for t in taus}
     counts = dict.fromkeys(taus, 0)
     kept: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []

@@ -252,6 +252,17 @@ def test_partial_screen_search_equals_dense_reference(sign: bool, screen, block:
     assert not {(20 + k, 190 + k) for k in range(9)} & {(p.i, p.j) for p in found.pairs}
 
 
+@pytest.mark.parametrize("scale", [1e-30, 1e30], ids=["tiny", "huge"])
+def test_search_is_scale_free_beyond_float32_range(scale: float):
+    """Weights far outside float32's range (as float64) give the same pairs as at scale 1."""
+    x = _wide_with_planted(7, p=320)
+    ref = duplicate_search(x, (1e-1, 1e-2), 1e-1, sign=True, max_pairs=10_000)
+    got = duplicate_search(x * scale, (1e-1, 1e-2), 1e-1, sign=True, max_pairs=10_000)
+    assert ref.at == got.at and ref.clusters == got.clusters
+    assert [(p.i, p.j) for p in ref.pairs] == [(p.i, p.j) for p in got.pairs]
+    assert ref.at[0].pairs > 10
+
+
 def test_screen_columns_take_the_largest_energy_and_skip_when_not_worth_it():
     x = torch.randn(50, 1000, dtype=torch.float64)
     x[:, 100:225] *= 10.0
