@@ -27,9 +27,9 @@ Tensor = torch.Tensor
 
 def _ranks(m: Tensor, eps: float, taus: tuple[float, ...]) -> tuple[Tensor, list[list[TauCount]]]:
     """Batched ``σ_1`` and ranks at every threshold of ``H × r × c`` matrices."""
-    sigma = singular_values(m)
-    s1 = sigma[:, 0]
     floor = max(m.shape[1], m.shape[2]) * eps
+    sigma = singular_values(m, cuts=[max(t, floor) for t in taus])
+    s1 = sigma[:, 0]
     out = []
     for h in range(m.shape[0]):
         if s1[h] <= 0:

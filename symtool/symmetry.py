@@ -125,6 +125,11 @@ def gaussian_rank(m: int, n: int, cut: float) -> float:
     return float(k * max(0.0, 1.0 - below))
 
 
+ENTROPY_TOL = 1e-10
+"""Relative error of the effective rank above which ranks use ``svdvals``, not the Gram
+matrix (:func:`symtool.linalg.singular_values`)."""
+
+
 def analyse_rank(
     w: Tensor,
     *,
@@ -157,7 +162,8 @@ def analyse_rank(
     if not all_finite(w):
         return LayerRank(**head, sigma_max=None, frobenius=None, ranks=(), effective_rank=None,
                          stable_rank=None, reason="non-finite weights")
-    sigma = singular_values(w, exact=keep_vectors)
+    cuts = [max(float(t), floor) for t in taus]
+    sigma = singular_values(w, exact=keep_vectors, cuts=cuts, entropy_tol=ENTROPY_TOL)
     frob = float(torch.linalg.matrix_norm(w))
     s1 = float(sigma[0]) if sigma.numel() else 0.0
     if s1 <= 0.0:

@@ -397,8 +397,8 @@ def linear_pair(
         2‖BA‖² + ‖BBᵀ‖²``, which cancels when the pair is nearly balanced.
     """
     theta = torch.cat([inc, out], dim=1)
-    sigma = singular_values(theta)
     floor = max(theta.shape) * eps
+    sigma = singular_values(theta, cuts=[max(float(t), floor) for t in taus])
     s1 = float(sigma[0]) if sigma.numel() else 0.0
     ratio = sigma / s1 if s1 > 0 else torch.zeros_like(sigma)
     ranks = tuple(TauCount(float(t), int((ratio > max(float(t), floor)).sum())) for t in taus)

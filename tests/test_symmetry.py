@@ -48,6 +48,46 @@ def test_effective_rank_of_equal_singular_values_is_their_number():
     assert len(rec.singular_values) == 20
 
 
+def _entropy_rank(sigma: torch.Tensor) -> float:
+    p = sigma / sigma.sum()
+    p = p[p > 0]
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+@pytest.mark.parametrize(
+    "sigma",
+    [[1.0] * 10, [float(k) ** -2 for k in range(1, 300)], [1.0, 0.5, 0.25] + [1e-9] * 50],
+    ids=["rank-10", "steep-power-law", "tiny-tail"],
+)
+def test_effective_rank_to_round_off_where_the_gram_matrix_cannot_resolve(sigma):
+    """Low-rank and steep spectra (weight decay's signature): the Gram route alone was
+    off by 1e-5 relative here; the effective rank must match svdvals to round-off."""
+    w = _planted(700, 400, sigma, seed=2)
+    exact = _entropy_rank(torch.linalg.svdvals(w))
+    rec = analyse_rank(w)
+    assert rec.effective_rank == pytest.approx(exact, rel=1e-12)
+
+
+def test_effective_rank_of_full_rank_matrices_keeps_the_gram_route(monkeypatch):
+    import symtool.linalg as linalg
+
+    calls = []
+    monkeypatch.setattr(linalg.torch.linalg, "svdvals",
+                        lambda *a, **k: calls.append(1) or torch.linalg.svd(*a, **k)[1])
+    g = torch.Generator().manual_seed(9)
+    w = torch.randn(300, 500, generator=g, dtype=torch.float64)
+    rec = analyse_rank(w)
+    monkeypatch.undo()
+    assert calls == []  # provably exact enough: no SVD
+    assert rec.effective_rank == pytest.approx(_entropy_rank(torch.linalg.svdvals(w)), rel=1e-12)
+
+
+def test_ratio_next_to_a_threshold_is_counted_exactly():
+    # σ_2/σ_1 = 1e-2·(1 ± 5e-13): below the Gram route's resolution there (about 1e-10)
+    w = _planted(200, 100, [1.0, 1e-2 * (1 + 5e-13), 1e-2 * (1 - 5e-13), 0.5], seed=4)
+    assert _ranks(analyse_rank(w))[1e-2] == 3
+
+
 def test_dtype_floor_caps_rank_of_half_precision_weights():
     w16 = _planted(64, 64, [1.0, 0.5, 0.03], dtype=torch.float16)
     rec = analyse_rank(w16)
