@@ -675,7 +675,12 @@ def _symmetry_rows(report: dict[str, Any]) -> tuple[list[str], Iterable[dict[str
                                "value": r["count"]}
             for at in e["attention"] or []:
                 ab = {**base, "layer": at["name"], "group": "attention", "reason": at.get("reason")}
-                yield {**ab, "quantity": "dead_heads", "value": at.get("dead")}
+                for d in at.get("dead") or []:
+                    yield {**ab, "quantity": "dead_heads", "tau": d["tau"], "value": d["dead"]}
+                for d in at.get("duplicates") or []:
+                    for k in ("pairs", "clusters", "independent"):
+                        yield {**ab, "quantity": f"duplicate_heads_{k}", "tau": d["tau"],
+                               "value": d[k]}
                 for h in at.get("head_records") or []:
                     for k in ("qk_ranks", "ov_ranks"):
                         for r in h[k]:

@@ -134,6 +134,10 @@ def test_head_ranks_reach_the_table_and_csv(tmp_path, fmt):
               if r[col["quantity"]].endswith(".qk_rank") and float(r[col["tau"]]) == 1e-2}
         assert qk == {"head0.qk_rank": 4, "head1.qk_rank": 2, "head2.qk_rank": 0,
                       "head3.qk_rank": 4}
+        at = {(r[col["quantity"]], float(r[col["tau"]])): r[col["value"]] for r in rows[1:]
+              if r[col["group"]] == "attention" and r[col["tau"]]}
+        assert at[("dead_heads", 1e-2)] == "1"  # head 2
+        assert at[("duplicate_heads_pairs", 1e-2)] == "1"  # heads 0 and 3
     else:
         line = next(x for x in res.stdout.splitlines() if x.startswith("attention"))
         assert "dead@0.01 1" in line and "identical pairs@0.01 1" in line
