@@ -7,6 +7,7 @@ versioned report dict (docs/reports.md).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,12 +174,26 @@ class SymmetryRun:
         }
 
 
-def subspace_path(base: Path, step: int | None, several: bool) -> Path:
-    """Where a checkpoint's subspaces go: ``FILE`` alone, or ``FILE.step_N.safetensors``."""
-    if not several:
-        return base
-    tag = f"step_{step}" if step is not None else "nostep"
-    return base.with_name(f"{base.stem}.{tag}{base.suffix or '.safetensors'}")
+def subspace_paths(base: Path, ckpts: list[ck.Checkpoint]) -> dict[str, Path]:
+    """Where each checkpoint's subspaces go, one distinct file each.
+
+    One checkpoint: ``FILE`` itself. Several with distinct steps: ``FILE.step_N.safetensors``.
+    Otherwise (a step missing or repeated, e.g. two runs): ``FILE.<i>-<name>.safetensors``
+    with ``i`` the checkpoint's position in the run and ``name`` its file name, so no
+    checkpoint's file overwrites another's.
+    """
+    if len(ckpts) == 1:
+        return {str(ckpts[0].path): base}
+    suffix = base.suffix or ".safetensors"
+    steps = [c.step for c in ckpts]
+    if None not in steps and len(set(steps)) == len(steps):
+        return {str(c.path): base.with_name(f"{base.stem}.step_{c.step}{suffix}") for c in ckpts}
+    width = len(str(len(ckpts) - 1))
+    out = {}
+    for i, c in enumerate(ckpts):
+        name = re.sub(r"[^A-Za-z0-9._-]+", "_", c.path.name.removesuffix(".safetensors"))
+        out[str(c.path)] = base.with_name(f"{base.stem}.{i:0{width}d}-{name}{suffix}")
+    return out
 
 
 def run_symmetry(
@@ -194,6 +209,7 @@ def run_symmetry(
     from symtool.report import from_jsonable, save_tensors_atomic
 
     results: dict[str, Any] = {}  # path -> SymmetryResult of finished checkpoints
+    targets = {} if run.save_subspaces is None else subspace_paths(run.save_subspaces, ckpts)
     first: list[Any] = []
     pairs_box: list[tuple[tuple[str, ...], ...] | None] = [run.pairs]
 
@@ -216,12 +232,13 @@ def run_symmetry(
         if is_first:
             first[:] = [result]
         results[str(c.path)] = result
-        if run.save_subspaces is not None:
-            bases = sym.symmetry_subspaces(loaded.tensors, tau=run.settings.rank_tau)
-            target = subspace_path(run.save_subspaces, c.step, len(ckpts) > 1)
-            save_tensors_atomic(target, {k: v.contiguous() for k, v in bases.items()})
         body = to_jsonable(result)
         body.pop("settings")  # recorded once, in the provenance
+        if run.save_subspaces is not None:
+            bases = sym.symmetry_subspaces(loaded.tensors, tau=run.settings.rank_tau)
+            target = targets[str(c.path)]
+            save_tensors_atomic(target, {k: v.contiguous() for k, v in bases.items()})
+            body["subspaces"] = str(target)
         return body
 
     def revive(entry: dict[str, Any]) -> Any:

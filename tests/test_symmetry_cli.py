@@ -109,6 +109,28 @@ def test_subspaces_are_saved_orthonormal_and_named(tmp_path: Path) -> None:
     assert bases["fc2.out.broken"].shape == (4, 2)
 
 
+@pytest.mark.parametrize("names", [("a", "b"), ("runA/step_100", "runB/step_100")],
+                         ids=["no-steps", "same-step"])
+def test_subspaces_of_several_checkpoints_never_overwrite_each_other(tmp_path: Path, names):
+    paths = []
+    for seed, name in enumerate(names):
+        path = tmp_path / f"{name}.safetensors"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(_planted(seed), str(path))
+        paths.append(path)
+    out = tmp_path / "sub.safetensors"
+    res = _invoke("symmetry", *paths, "-f", "json", "--save-subspaces", out)
+    assert res.exit_code == 0, res.output
+    entries = json.loads(res.stdout)["checkpoints"]
+    files = [Path(e["subspaces"]) for e in entries]
+    assert len(set(files)) == 2 and all(f.is_file() for f in files)
+    for e, f in zip(entries, files, strict=True):  # each file holds its own checkpoint's bases
+        w2 = load_file(e["path"])["fc2.weight"].double()
+        restored = load_file(str(f))["fc2.in.restored"].double()
+        assert float((w2 @ restored).norm()) < 1e-2 * float(w2.norm())
+    assert not torch.equal(*(load_file(str(f))["fc2.in.broken"] for f in files))
+
+
 def _sequence(tmp_path: Path) -> Path:
     """Rank of a layer grows 1 → 2 → 3 at steps 20 and 50 (each held ≥ 2 checkpoints)."""
     tmp_path.mkdir(parents=True, exist_ok=True)
