@@ -510,8 +510,9 @@ def _symmetry_table(report: dict[str, Any], out: Console) -> None:
         ):
             t.add_column(col, justify="left" if col == "layer" else "right", no_wrap=True)
         for la in e["layers"]:
-            if la.get("reason") and la.get("sigma_max") is None:
-                t.add_row(la["name"], "×".join(map(str, la["shape"])), f"[red]{la['reason']}[/red]")
+            if la.get("reason"):
+                t.add_row(la["name"], "×".join(map(str, la["shape"])), fmt_num(la["sigma_max"]),
+                          f"[red]{la['reason']}[/red]")
                 continue
             t.add_row(
                 la["name"],
@@ -542,6 +543,10 @@ def _symmetry_table(report: dict[str, Any], out: Console) -> None:
             ):
                 u.add_column(col, justify="left" if col in ("pair", "activation") else "right")
             for un in e["units"]:
+                if un.get("reason"):
+                    u.add_row(f"{un['incoming']} → {un['outgoing']}", un["activation"],
+                              fmt_num(un["units"]), f"[red]{un['reason']}[/red]")
+                    continue
                 u.add_row(
                     f"{un['incoming']} → {un['outgoing']}",
                     un["activation"],
@@ -565,6 +570,10 @@ def _symmetry_table(report: dict[str, Any], out: Console) -> None:
                     )
         for at in e["attention"] or []:
             heads = at.get("head_records") or []
+            if at.get("reason"):
+                out.print(f"attention {at['name']} ({at['layout']}): no per-head analysis: "
+                          f"[red]{at['reason']}[/red]")
+                continue
             out.print(
                 f"attention {at['name']} ({at['layout']}): {fmt_num(at.get('heads'))} heads, "
                 f"dead@{d_tau:g} {fmt_num(_at(at.get('dead'), d_tau, 'dead'))}, identical "
@@ -580,6 +589,8 @@ def _symmetry_table(report: dict[str, Any], out: Console) -> None:
                 f"softmax translation of {sm['layer']}: ‖1ᵀW‖/(√K‖W‖_F) = "
                 f"{fmt_num(sm['translation'])} (Gaussian level {fmt_num(sm['gaussian_level'])})"
             )
+        elif sm:
+            out.print(f"softmax translation of {sm['layer']}: [red]{sm.get('reason')}[/red]")
     seq = report.get("sequence")
     if seq:
         _symmetry_sequence(seq, out)
@@ -630,6 +641,12 @@ _SYM_COLUMNS = [
 ]
 
 
+def _why(record: dict[str, Any]) -> dict[str, Any]:
+    """A symmetry record's own CSV status: ``failed`` with its reason when it has one."""
+    reason = record.get("reason")
+    return {"reason": reason, **({"status": "failed"} if reason else {})}
+
+
 def _symmetry_rows(report: dict[str, Any]) -> tuple[list[str], Iterable[dict[str, Any]]]:
     def rows() -> Iterable[dict[str, Any]]:
         for e in report["checkpoints"]:
@@ -638,7 +655,7 @@ def _symmetry_rows(report: dict[str, Any]) -> tuple[list[str], Iterable[dict[str
                 yield {**base, "reason": e["error"]}
                 continue
             for la in e["layers"]:
-                lb = {**base, "layer": la["name"], "group": "rank", "reason": la.get("reason")}
+                lb = {**base, "layer": la["name"], "group": "rank", **_why(la)}
                 for k in ("sigma_max", "effective_rank", "stable_rank"):
                     yield {**lb, "quantity": k, "value": la.get(k)}
                 for r in la["ranks"] or []:
@@ -654,7 +671,7 @@ def _symmetry_rows(report: dict[str, Any]) -> tuple[list[str], Iterable[dict[str
                     **base,
                     "layer": f"{un['incoming']}->{un['outgoing']}",
                     "group": "units",
-                    "reason": un.get("reason"),
+                    **_why(un),
                 }
                 yield {**ub, "quantity": "units", "value": un["units"]}
                 yield {**ub, "quantity": "independent_units", "value": un["independent_units"]}
@@ -674,7 +691,9 @@ def _symmetry_rows(report: dict[str, Any]) -> tuple[list[str], Iterable[dict[str
                         yield {**ub, "quantity": "pair_k_rank", "tau": r["tau"],
                                "value": r["count"]}
             for at in e["attention"] or []:
-                ab = {**base, "layer": at["name"], "group": "attention", "reason": at.get("reason")}
+                ab = {**base, "layer": at["name"], "group": "attention", **_why(at)}
+                if at.get("reason"):
+                    yield {**ab, "quantity": "heads", "value": at.get("heads")}
                 for d in at.get("dead") or []:
                     yield {**ab, "quantity": "dead_heads", "tau": d["tau"], "value": d["dead"]}
                 for d in at.get("duplicates") or []:
@@ -698,7 +717,7 @@ def _symmetry_rows(report: dict[str, Any]) -> tuple[list[str], Iterable[dict[str
                     "group": "softmax",
                     "quantity": "translation",
                     "value": sm.get("translation"),
-                    "reason": sm.get("reason"),
+                    **_why(sm),
                 }
 
     return _SYM_COLUMNS, rows()

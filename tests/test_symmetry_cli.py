@@ -222,3 +222,27 @@ def test_linear_pair_in_json_table_and_csv(tmp_path: Path) -> None:
     csv = _invoke("symmetry", path, "--activation", "identity", "-f", "csv")
     assert any(f",pair_k_rank,0.01,{rank},ok," in r for r in csv.stdout.splitlines())
     assert _one(tmp_path, sd)["checkpoints"][0]["units"][0]["linear_pair"] is None
+
+
+def test_records_that_could_not_be_analysed_show_their_reason(tmp_path: Path) -> None:
+    """Table and CSV say why: a NaN layer, a zero classifier, heads that do not split."""
+    g = torch.Generator().manual_seed(1)
+    w1 = torch.randn(8, 4, generator=g)
+    w1[0, 0] = float("nan")
+    sd = {"fc1.weight": w1, "fc1.bias": torch.zeros(8), "fc2.weight": torch.zeros(3, 8),
+          "fc2.bias": torch.zeros(3)}
+    for n, rows in (("q", 16), ("k", 16), ("v", 16), ("o", 16)):
+        sd[f"attn.{n}_proj.weight"] = torch.randn(rows, 16, generator=g)
+    path = tmp_path / "m.safetensors"
+    save_file(sd, str(path))
+    table = _invoke("symmetry", path, "--heads", "3", "-f", "table")
+    assert table.exit_code == 0, table.output
+    text = table.stdout
+    assert "non-finite weights" in text and "zero matrix" in text
+    assert "softmax translation of fc2: zero matrix" in text
+    assert "no per-head analysis: 16 query rows do not split into 3 heads" in text
+    csv = _invoke("symmetry", path, "--heads", "3", "-f", "csv").stdout.splitlines()
+    assert any(",fc1,rank,sigma_max,,,failed,non-finite weights" in r for r in csv)
+    assert any(",attn,attention,heads,,3,failed,16 query rows do not split" in r for r in csv)
+    assert any(",fc2,rank,sigma_max,,0.0,failed,zero matrix" in r for r in csv)
+    assert any(",fc2,softmax,translation,,,failed,zero matrix" in r for r in csv)
