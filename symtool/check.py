@@ -270,6 +270,22 @@ def resolve(report: Mapping[str, Any], metric: str) -> Resolved:
         if glob or len(hits) == 1:
             return Resolved(level, group, tuple(hits))
         raise ReportError(f"metric {metric!r} is ambiguous: {_listing(dotted(p) for p in hits)}")
+    if not glob:  # records that failed hold no numbers: the schema still knows the metric
+        present = {g for e in checkpoint_entries(report) for g in groups
+                   if layer_entries(report, e, g)}
+        by_schema = {g: hit for g in groups
+                     if g in present and (hit := _schema_hit(report, g, metric))}
+        if len(by_schema) == 1:
+            (group, hit), = by_schema.items()
+            return Resolved("layer", group, (hit,))
+    if len(groups) == 1 and len(layer_groups(report)) > 1:
+        held = [g for g in layer_groups(report) if _hits(universes["layer", g], metric, glob)]
+        if not universes["layer", groups[0]].leaves:
+            raise ReportError(f"this report has no {groups[0]} records, so "
+                              f"{groups[0]}.{metric} is not in it")
+        if held:
+            raise ReportError(f"metric {metric!r} is not in this report's {groups[0]} records "
+                              f"(it is in: {', '.join(held)})")
     every = sorted({s for u in universes.values() for p in u.leaves for s in _suffixes(p)})
     close = difflib.get_close_matches(metric, every, n=6, cutoff=0.6)
     if not close:
@@ -279,6 +295,68 @@ def resolve(report: Mapping[str, Any], metric: str) -> Resolved:
     else:
         hint = "did you mean"
     raise ReportError(f"unknown metric {metric!r} in this report; {hint}: {', '.join(close)}")
+
+
+def _schema_leaves(report: Mapping[str, Any], group: str) -> list[tuple[str, ...]]:
+    """Leaf paths a record of ``group`` can have by the report's schema, ``*`` standing for
+    a list item (a threshold or index): what a record holds when it is fully analysed."""
+    from symtool.schema import load_schema
+
+    version = report.get("schema_version")
+    try:
+        schema = load_schema(report_kind(report), version if isinstance(version, int) else
+                             SCHEMA_VERSION)
+    except ReportError:
+        return []
+    defs = schema.get("$defs", {})
+
+    def walk(node: Any, prefix: tuple[str, ...], depth: int) -> Iterator[tuple[str, ...]]:
+        if not isinstance(node, dict) or depth > 12:
+            return
+        if "$ref" in node:
+            yield from walk(defs.get(node["$ref"].rsplit("/", 1)[-1]), prefix, depth + 1)
+            return
+        for option in node.get("anyOf", []):
+            yield from walk(option, prefix, depth + 1)
+        if isinstance(node.get("properties"), dict):
+            for key, sub in node["properties"].items():
+                yield from walk(sub, (*prefix, key), depth + 1)
+        elif isinstance(node.get("items"), dict):
+            yield from walk(node["items"], (*prefix, "*"), depth + 1)
+        elif "anyOf" not in node and prefix:
+            yield prefix
+
+    group_node = defs.get("checkpoint", {}).get("properties", {}).get(group, {})
+    return sorted(set(walk(group_node.get("items"), (), 0)))
+
+
+_ITEM = r"(-?[0-9][0-9.eE+-]*)"
+"""What a list item's key looks like in a metric path: an index or a threshold."""
+
+
+def _schema_hit(report: Mapping[str, Any], group: str, metric: str) -> Path_ | None:
+    """The path ``metric`` names in ``group`` by the schema alone (see :func:`_schema_leaves`):
+    how a metric of records that all failed still resolves.
+
+    As for reported paths, the metric is a path or a suffix of one; a list item is an index
+    or a threshold. Of several matches the one nearest the record's root is taken (a
+    healthy record has ``lyapunov.lambda_1``, not the optional ``lyapunov.spread.lambda_1``);
+    None when that is not unique.
+    """
+    found: set[Path_] = set()
+    for leaf in _schema_leaves(report, group):
+        parts = [_ITEM if seg == "*" else f"({re.escape(seg)})" for seg in leaf]
+        for start in range(len(parts)):  # the metric may be a suffix of the path
+            if "*" in leaf[:start]:
+                continue
+            m = re.fullmatch(r"\.".join(parts[start:]), metric)
+            if m:
+                found.add((*leaf[:start], *m.groups()))
+    if not found:
+        return None
+    short = min(len(p) for p in found)
+    nearest = [p for p in found if len(p) == short]
+    return nearest[0] if len(nearest) == 1 else None
 
 
 def _listing(names: Iterable[str], most: int = 12) -> str:
@@ -438,7 +516,9 @@ def _evaluate(
         elif layer is not None and not is_ok(layer):
             ok, reason = False, f"layer failed: {entry_error(layer)}"
         elif value is _MISSING:
-            ok, reason = False, f"not reported for this {res.level}"
+            why = layer.get("reason") if isinstance(layer, Mapping) else None
+            ok, reason = False, (f"undefined ({why})" if isinstance(why, str) and why
+                                 else f"not reported for this {res.level}")
         else:
             ok, reason = req.holds(value)
             if reason == "undefined":

@@ -462,3 +462,43 @@ def test_ode_requirements(ode_report: dict) -> None:
     assert [(f.layer, f.metric, f.value) for f in bad.failures] == [
         (layer["name"], "lyapunov.lambda_1", lam)
     ]
+
+
+def _symmetry_report(tmp_path: Path, sd: dict[str, Any], *args: str) -> dict[str, Any]:
+    from safetensors.torch import save_file
+
+    path = tmp_path / "m.safetensors"
+    save_file(sd, str(path))
+    result = _invoke("symmetry", str(path), "-f", "json", *args)
+    assert result.exit_code == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_metrics_of_records_that_all_failed_are_failures_not_unknown(tmp_path: Path) -> None:
+    """A NaN weight leaves the only units record without numbers: 'dead==0' must still be a
+    requirement that fails (exit 1) with the reason, not an unknown metric (exit 2)."""
+    import torch
+
+    w1 = torch.randn(8, 4)
+    w1[0, 0] = float("nan")
+    rep = _symmetry_report(tmp_path, {"fc1.weight": w1, "fc2.weight": torch.randn(3, 8)})
+    (fail,) = ck.check(rep, ["dead == 0"]).failures
+    assert fail.layer == "units/fc1" and fail.metric == "units.dead.0.01.dead"
+    assert fail.reason == "undefined (non-finite weights)"
+    path = _write(tmp_path, rep)
+    assert _invoke("check", str(path), "-r", "dead==0").exit_code == 1
+    # a group the report has no records of at all is a usage error that says so
+    with pytest.raises(ReportError, match="this report has no attention records"):
+        ck.check(rep, ["attention.dead == 0"])
+
+
+def test_units_metric_asked_of_a_report_without_units_says_so(tmp_path: Path) -> None:
+    import torch
+
+    rep = _symmetry_report(tmp_path, {"a.q_proj.weight": torch.randn(8, 8),
+                                      "a.k_proj.weight": torch.randn(8, 8),
+                                      "a.v_proj.weight": torch.randn(8, 8),
+                                      "a.o_proj.weight": torch.randn(8, 8)}, "--heads", "2")
+    assert list(ck.check(rep, ["dead == 0"]).failures) == []  # the heads' dead count
+    with pytest.raises(ReportError, match="has no units records"):
+        ck.check(rep, ["units.dead == 0"])
