@@ -40,7 +40,8 @@ class LyapunovResult:
         kaplan_yorke: Kaplan–Yorke dimension, or ``None`` with ``kaplan_yorke_reason``.
         participation_ratio: ``(Σσ)²/Σσ²`` over eigenvalues ``σ`` of the covariance of the
             hidden output ``h`` after warm-up, or ``None`` with ``participation_reason``.
-        reason: why the run stopped early (non-finite state), else ``None``.
+        reason: why numbers are missing (the run stopped early on a non-finite state, or
+            exponents are −∞), else ``None``.
     """
 
     drive: str
@@ -263,6 +264,11 @@ def lyapunov_result(
     else:
         pr, pr_reason = None, "hidden-state moments overflowed"
     total = None if any(m is None for m in means) else float(sum(means))  # type: ignore[arg-type]
+    missing = sum(m is None for m in means)
+    why = stats.reason
+    if why is None and missing:
+        why = (f"{missing} of {len(means)} exponents are −∞ in some sequence: the tangent "
+               "directions collapsed (the Jacobian product lost rank)")
     return LyapunovResult(
         drive=drive,
         sequences=batch,
@@ -278,4 +284,5 @@ def lyapunov_result(
         kaplan_yorke_reason=ky_reason,
         participation_ratio=pr,
         participation_reason=pr_reason,
+        reason=why,
     )

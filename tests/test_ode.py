@@ -402,6 +402,19 @@ def test_linear_rnn_lyapunov_equals_log_moduli() -> None:
     assert lyap.kaplan_yorke == 0.0 and lyap.total == pytest.approx(sum(expected), abs=1e-6)
 
 
+def test_collapsed_exponents_are_null_with_a_reason() -> None:
+    """A rank-2 linear recurrence: exponents 3..8 are −∞, so null, and the record says why."""
+    w = torch.zeros(8, 8, dtype=F64)
+    w[0, 0], w[1, 1] = 0.9, 0.5
+    settings = OdeSettings(
+        nonlinearity="linear", drive_steps=60, drive_batch=2, warmup=10, jacobian_points=0
+    )
+    lyap = analyze_state_dict(_linear_sd(w), settings).layers[0].lyapunov
+    assert lyap.exponents[:2] == pytest.approx([math.log(0.9), math.log(0.5)], abs=1e-6)
+    assert lyap.exponents[2:] == (None,) * 6 and lyap.total is None
+    assert lyap.reason is not None and "6 of 8 exponents are −∞" in lyap.reason
+
+
 def test_qr_exponents_match_a_slow_reference() -> None:
     mod = MODULES["gru_2l_bi"]()
     _, cells = _cells_of(mod)
