@@ -204,12 +204,19 @@ def kaplan_yorke(
 
 
 def participation_ratio(cov_eigenvalues: Tensor) -> tuple[float | None, str | None]:
-    """``(Σσ)²/Σσ²`` of covariance eigenvalues (negatives from rounding clipped to 0)."""
+    """``(Σσ)²/Σσ²`` of covariance eigenvalues (negatives from rounding clipped to 0).
+
+    Scale-free, so it is computed on ``σ/max σ``: eigenvalues of states that grew large
+    (an expanding recurrence) would overflow ``Σσ²`` otherwise.
+    """
     ev = cov_eigenvalues.to(torch.float64).clamp_min(0.0)
-    den = float((ev**2).sum())
-    if den == 0.0 or not math.isfinite(den):
+    if not bool(torch.isfinite(ev).all()):
+        return None, "hidden-state moments overflowed"
+    top = float(ev.max()) if ev.numel() else 0.0
+    if top == 0.0:
         return None, "hidden states do not vary"
-    return float(ev.sum()) ** 2 / den, None
+    ev = ev / top
+    return float(ev.sum()) ** 2 / float((ev**2).sum()), None
 
 
 def state_participation_ratio(states: Tensor) -> tuple[float | None, str | None]:

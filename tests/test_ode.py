@@ -458,6 +458,17 @@ def test_verdicts_for_damped_and_amplified_recurrence() -> None:
     assert chaotic.verdict.label == "expanding" and chaotic.lyapunov.lambda_1 > 0.1
 
 
+def test_participation_ratio_is_scale_free_up_to_float64_range() -> None:
+    ev = torch.tensor([1.0, 1.0, 2.0], dtype=F64)
+    base, _ = participation_ratio(ev)
+    assert base == pytest.approx(16 / 6)
+    big, why = participation_ratio(ev * 1e300)  # Σσ² alone would overflow
+    assert why is None and big == pytest.approx(base, rel=1e-15)
+    assert participation_ratio(torch.zeros(3, dtype=F64)) == (None, "hidden states do not vary")
+    assert participation_ratio(torch.tensor([1.0, math.inf], dtype=F64))[1] == (
+        "hidden-state moments overflowed")
+
+
 def test_kaplan_yorke_and_participation_ratio() -> None:
     assert kaplan_yorke((0.5, 0.0, -1.0), 3) == (2.5, None)
     assert kaplan_yorke((0.3, -0.1, -0.4), 3)[0] == pytest.approx(2 + 0.2 / 0.4)
