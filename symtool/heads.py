@@ -11,15 +11,18 @@ and the same columns of ``W_o`` (``d_model × d_head``). The pair kernels are
 of ``M`` are ``sqrt(eig K)``: ranks use the same ``σ_k/σ_1 > max(τ, floor)`` rule as a layer,
 with the floor ``max(d_head, columns of M)·eps``. Grouped-query attention (fewer K/V rows)
 maps query head ``h`` to key/value head ``h // (heads / kv_heads)``.
+
+Dead heads compare the norms of the heads' raw parameters; duplicate heads compare what
+each head computes (:func:`head_gram`), so internal reparametrisations do not hide them.
 """
 
 from __future__ import annotations
 
 import torch
 
-from symtool.linalg import all_finite, singular_values
+from symtool.linalg import all_finite, gram, singular_values
 from symtool.symrecords import AttentionRecord, HeadRecord, SymmetrySettings, TauCount
-from symtool.units import dead_counts, duplicate_search
+from symtool.units import dead_counts, duplicates_from_gram
 from symtool.wiring import AttentionSpec
 
 Tensor = torch.Tensor
@@ -38,6 +41,59 @@ def _ranks(m: Tensor, eps: float, taus: tuple[float, ...]) -> tuple[Tensor, list
         ratio = sigma[h] / s1[h]
         out.append([TauCount(t, int((ratio > max(t, floor)).sum())) for t in taus])
     return s1, out
+
+
+def _block_sums(a: Tensor, b: Tensor, heads: int, dh: int) -> Tensor:
+    """``S[h, g] = Σ_{i,j} a[h·dh + i, g·dh + j] · b[h·dh + i, g·dh + j]``."""
+    return (a * b).reshape(heads, dh, heads, dh).sum(dim=(1, 3))
+
+
+def _bilinear(a: Tensor, x: Tensor, heads: int, dh: int) -> Tensor:
+    """``S[h, g] = x_hᵀ A_{hg} x_g`` for the ``dh × dh`` blocks ``A_{hg}`` of ``a``."""
+    return torch.einsum("ha,hagb,gb->hg", x, a.reshape(heads, dh, heads, dh), x)
+
+
+def head_gram(
+    qh: Tensor, kh: Tensor, vh: Tensor, oh: Tensor | None, bq: Tensor | None, bv: Tensor | None
+) -> Tensor:
+    """Gram matrix of what each head computes, for the duplicate-head search.
+
+    Head ``h``'s attention logits depend on its weights only through ``W_q,hᵀ W_k,h`` and
+    ``W_k,hᵀ b_q,h`` (the key bias and ``b_qᵀb_k`` shift every logit of a query alike and
+    cancel in the softmax), and its output only through ``W_o,h W_v,h`` and ``W_o,h b_v,h``.
+    These are unchanged by the head's internal symmetries ``W_q → A W_q``, ``W_k → A⁻ᵀ W_k``
+    and ``W_v → B W_v``, ``W_o → W_o B⁻¹`` (rotations, rescalings, sign flips), so heads
+    that compute the same function match whatever parametrisation they ended in. The
+    ``d × d`` products are never formed: ``⟨W_q,hᵀW_k,h, W_q,gᵀW_k,g⟩ = ⟨W_q,h W_q,gᵀ,
+    W_k,h W_k,gᵀ⟩`` sums ``d_head × d_head`` blocks of ``QQᵀ ∘ KKᵀ`` (and likewise for OV),
+    ``O(d·(H·d_head)²)`` work. Without ``W_o`` the raw ``W_v`` rows and ``b_v`` stand in
+    for the OV part.
+
+    Args:
+        qh, kh, vh: ``H × d_head × d`` per-head rows (k, v already expanded to query heads).
+        oh: ``H × d_head × d_out``, head ``h``'s columns of ``W_o`` transposed, or None.
+        bq, bv: ``H × d_head`` query and value biases, or None.
+
+    Returns:
+        ``H × H`` float64 Gram matrix of the heads' invariants.
+    """
+    heads, dh = qh.shape[0], qh.shape[1]
+    qf, kf, vf = (t.reshape(heads * dh, -1).to(torch.float64) for t in (qh, kh, vh))
+    kk, vv = gram(kf.T), gram(vf.T)
+    g = _block_sums(gram(qf.T), kk, heads, dh)
+    if bq is not None:
+        g = g + _bilinear(kk, bq.to(torch.float64), heads, dh)
+    if oh is not None:
+        oo = gram(oh.reshape(heads * dh, -1).to(torch.float64).T)
+        g = g + _block_sums(oo, vv, heads, dh)
+        if bv is not None:
+            g = g + _bilinear(oo, bv.to(torch.float64), heads, dh)
+    else:
+        g = g + vv.reshape(heads, dh, heads, dh).diagonal(dim1=1, dim2=3).sum(-1)
+        if bv is not None:
+            bvf = bv.to(torch.float64)
+            g = g + bvf @ bvf.T
+    return g
 
 
 def _split(w: Tensor, groups: int) -> Tensor:
@@ -113,11 +169,13 @@ def analyse_heads(
         return AttentionRecord(**base, kv_heads=kv, head_dim=dh, reason="all heads are zero")
     dead, nu = dead_counts(norms, None, settings.dead_taus)
     alive = torch.nonzero(nu >= settings.dead_tau).flatten()
-    found = duplicate_search(
-        theta[alive],
+    bq = None if biases[0] is None else biases[0].reshape(heads, dh)
+    bv = None if biases[2] is None else biases[2].reshape(-1, dh)[group]
+    gram = head_gram(qh, kh, vh, oh, bq, bv)
+    found = duplicates_from_gram(
+        gram[alive][:, alive],
         settings.dup_taus,
         settings.dup_tau,
-        block=settings.block,
         max_pairs=settings.max_pairs,
         index=alive.tolist(),
     )

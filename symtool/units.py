@@ -237,10 +237,7 @@ def duplicate_search(
         part = unit[:, cols]
         b32 = (torch.einsum("ij,ij->i", part, part) - half * rel2).float()
     del unit
-    labels = {t: np.arange(n) for t in taus}
-    counts = dict.fromkeys(taus, 0)
-    kept: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
-    kept_n = 0
+    found = _Found(n, taus, float(main_tau), max_pairs)
     for r0 in range(0, n, block):
         r1 = min(n, r0 + block)
         for c0 in range(r0, n, block):
@@ -258,36 +255,84 @@ def duplicate_search(
                 r, c, dd, ff = r[ok], c[ok], dd[ok], ff[ok]
             else:
                 r, c, dd, ff = _block_gram64(x, norms2, r0, r1, c0, c1, sign, tmax)
-            for t in taus:
-                m = dd < t
-                k = int(m.sum())
-                if k:
-                    counts[t] += k
-                    labels[t] = _merge(labels[t], r[m].numpy(), c[m].numpy())
-            m = dd < main_tau
-            if max_pairs and bool(m.any()):
-                kept.append((dd[m], r[m], c[m], ff[m]))
-                kept_n += int(m.sum())
-                if kept_n > 4 * max_pairs:
-                    kept = [_top(kept, max_pairs)]
-                    kept_n = kept[0][0].numel()
-    idx = np.arange(n) if index is None else np.asarray(index, dtype=np.int64)
-    at = []
-    clusters: tuple[tuple[int, ...], ...] = ()
-    for t in sorted(taus, reverse=True):
-        groups = _groups(labels[t], idx)
-        clustered = sum(len(g) for g in groups)
-        at.append(DuplicatesAt(t, counts[t], len(groups), clustered, n - clustered + len(groups)))
-        if t == float(main_tau):
-            clusters = groups
-    pairs: list[UnitPair] = []
-    if kept:
-        d, r, c, f = _top(kept, max_pairs)
-        for di, ri, ci, fi in zip(d.tolist(), r.tolist(), c.tolist(), f.tolist(), strict=True):
-            a, b = sorted((int(idx[ri]), int(idx[ci])))
-            pairs.append(UnitPair(a, b, float(di), bool(fi)))
-    main_count = counts[float(main_tau)]
-    return DuplicateSearch(tuple(at), clusters, tuple(pairs), main_count > len(pairs))
+            found.add(r, c, dd, ff)
+    return found.result(index)
+
+
+class _Found:
+    """Pairs below the thresholds, gathered block by block: counts and single-linkage
+    labels per threshold, and the closest pairs at the main one (at most ``max_pairs``,
+    trimmed as they come so memory stays bounded)."""
+
+    def __init__(self, n: int, taus: Sequence[float], main_tau: float, max_pairs: int) -> None:
+        self.n, self.taus, self.main_tau, self.max_pairs = n, list(taus), main_tau, max_pairs
+        self.labels = {t: np.arange(n) for t in self.taus}
+        self.counts = dict.fromkeys(self.taus, 0)
+        self.kept: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
+        self.kept_n = 0
+
+    def add(self, r: Tensor, c: Tensor, dd: Tensor, ff: Tensor) -> None:
+        """Pairs ``(r, c)`` with distances ``dd`` (flipped ``ff``), all below ``max τ``."""
+        for t in self.taus:
+            m = dd < t
+            k = int(m.sum())
+            if k:
+                self.counts[t] += k
+                self.labels[t] = _merge(self.labels[t], r[m].numpy(), c[m].numpy())
+        m = dd < self.main_tau
+        if self.max_pairs and bool(m.any()):
+            self.kept.append((dd[m], r[m], c[m], ff[m]))
+            self.kept_n += int(m.sum())
+            if self.kept_n > 4 * self.max_pairs:
+                self.kept = [_top(self.kept, self.max_pairs)]
+                self.kept_n = self.kept[0][0].numel()
+
+    def result(self, index: Sequence[int] | None) -> DuplicateSearch:
+        """Counts, clusters and pairs, rows mapped through ``index``."""
+        n = self.n
+        idx = np.arange(n) if index is None else np.asarray(index, dtype=np.int64)
+        at = []
+        clusters: tuple[tuple[int, ...], ...] = ()
+        for t in sorted(self.taus, reverse=True):
+            groups = _groups(self.labels[t], idx)
+            clustered = sum(len(g) for g in groups)
+            at.append(DuplicatesAt(t, self.counts[t], len(groups), clustered,
+                                   n - clustered + len(groups)))
+            if t == self.main_tau:
+                clusters = groups
+        pairs: list[UnitPair] = []
+        if self.kept:
+            d, r, c, f = _top(self.kept, self.max_pairs)
+            for di, ri, ci, fi in zip(d.tolist(), r.tolist(), c.tolist(), f.tolist(),
+                                      strict=True):
+                a, b = sorted((int(idx[ri]), int(idx[ci])))
+                pairs.append(UnitPair(a, b, float(di), bool(fi)))
+        main_count = self.counts[self.main_tau]
+        return DuplicateSearch(tuple(at), clusters, tuple(pairs), main_count > len(pairs))
+
+
+def duplicates_from_gram(
+    gram: Tensor,
+    taus: Sequence[float],
+    main_tau: float,
+    *,
+    max_pairs: int = 1000,
+    index: Sequence[int] | None = None,
+) -> DuplicateSearch:
+    """:func:`duplicate_search` for rows known only through their float64 Gram matrix
+    ``G_ij = ⟨θ_i, θ_j⟩`` (a few rows whose vectors would be large): ``d_ij = 2(G_ii + G_jj −
+    2G_ij)/(G_ii + G_jj)``. Rows with ``G_ii = 0`` are never paired."""
+    g = gram.to(torch.float64)
+    n = g.shape[0]
+    taus = sorted({float(t) for t in taus} | {float(main_tau)})
+    found = _Found(n, taus, float(main_tau), max_pairs)
+    diag = g.diagonal()
+    tot = diag[:, None] + diag[None, :]
+    d = (2.0 * (tot - 2.0 * g) / torch.where(tot > 0, tot, 1.0)).clamp_min(0.0)
+    keep = (tot > 0) & (d < taus[-1]) & torch.ones(n, n, dtype=torch.bool).triu(1)
+    r, c = keep.nonzero(as_tuple=True)
+    found.add(r, c, d[r, c], torch.zeros(r.shape[0], dtype=torch.bool))
+    return found.result(index)
 
 
 def _top(

@@ -142,3 +142,41 @@ def test_head_ranks_reach_the_table_and_csv(tmp_path, fmt):
         line = next(x for x in res.stdout.splitlines() if x.startswith("attention"))
         assert "dead@0.01 1" in line and "identical pairs@0.01 1" in line
         assert "QK ranks@0.01 4, 2, 0, 4" in line
+
+
+def test_head_gram_equals_the_dense_products():
+    from symtool.heads import head_gram
+
+    g = torch.Generator().manual_seed(11)
+    qh, kh, vh = (torch.randn(H, DH, D, generator=g, dtype=torch.float64) for _ in range(3))
+    oh = torch.randn(H, DH, D, generator=g, dtype=torch.float64)
+    bq, bv = torch.randn(H, DH, generator=g, dtype=torch.float64), torch.randn(
+        H, DH, generator=g, dtype=torch.float64)
+    feats = torch.stack([torch.cat([(qh[h].T @ kh[h]).flatten(), kh[h].T @ bq[h],
+                                    (oh[h].T @ vh[h]).flatten(), oh[h].T @ bv[h]])
+                         for h in range(H)])
+    assert torch.allclose(head_gram(qh, kh, vh, oh, bq, bv), feats @ feats.T, rtol=1e-12)
+    raw = torch.stack([torch.cat([(qh[h].T @ kh[h]).flatten(), vh[h].flatten(), bv[h]])
+                       for h in range(H)])
+    assert torch.allclose(head_gram(qh, kh, vh, None, None, bv), raw @ raw.T, rtol=1e-12)
+
+
+def test_heads_equal_up_to_their_internal_symmetries_are_duplicates():
+    """Head 3 computes what head 0 does through Q → AQ, K → A⁻ᵀK, V → BV, O → OB⁻¹ and
+    another key bias; compared as raw parameters they would be far apart."""
+    p = _planted_heads(seed=7)
+    g = torch.Generator().manual_seed(8)
+    a = torch.randn(DH, DH, generator=g) + 3 * torch.eye(DH)
+    b = -torch.randn(DH, DH, generator=g) - 3 * torch.eye(DH)
+    h0, h3 = slice(0, 4), slice(12, 16)
+    p["q"][h3], p["bq"][h3] = a @ p["q"][h0], a @ p["bq"][h0]
+    p["k"][h3] = torch.linalg.inv(a).T @ p["k"][h0]
+    p["bk"][h3] = torch.randn(DH, generator=g)  # cancels in the softmax
+    p["v"][h3], p["bv"][h3] = b @ p["v"][h0], b @ p["bv"][h0]
+    p["o"][:, h3] = p["o"][:, h0] @ torch.linalg.inv(b)
+    (att,) = analyse_symmetry(_separate(p), heads=H).attention
+    assert att.clusters == ((0, 3),)
+    assert att.pairs[0].distance < 1e-9
+    raw = torch.cat([p[n][h0].flatten() for n in "qkv"]), torch.cat(
+        [p[n][h3].flatten() for n in "qkv"])
+    assert float((raw[0] - raw[1]).norm()) > 0.5 * float(raw[0].norm())
