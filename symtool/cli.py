@@ -17,7 +17,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-import click
 import typer
 
 import symtool
@@ -44,11 +43,16 @@ app = typer.Typer(
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+_DEBUG = [False]
+"""Set by the top-level ``--debug`` on every invocation (see :func:`_main`)."""
+
+_CLICK_EXCEPTION = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+"""Click's base exception, found through typer: recent typer vendors its own click, and
+symtool does not depend on the ``click`` package."""
+
+
 def _debug() -> bool:
-    ctx = click.get_current_context(silent=True)
-    root = ctx.find_root() if ctx else None
-    flag = bool(root and isinstance(root.obj, dict) and root.obj.get("debug"))
-    return flag or os.environ.get("SYMTOOL_DEBUG", "") not in ("", "0")
+    return _DEBUG[0] or os.environ.get("SYMTOOL_DEBUG", "") not in ("", "0")
 
 
 def _say(message: str) -> None:
@@ -63,7 +67,7 @@ def command(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> None:
         try:
             code = fn(*args, **kwargs)
-        except (typer.Exit, click.exceptions.Exit, click.ClickException):
+        except (typer.Exit, _CLICK_EXCEPTION):
             raise
         except SymtoolError as exc:
             if _debug():
@@ -116,6 +120,7 @@ def _main(
 ) -> None:
     """symtool: CRH/PAH alignment, parameter symmetries and ODE stability from checkpoints."""
     ctx.obj = {"debug": debug}
+    _DEBUG[0] = debug
     warnings.showwarning = _showwarning
 
 

@@ -102,6 +102,31 @@ def test_bad_input_is_one_line_exit_2(tmp_path: Path, setup, needle: str) -> Non
     assert "Traceback" not in result.output
 
 
+def test_debug_adds_the_traceback_and_only_then(tmp_path: Path) -> None:
+    """README: '--debug adds the traceback'; without it the error stays one line."""
+    missing = str(tmp_path / "missing.safetensors")
+    plain = _invoke("inspect", missing)
+    loud = _invoke("--debug", "inspect", missing)
+    assert plain.exit_code == loud.exit_code == 2
+    assert "Traceback" not in plain.stderr and "Traceback" in loud.stderr
+    assert "Traceback" not in _invoke("inspect", missing).stderr  # the flag does not stick
+
+
+def test_the_cli_does_not_need_the_click_package() -> None:
+    """Recent typer vendors click; symtool must start where the click package is absent."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("typer._click") is None:
+        pytest.skip("this typer uses the click package itself")
+    code = "import sys; sys.modules['click'] = None; from symtool.cli import main; main()"
+    done = subprocess.run([sys.executable, "-c", code, "--version"], capture_output=True,
+                          text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("symtool ")
+
+
 def test_refused_pickle_through_cli(tmp_path: Path) -> None:
     path = tmp_path / "model.pt"
     torch.save({"model": torch.nn.Linear(3, 2)}, path)
