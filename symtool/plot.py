@@ -404,7 +404,9 @@ def _align_pah(fig: Any, report: Mapping[str, Any], options: PlotOptions) -> Non
     axes = fig.subplots(rows, cols, squeeze=False)
     for k, name in enumerate(layers):
         ax = axes[k // cols][k % cols]
-        fits = (_layer(report, entry, name).get("pah") or {}).get("fits") or {}
+        pah = _layer(report, entry, name).get("pah") or {}
+        fits = pah.get("fits") or {}
+        drawn = False
         for fid in _FITS:
             f = fits.get(fid) or {}
             colour = _FIT_COLOURS[fid]
@@ -415,6 +417,7 @@ def _align_pah(fig: Any, report: Mapping[str, Any], options: PlotOptions) -> Non
                     options.matrices, entry.get("step"), name, target, reference, floor=floor
                 )
                 ax.scatter(points[0], points[1], s=9, color=colour, alpha=0.7, linewidths=0)
+                drawn = drawn or bool(len(points[0]))
             kappa, c = f.get("kappa"), f.get("intercept")
             label = _math(fid.replace("~", " ~ ") + "^κ")
             if kappa is None or c is None:
@@ -432,6 +435,16 @@ def _align_pah(fig: Any, report: Mapping[str, Any], options: PlotOptions) -> Non
                 linewidth=1.4,
                 label=f"{label}: κ = {kappa:.2f}, R² = {short(f.get('r2'))}",
             )
+            drawn = True
+        if not drawn:  # nothing positive to put on log axes: say why instead
+            ax.set_xlim(1e-3, 1e1)
+            ax.set_ylim(1e-3, 1e1)
+            why = pah.get("reason") or next(
+                (f.get("reason") for f in fits.values() if isinstance(f, dict) and f.get("reason")),
+                "PAH not in this report (align --no-pah)" if not pah else "no fit",
+            )
+            ax.text(0.5, 0.5, f"no PAH fit:\n{why}", transform=ax.transAxes, ha="center",
+                    va="center", fontsize=8, wrap=True)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.grid(True, which="major", linewidth=0.3, alpha=0.5)

@@ -152,6 +152,26 @@ def test_pah_figure_with_matrices(reports: dict, tmp_path: Path) -> None:
     assert missing.exit_code == 2 and "--matrices" in missing.stderr
 
 
+def test_pah_figure_of_a_report_without_fits_says_why(reports: dict, tmp_path: Path) -> None:
+    """No κ to draw (align --no-pah, or every fit of a layer undefined): the panels say so
+    instead of crashing on empty log axes (it was exit 3)."""
+    import copy
+    import json
+
+    _, report = reports["align"]
+    bare = copy.deepcopy(report)
+    for e in bare["checkpoints"]:
+        for layer in e["layers"]:
+            layer["pah"] = None
+    src = tmp_path / "nopah.json"
+    src.write_text(json.dumps(bare), encoding="utf-8")
+    for kind in ("pah", "all"):
+        out = tmp_path / f"{kind}.png"
+        result = _invoke("plot", str(src), "-o", str(out), "--kind", kind)
+        assert result.exit_code == 0, result.stderr
+        assert out.stat().st_size > 5_000
+
+
 def test_plot_reads_stdin(reports: dict, tmp_path: Path) -> None:
     path, _ = reports["ode"]
     out = tmp_path / "ode.svg"
