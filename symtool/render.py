@@ -125,6 +125,9 @@ def _layer_rows(
                 yield {**row, "reason": layer["reason"]}, None
             else:
                 yield row, layer
+        for sk in e.get("skipped_layers") or []:  # align: layers not captured, and why
+            row = {c: sk.get(k) for c, k in fields.items()}
+            yield {**base, **row, "status": "skipped", "reason": sk.get("reason")}, None
 
 
 def _heading(e: dict[str, Any], out: Console) -> str | None:
@@ -225,6 +228,7 @@ def _align_table(report: dict[str, Any], out: Console) -> None:
             rels = layer["relations"]
             t.add_row(layer["name"], shape, *(_alpha_cell(rels.get(r)) for r in _REL_IDS))
         out.print(t)
+        _undefined_notes(e, out)
         _pah_table(e, out)
         for sk in e.get("skipped_layers") or []:
             out.print(f"  skipped {sk['name']}: {sk['reason']}")
@@ -256,6 +260,25 @@ def _align_trend(report: dict[str, Any], out: Console) -> None:
             cells.append(f"{fmt_num(mean)} ({holds}/{len(ok)})")
         t.add_row(fmt_num(e["step"]), *cells)
     out.print(t)
+
+
+def _notes(out: Console, notes: dict[tuple[str, str], list[str]]) -> None:
+    """Print ``layer L: a, b undefined: reason`` lines, one per (layer, reason)."""
+    for (layer, reason), what in notes.items():
+        out.print(f"  [dim]layer {layer}: {', '.join(what)} undefined: {reason}[/dim]")
+
+
+def _undefined_notes(e: dict[str, Any], out: Console) -> None:
+    """Why the table's dashes are dashes: the reasons of undefined α."""
+    notes: dict[tuple[str, str], list[str]] = {}
+    for layer in e["layers"]:
+        if layer["status"] != "ok":
+            continue
+        for rid in _REL_IDS:
+            rel = (layer.get("relations") or {}).get(rid) or {}
+            if rel.get("alpha") is None and rel.get("reason"):
+                notes.setdefault((layer["name"], rel["reason"]), []).append(f"α({rid})")
+    _notes(out, notes)
 
 
 def _pah_table(e: dict[str, Any], out: Console) -> None:
@@ -290,6 +313,19 @@ def _pah_table(e: dict[str, Any], out: Console) -> None:
         )
         t.add_row(layer["name"], *cells)
     out.print(t)
+    notes: dict[tuple[str, str], list[str]] = {}
+    for layer in rows:
+        p = layer["pah"]
+        for k in keys:
+            f = p["fits"].get(k) or {}
+            if f.get("kappa") is None and f.get("reason"):
+                notes.setdefault((layer["name"], f["reason"]), []).append(f"κ({k})")
+        c, ph = p.get("consistency") or {}, p.get("phase") or {}
+        if (c.get("h_shift") is None or c.get("g_shift") is None) and c.get("reason"):
+            notes.setdefault((layer["name"], c["reason"]), []).append("Δκ")
+        if not ph.get("name") and ph.get("reason"):
+            notes.setdefault((layer["name"], ph["reason"]), []).append("phase")
+    _notes(out, notes)
 
 
 _ALIGN_COLUMNS = [
@@ -336,7 +372,8 @@ def _align_rows(report: dict[str, Any]) -> tuple[list[str], Iterable[dict[str, A
             v = layer.get("verify")
             if v:
                 for key in ("h_b_error", "g_a_error"):
-                    yield {**lb, "metric": "verify", "quantity": key, "value": v.get(key)}
+                    yield {**lb, "metric": "verify", "quantity": key, "value": v.get(key),
+                           "reason": v.get("reason")}
             p = layer.get("pah")
             if p:
                 for fid, f in p["fits"].items():
@@ -360,13 +397,15 @@ def _align_rows(report: dict[str, Any]) -> tuple[list[str], Iterable[dict[str, A
                         }
                 c = p.get("consistency") or {}
                 for key in ("h_shift", "g_shift"):
-                    yield {**lb, "metric": "consistency", "quantity": key, "value": c.get(key)}
+                    yield {**lb, "metric": "consistency", "quantity": key, "value": c.get(key),
+                           "reason": c.get("reason")}
                 ph = p.get("phase") or {}
                 yield {
                     **lb,
                     "metric": "phase_distance",
-                    "quantity": ph.get("name"),
+                    "quantity": ph.get("name") or "phase",
                     "value": ph.get("distance"),
+                    "reason": ph.get("reason"),
                 }
 
     return _ALIGN_COLUMNS, rows()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import shutil
 from pathlib import Path
@@ -270,3 +272,38 @@ def test_max_memory_skips_a_layer_too_big_alone_and_resume_may_change_it(
     assert resumed["provenance"]["settings"]["max_memory"] == 1e-5
     bad = _align(run_dir, "--max-memory", "0", "--out", tmp_path / "x.json")
     assert bad.exit_code == 2 and "--max-memory" in bad.stderr
+
+
+def test_table_and_csv_carry_every_reason(run_dir: Path) -> None:
+    """Undefined α, κ, Δκ and phase say why in the table and the CSV; skipped layers are
+    CSV rows too (they were only in the JSON and the table)."""
+    from rich.console import Console
+
+    from symtool.render import TABLES, Sink
+
+    res = _align(run_dir, "--steps", "20", "--max-layer-dim", "9", "-f", "json")
+    assert res.exit_code == 0, res.stderr
+    report = json.loads(res.stdout)
+    (entry,) = report["checkpoints"]
+    assert [s["name"] for s in entry["skipped_layers"]] == ["0", "2"]  # 10 wide > 9
+    layer = next(la for la in entry["layers"] if la["name"] == "4")
+    layer["relations"]["b-RGA"].update(alpha=None, z=None, holds=None, null_mean=None,
+                                       null_std=None, reason="planted: constant matrix")
+    pah = layer["pah"]
+    pah["fits"]["H_b~Z_b"].update(kappa=None, reason="planted: 1 eigenpair kept")
+    pah["consistency"].update(h_shift=None, reason="planted: κ undefined")
+    pah["phase"].update(name=None, distance=None, reason="planted: no phase")
+    console = Console(file=io.StringIO(), width=200, record=True)
+    TABLES[report["schema"]](report, console)
+    table = console.export_text()
+    assert "layer 4: α(b-RGA) undefined: planted: constant matrix" in table
+    assert "layer 4: κ(H_b~Z_b) undefined: planted: 1 eigenpair kept" in table
+    assert "layer 4: Δκ undefined: planted: κ undefined" in table
+    assert "layer 4: phase undefined: planted: no phase" in table
+    rows = list(csv.DictReader(io.StringIO(Sink("csv", None).render(report))))
+    by = {(r["layer"], r["metric"], r["quantity"]): r for r in rows}
+    assert by["4", "consistency", "h_shift"]["reason"] == "planted: κ undefined"
+    assert by["4", "phase_distance", "phase"]["reason"] == "planted: no phase"
+    skipped = [r for r in rows if r["status"] == "skipped"]
+    assert [r["layer"] for r in skipped] == ["0", "2"]
+    assert all("max-layer-dim" in r["reason"] for r in skipped)
