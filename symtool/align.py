@@ -176,7 +176,7 @@ class _Analyzer:
                 kept.append(ref)
                 continue
             self.skipped.append(
-                {"name": ref.name, "reason": f"{why} (its sums would need {need / 2**30:.2f} GiB)"}
+                {"name": ref.name, "reason": f"{why} (its sums would need {need / 2**30:.3g} GiB)"}
             )
         if not kept:
             raise ModelError(
@@ -199,6 +199,9 @@ class _Analyzer:
         n_samples = None
         for i, group in enumerate(self.groups):
             result = self._capture(model, group)
+            if result.n_samples == 0:
+                what = f"probe source {s.source!r}" if s.source else f"probe data {s.data}"
+                raise ProbeError(f"{what} gave no samples: nothing to capture")
             if n_samples is None:
                 n_samples = result.n_samples
             elif result.n_samples != n_samples:

@@ -282,6 +282,19 @@ def _model_args(pairs: list[str] | None, config: RunConfig) -> dict[str, Any]:
     return args
 
 
+def _here(spec: str | None) -> str | None:
+    """A ``file.py:function`` given on the command line, made absolute when the file is in
+    the working directory (as a ``--data FILE`` path is); otherwise left to be resolved
+    against the config file's folder, as values from the file are."""
+    if spec is None or ":" not in spec:
+        return spec
+    file, _, fn = spec.rpartition(":")
+    path = Path(file).expanduser()
+    if file.endswith(".py") and not path.is_absolute() and path.is_file():
+        return f"{path.resolve()}:{fn}"
+    return spec
+
+
 def _data_option(data: str | None, config: RunConfig) -> tuple[Path | None, str | None]:
     """``--data`` is a file, or ``module:function``; else the config's path/source."""
     if data is not None:
@@ -291,7 +304,7 @@ def _data_option(data: str | None, config: RunConfig) -> tuple[Path | None, str 
         ):
             return Path(data), None
         if ":" in data:
-            return None, data
+            return None, _here(data)
         return Path(data), None
     return config.path_value("data", "path"), config.get("data", "source")
 
@@ -429,7 +442,7 @@ def align(
     data_path, source = _data_option(data, config)
     layer_globs = pick(layers, config, "align", "layers", [])
     settings = AlignSettings(
-        factory=pick(model, config, "model", "factory", None),
+        factory=pick(_here(model), config, "model", "factory", None),
         model_args=_model_args(model_arg, config),
         activation=pick(activation, config, "model", "activation", "relu"),
         dtype=dtype,
@@ -441,7 +454,7 @@ def align(
         mask=pick(mask, config, "data", "mask", None),
         samples=pick(samples, config, "data", "samples", None),
         batch_size=pick(batch_size, config, "data", "batch_size", 256),
-        loss=pick(loss, config, "align", "loss", "cross_entropy"),
+        loss=pick(_here(loss), config, "align", "loss", "cross_entropy"),
         moments=pick(moments, config, "align", "moments", "paper"),
         metric=pick(metric, config, "align", "metric", "pearson"),
         null_samples=pick(null_samples, config, "align", "null_samples", 16),
@@ -557,7 +570,7 @@ def ode(
         data=data_path,
         inputs=pick(inputs, config, "data", "inputs", "x"),
         samples=pick(samples, config, "data", "samples", None),
-        factory=pick(model, config, "model", "factory", None),
+        factory=pick(_here(model), config, "model", "factory", None),
         model_args=_model_args(model_arg, config),
         base_dir=config.base_dir,
         trust_pickle=bool(pick(trust_pickle, config, "checkpoints", "trust_pickle", False)),
@@ -684,7 +697,7 @@ def symmetry(
         pairs=_pairs(pair, config),
         heads=pick(heads, config, "symmetry", "heads", None),
         classifier=pick(classifier, config, "symmetry", "classifier", None),
-        factory=pick(model, config, "model", "factory", None),
+        factory=pick(_here(model), config, "model", "factory", None),
         model_args=_model_args(model_arg, config),
         base_dir=config.base_dir,
         trust_pickle=bool(pick(trust_pickle, config, "checkpoints", "trust_pickle", False)),

@@ -78,6 +78,14 @@ KEYS: dict[str, dict[str, tuple[type, ...]]] = {
     "check": {"require": (list, str), "layer": (str,), "step": (str, int)},
 }
 
+#: (section, key) -> the values a string key accepts, checked when the file is read so the
+#: error names the file (the same value from a flag is checked with the flag's name).
+CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("align", "moments"): ("paper", "raw"),
+    ("align", "metric"): ("pearson", "cosine"),
+    ("align", "gemm_dtype"): ("float32", "float64"),
+}
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -149,6 +157,11 @@ def load_config(path: Path) -> RunConfig:
                 raise ConfigError(f"{section}.{key} must be {_type_names(allowed)}", path)
             if not isinstance(value, allowed):
                 raise ConfigError(f"{section}.{key} must be {_type_names(allowed)}", path)
+            choices = CHOICES.get((section, key))
+            if choices is not None and value not in choices:
+                raise ConfigError(
+                    f"{section}.{key} must be {' or '.join(choices)}, got {value!r}", path
+                )
         values[section] = dict(body)
     return RunConfig(path=path, values=values)
 

@@ -307,3 +307,32 @@ def test_table_and_csv_carry_every_reason(run_dir: Path) -> None:
     skipped = [r for r in rows if r["status"] == "skipped"]
     assert [r["layer"] for r in skipped] == ["0", "2"]
     assert all("max-layer-dim" in r["reason"] for r in skipped)
+
+
+def test_a_probe_source_without_samples_is_an_input_error(run_dir: Path, tmp_path: Path) -> None:
+    src = tmp_path / "src.py"
+    src.write_text("def empty():\n    return iter([])\n", encoding="utf-8")
+    res = _invoke("align", run_dir, "--data", f"{src}:empty", "--null-samples", "4",
+                  "--steps", "20")
+    assert res.exit_code == 2
+    assert f"probe source '{src}:empty' gave no samples" in res.stderr
+    assert "never called" not in res.stderr  # it was misread as a model problem
+
+
+def test_relative_source_on_the_command_line_is_taken_from_the_working_directory(
+    run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--data src.py:fn finds src.py in the working directory even when a symtool.toml
+    beside the checkpoints (whose own relative paths use its folder) is in play."""
+    (run_dir / "symtool.toml").write_text("[align]\nnull_samples = 4\n", encoding="utf-8")
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "src.py").write_text(
+        "from safetensors.torch import load_file\n"
+        f"def batches():\n    d = load_file({str(run_dir / 'probe.safetensors')!r})\n"
+        "    yield d['x'], d['y']\n", encoding="utf-8")
+    monkeypatch.chdir(work)
+    res = _invoke("align", run_dir, "--data", "src.py:batches", "--activation", "tanh",
+                  "--steps", "20", "--bootstrap", "10", "-f", "json")
+    assert res.exit_code == 0, res.stderr
+    assert json.loads(res.stdout)["checkpoints"][0]["samples"] == 96

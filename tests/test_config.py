@@ -49,6 +49,8 @@ def test_cli_overrides_file_overrides_default(tmp_path: Path) -> None:
         ("[align]\nnull_samples='many'\n", "align.null_samples must be an integer"),
         ("[align]\nverify=1\n", "align.verify must be true/false"),
         ("[align\n", "invalid TOML"),
+        ("[align]\nmoments='weird'\n", "align.moments must be paper or raw, got 'weird'"),
+        ("[align]\nmetric='l2'\n", "align.metric must be pearson or cosine"),
     ],
 )
 def test_bad_config_names_file_and_key(tmp_path: Path, text: str, needle: str) -> None:
