@@ -441,6 +441,8 @@ def align(
     sink = _sink(fmt, out)
     data_path, source = _data_option(data, config)
     layer_globs = pick(layers, config, "align", "layers", [])
+    # checkpoints first, so an empty folder says "no checkpoints", not "no probe data"
+    ckpts = _checkpoints(paths, config, steps=steps, every=every, last=last)
     settings = AlignSettings(
         factory=pick(_here(model), config, "model", "factory", None),
         model_args=_model_args(model_arg, config),
@@ -472,7 +474,6 @@ def align(
         gemm_dtype=pick(None, config, "align", "gemm_dtype", "float64"),
         base_dir=config.base_dir,
     )
-    ckpts = _checkpoints(paths, config, steps=steps, every=every, last=last)
     world = distributed.from_env(parallel, settings.device)
     try:
         report = _run_with_resume(
