@@ -179,8 +179,11 @@ class _Analyzer:
                 {"name": ref.name, "reason": f"{why} (its sums would need {need / 2**30:.3g} GiB)"}
             )
         if not kept:
+            why = "; ".join(f"{sk['name']}: {sk['reason']}" for sk in self.skipped[:4])
+            more = f"; and {len(self.skipped) - 4} more" if len(self.skipped) > 4 else ""
             raise ModelError(
                 "no layer to analyse (all skipped; see --layers, --max-layer-dim, --max-memory)"
+                + (f": {why}{more}" if why else "")
             )
         self.model, self.layers = model, kept
         self.groups = partition_layers(kept, budget, raw_too=raw_too)
