@@ -144,6 +144,13 @@ def diff_rows(
                 only = "a" if name in by_a else "b"
                 rows.append(_row(label, None, _MISSING, _MISSING) | {"only": only})
                 continue
+            ok_a, ok_b = en.is_ok(by_a[name]), en.is_ok(by_b[name])
+            if not (ok_a and ok_b):  # a failed layer has no numbers: one row with why
+                ta = "ok" if ok_a else f"failed: {en.entry_error(by_a[name])}"
+                tb = "ok" if ok_b else f"failed: {en.entry_error(by_b[name])}"
+                if wanted("status") and not (changed and ta == tb):
+                    rows.append(_row(label, "status", ta, tb))
+                continue
             compare(label, by_a[name], by_b[name])
     return rows
 

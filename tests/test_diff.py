@@ -173,3 +173,15 @@ def test_cli_stdin_and_exit_2(files: tuple[Path, Path], tmp_path: Path) -> None:
     assert missing.exit_code == 2 and "cannot read" in missing.stderr
     step = _invoke("diff", str(a), str(b), "--step-b", "3")
     assert step.exit_code == 2 and "no checkpoint at step 3" in step.stderr
+
+
+def test_a_layer_that_failed_on_one_side_is_one_row_with_the_reason(wd: dict) -> None:
+    b = copy.deepcopy(wd)
+    layer = b["checkpoints"][-1]["layers"][1]
+    layer.update(status="failed", reason="non-finite weights", relations=None,
+                 cross_terms=None, pah=None, rows=None)
+    rep = diff_reports(Side(wd, "a"), Side(b, "b"))
+    rows = [r for r in rep["rows"] if r["layer"] == layer["name"]]
+    assert rows == [{"layer": layer["name"], "metric": "status", "a": "ok",
+                     "b": "failed: non-finite weights", "delta": None, "only": None}]
+    schema.validate(rep)
