@@ -522,7 +522,7 @@ def ode(
         typer.Option("--batch-first/--time-first", help="Sequences are (B, T, d) / (T, B, d)."),
     ] = None,
     nonlinearity: Annotated[
-        str | None, typer.Option("--nonlinearity", help="Of nn.RNN cells: tanh | relu.")
+        str | None, typer.Option("--nonlinearity", help="Of nn.RNN cells: tanh | relu | linear.")
     ] = None,
     lyapunov_k: Annotated[
         int | None, typer.Option("--lyapunov-k", help="Leading Lyapunov exponents to compute.")
