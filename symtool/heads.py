@@ -20,27 +20,12 @@ from __future__ import annotations
 
 import torch
 
-from symtool.linalg import all_finite, gram, singular_values
-from symtool.symrecords import AttentionRecord, HeadRecord, SymmetrySettings, TauCount
-from symtool.units import dead_counts, duplicates_from_gram
+from symtool.linalg import all_finite, gram
+from symtool.symrecords import AttentionRecord, HeadRecord, SymmetrySettings
+from symtool.units import dead_counts, duplicates_from_gram, rank_counts
 from symtool.wiring import AttentionSpec
 
 Tensor = torch.Tensor
-
-
-def _ranks(m: Tensor, eps: float, taus: tuple[float, ...]) -> tuple[Tensor, list[list[TauCount]]]:
-    """Batched ``σ_1`` and ranks at every threshold of ``H × r × c`` matrices."""
-    floor = max(m.shape[1], m.shape[2]) * eps
-    sigma = singular_values(m, cuts=[max(t, floor) for t in taus])
-    s1 = sigma[:, 0]
-    out = []
-    for h in range(m.shape[0]):
-        if s1[h] <= 0:
-            out.append([TauCount(t, 0) for t in taus])
-            continue
-        ratio = sigma[h] / s1[h]
-        out.append([TauCount(t, int((ratio > max(t, floor)).sum())) for t in taus])
-    return s1, out
 
 
 def _block_sums(a: Tensor, b: Tensor, heads: int, dh: int) -> Tensor:
@@ -151,12 +136,12 @@ def analyse_heads(
     group = torch.arange(heads) // (heads // kv)
     qh, kh, vh = _split(q, heads), _split(k, kv)[group], _split(v, kv)[group]
     taus = settings.rank_taus
-    qk_s, qk_r = _ranks(torch.cat([qh, kh], dim=2), eps, taus)
+    qk_s, qk_r = rank_counts(torch.cat([qh, kh], dim=2), eps, taus)
     ov_s, ov_r = None, None
     oh = None
     if o is not None:
         oh = o.T.reshape(heads, dh, o.shape[0])  # row block h of oᵀ = columns of head h
-        ov_s, ov_r = _ranks(torch.cat([vh, oh], dim=2), eps, taus)
+        ov_s, ov_r = rank_counts(torch.cat([vh, oh], dim=2), eps, taus)
     parts = [qh, kh, vh] + ([oh] if oh is not None else [])
     flat = [p.reshape(heads, -1) for p in parts]
     for b, which in zip(biases, (None, group, group), strict=True):
@@ -171,9 +156,9 @@ def analyse_heads(
     alive = torch.nonzero(nu >= settings.dead_tau).flatten()
     bq = None if biases[0] is None else biases[0].reshape(heads, dh)
     bv = None if biases[2] is None else biases[2].reshape(-1, dh)[group]
-    gram = head_gram(qh, kh, vh, oh, bq, bv)
+    invariants = head_gram(qh, kh, vh, oh, bq, bv)
     found = duplicates_from_gram(
-        gram[alive][:, alive],
+        invariants[alive][:, alive],
         settings.dup_taus,
         settings.dup_tau,
         max_pairs=settings.max_pairs,

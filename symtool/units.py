@@ -210,8 +210,8 @@ def duplicate_search(
         max_pairs: most pairs listed.
         index: original index of every row (default ``0..n−1``).
         exact_limit: candidates per block above which a float64 Gram block is used.
-        screen: columns of the first screen (default ``max(64, ⌈p/8⌉)``; all columns when
-            that is at least half of them).
+        screen: columns of the first screen (default: see :func:`screen_columns`; all
+            columns when that is at least half of them).
 
     Returns:
         Counts per threshold, clusters and closest pairs, in original indices.
@@ -419,6 +419,24 @@ def dead_counts(
     return tuple(out), nu
 
 
+def rank_counts(
+    m: Tensor, eps: float, taus: Sequence[float]
+) -> tuple[Tensor, list[list[TauCount]]]:
+    """Batched ``σ_1`` and ranks (``σ_k/σ_1 > max(τ, floor)``) of ``B × r × c`` matrices,
+    with the floor ``max(r, c)·eps`` (attention heads' pair kernels, linear pairs' K)."""
+    floor = max(m.shape[1], m.shape[2]) * eps
+    sigma = singular_values(m, cuts=[max(float(t), floor) for t in taus])
+    s1 = sigma[:, 0]
+    out = []
+    for h in range(m.shape[0]):
+        if s1[h] <= 0:
+            out.append([TauCount(float(t), 0) for t in taus])
+            continue
+        ratio = sigma[h] / s1[h]
+        out.append([TauCount(float(t), int((ratio > max(float(t), floor)).sum())) for t in taus])
+    return s1, out
+
+
 LINEAR = frozenset({"identity", "linear"})
 """Activations under which a unit pair has the full rotation symmetry ``A → RA, B → BRᵀ``."""
 
@@ -442,18 +460,15 @@ def linear_pair(
         2‖BA‖² + ‖BBᵀ‖²``, which cancels when the pair is nearly balanced.
     """
     theta = torch.cat([inc, out], dim=1)
-    floor = max(theta.shape) * eps
-    sigma = singular_values(theta, cuts=[max(float(t), floor) for t in taus])
-    s1 = float(sigma[0]) if sigma.numel() else 0.0
-    ratio = sigma / s1 if s1 > 0 else torch.zeros_like(sigma)
-    ranks = tuple(TauCount(float(t), int((ratio > max(float(t), floor)).sum())) for t in taus)
+    s1, (ranks,) = rank_counts(theta[None], eps, taus)
     imb2 = k2 = 0.0
     for r0 in range(0, inc.shape[0], block):
         aa, bb = inc[r0 : r0 + block] @ inc.T, out[r0 : r0 + block] @ out.T
         imb2 += float((aa - bb).pow(2).sum())
         k2 += float((aa + bb).pow(2).sum())
-    return LinearPairRecord(sigma_max=s1, floor=floor, ranks=ranks,
-                            imbalance_norm=math.sqrt(imb2), k_norm=math.sqrt(k2))
+    return LinearPairRecord(sigma_max=float(s1[0]), floor=max(theta.shape) * eps,
+                            ranks=tuple(ranks), imbalance_norm=math.sqrt(imb2),
+                            k_norm=math.sqrt(k2))
 
 
 def analyse_units(
