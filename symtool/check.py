@@ -516,9 +516,9 @@ def _evaluate(
         elif layer is not None and not is_ok(layer):
             ok, reason = False, f"layer failed: {entry_error(layer)}"
         elif value is _MISSING:
-            why = layer.get("reason") if isinstance(layer, Mapping) else None
-            ok, reason = False, (f"undefined ({why})" if isinstance(why, str) and why
-                                 else f"not reported for this {res.level}")
+            why = _nearest_reason(flat, path) if layer is not None else None
+            ok = False
+            reason = f"undefined ({why})" if why else f"not reported for this {res.level}"
         else:
             ok, reason = req.holds(value)
             if reason == "undefined":

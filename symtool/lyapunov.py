@@ -270,8 +270,8 @@ def lyapunov_result(
         pr, pr_reason = participation_ratio(torch.linalg.eigvalsh((cov + cov.T) / 2))
     else:
         pr, pr_reason = None, "hidden-state moments overflowed"
-    total = None if any(m is None for m in means) else float(sum(means))  # type: ignore[arg-type]
     missing = sum(m is None for m in means)
+    total = None if missing else float(sum(means))  # type: ignore[arg-type]
     why = stats.reason
     if why is None and missing:
         why = (f"{missing} of {len(means)} exponents are −∞ in some sequence: the tangent "

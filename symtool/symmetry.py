@@ -174,8 +174,7 @@ def analyse_rank(
     if reference is not None and reference.reason is None and reference.shape == (m, n):
         ref = {r.tau: r.rank for r in reference.ranks}
     ranks = []
-    for tau in taus:
-        cut = max(float(tau), floor)
+    for tau, cut in zip(taus, cuts, strict=True):
         rank = int((ratio > cut).sum())
         g = gaussian_rank(m, n, cut)
         ranks.append(RankAt(float(tau), rank, floor > tau, g, g - rank,

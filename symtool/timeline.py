@@ -144,9 +144,21 @@ def _modes(layer: str, steps: Sequence[int], recs: Sequence[LayerRank | None]) -
     return out
 
 
-def _law(layer: str, quantity: str, pts: Sequence[tuple[int, float]], drift: float,
-         decay_ratio: float, conserved_tol: float, min_r2: float) -> ImbalanceTrend:
-    """Fit ``log value`` against step over positive ``pts`` and classify the law."""
+def _no_fit(layer: str, points: int, reason: str, quantity: str) -> ImbalanceTrend:
+    return ImbalanceTrend(layer, points, None, None, None, None, None, None, reason=reason,
+                          quantity=quantity)
+
+
+def _law(layer: str, quantity: str, pts: Sequence[tuple[int, float]],
+         drift: Callable[[], float], decay_ratio: float, conserved_tol: float,
+         min_r2: float) -> ImbalanceTrend:
+    """Fit ``log value`` against step and classify the law; no fit with fewer than two
+    points or a zero value. ``drift`` is called only when every value is positive."""
+    if len(pts) < 2:
+        return _no_fit(layer, len(pts), "fewer than 2 checkpoints with imbalances", quantity)
+    if any(v <= 0.0 for _, v in pts):
+        return _no_fit(layer, len(pts), "zero imbalance at some checkpoint (log undefined)",
+                       quantity)
     t = np.array([s for s, _ in pts], dtype=np.float64)
     y = np.log(np.array([v for _, v in pts], dtype=np.float64))
     slope, icpt = np.polyfit(t, y, 1)
@@ -154,13 +166,14 @@ def _law(layer: str, quantity: str, pts: Sequence[tuple[int, float]], drift: flo
     ss_res = float(((y - (slope * t + icpt)) ** 2).sum())
     r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else None
     ratio = pts[-1][1] / pts[0][1]
-    if drift <= conserved_tol:
+    d = drift()
+    if d <= conserved_tol:
         law = "conserved"
     elif slope < 0 and ratio <= decay_ratio and r2 is not None and r2 >= min_r2:
         law = "decaying"
     else:
         law = "neither"
-    return ImbalanceTrend(layer, len(pts), float(slope), float(-slope / 2.0), r2, float(drift),
+    return ImbalanceTrend(layer, len(pts), float(slope), float(-slope / 2.0), r2, float(d),
                           float(ratio), law, quantity=quantity)
 
 
@@ -169,20 +182,16 @@ def _imbalance(layer: str, steps: Sequence[int], recs: Sequence[UnitsRecord | No
     """Fit ``log mean|C|`` against step and classify the law."""
     pts = [(s, r.imbalance) for s, r in zip(steps, recs, strict=True)
            if r is not None and r.imbalance is not None]
-    if len(pts) < 2:
-        return ImbalanceTrend(layer, len(pts), None, None, None, None, None, None,
-                              reason="fewer than 2 checkpoints with imbalances")
     acts = sorted({r.activation for r in recs if r is not None and not r.balanced})
-    if acts:  # theory.md section 5: the law comes from the rescaling symmetry
-        return ImbalanceTrend(layer, len(pts), None, None, None, None, None, None,
-                              reason=f"activation {', '.join(map(str, acts))} has no rescaling "
-                              "symmetry, so the imbalance law does not apply")
-    if any(im.mean_abs <= 0.0 for _, im in pts):
-        return ImbalanceTrend(layer, len(pts), None, None, None, None, None, None,
-                              reason="zero imbalance at some checkpoint (log undefined)")
-    first = pts[0][1]
-    drift = max(max(abs(im.mean - first.mean), abs(im.mean_abs - first.mean_abs))
-                for _, im in pts) / first.mean_abs
+    if len(pts) >= 2 and acts:  # theory.md section 5: the law comes from the rescaling symmetry
+        return _no_fit(layer, len(pts), f"activation {', '.join(map(str, acts))} has no "
+                       "rescaling symmetry, so the imbalance law does not apply", "units")
+
+    def drift() -> float:
+        first = pts[0][1]
+        return max(max(abs(im.mean - first.mean), abs(im.mean_abs - first.mean_abs))
+                   for _, im in pts) / first.mean_abs
+
     return _law(layer, "units", [(s, im.mean_abs) for s, im in pts], drift, decay_ratio,
                 conserved_tol, min_r2)
 
@@ -195,16 +204,9 @@ def _matrix_imbalance(layer: str, steps: Sequence[int], recs: Sequence[UnitsReco
            if r is not None and r.linear_pair is not None]
     if not pts:
         return None
-    if len(pts) < 2:
-        return ImbalanceTrend(layer, len(pts), None, None, None, None, None, None,
-                              reason="fewer than 2 checkpoints with imbalances",
-                              quantity="matrix")
-    if any(v <= 0.0 for _, v in pts):
-        return ImbalanceTrend(layer, len(pts), None, None, None, None, None, None,
-                              reason="zero imbalance at some checkpoint (log undefined)",
-                              quantity="matrix")
-    drift = max(abs(v - pts[0][1]) for _, v in pts) / pts[0][1]
-    return _law(layer, "matrix", pts, drift, decay_ratio, conserved_tol, min_r2)
+    return _law(layer, "matrix", pts,
+                lambda: max(abs(v - pts[0][1]) for _, v in pts) / pts[0][1],
+                decay_ratio, conserved_tol, min_r2)
 
 
 def _collect(ordered: Sequence[tuple[int, SymmetryResult]],
