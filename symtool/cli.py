@@ -267,7 +267,7 @@ def _opt_float(value: float | int | None) -> float | None:
 
 def _model_args(pairs: list[str] | None, config: RunConfig) -> dict[str, Any]:
     """``--model-arg key=value`` (values parsed as TOML scalars) over ``[model.args]``."""
-    import tomllib
+    from symtool.config import tomllib
 
     args = dict(config.get("model", "args", {}) or {})
     for item in pairs or []:
