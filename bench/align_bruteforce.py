@@ -46,10 +46,11 @@ from common import (
     timed,
 )
 
-from symtool import capture as cap
-from symtool import checkpoints as ck
-from symtool import crh, models, probes
-from symtool.align import AlignSettings, run_align
+from symtool.align import capture as cap
+from symtool.align import crh
+from symtool.align.run import AlignSettings, run_align
+from symtool.inputs import checkpoints as ck
+from symtool.inputs import models, probes
 from symtool.linalg import alignment
 
 Tensor = torch.Tensor

@@ -9,8 +9,8 @@ In one process, on the same checkpoints and probe data, it times
   both raw cross moments follow (``Σ g_b h_bᵀ = D Wᵀ``, ``Σ h_a g_aᵀ = Dᵀ W``), and
   ``Σ x̂ x̂ᵀ`` (lower triangle, :func:`symtool.linalg.add_gram_`), ``Σ x̂`` of the normalised rows
   of ``h_a, g_a, h_b, g_b``: the paper recipe), in the same GEMM dtype,
-* (c) symtool's capture alone (:func:`symtool.capture.capture`, hooks + streaming sums),
-* (d) the whole ``align`` (:func:`symtool.align.run_align` with default settings: paper
+* (c) symtool's capture alone (:func:`symtool.align.capture.capture`, hooks + streaming sums),
+* (d) the whole ``align`` (:func:`symtool.align.run.run_align` with default settings: paper
   moments, float64 GEMMs, 16 null rotations, PAH with 200 bootstrap resamples),
 
 and prints medians over repeats and the ratios (c)/(b), (d)/(b), (a)/(b), all measured in
@@ -52,10 +52,11 @@ from common import (
     timed,
 )
 
-from symtool import capture as cap
-from symtool import checkpoints as ck
-from symtool import crh, models, pah, probes
-from symtool.align import AlignSettings, run_align
+from symtool.align import capture as cap
+from symtool.align import crh, pah
+from symtool.align.run import AlignSettings, run_align
+from symtool.inputs import checkpoints as ck
+from symtool.inputs import models, probes
 from symtool.linalg import HaarBank, add_gram_, add_product_, full_from_lower
 
 Tensor = torch.Tensor

@@ -54,7 +54,7 @@ def peak_kib() -> int:
 
 def child(cli_args: list[str]) -> int:
     """Run ``symtool <cli_args>`` here and print ``{"peak_kib": …, "exit": …}`` last."""
-    from symtool.cli import app
+    from symtool.cli.app import app
 
     try:
         code = int(app(cli_args, standalone_mode=False) or 0)  # click returns Exit's code
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def partition_case(root: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
     """Peak RSS of a wide MLP in one pass and with ``--max-memory`` (layer groups)."""
-    from symtool.moments import layer_bytes
+    from symtool.align.moments import layer_bytes
 
     case = mlp_case(args.wide)
     ckpt = make_checkpoints(case, root / "wide", 1)[0]
@@ -174,7 +174,7 @@ def partition_case(root: Path, args: argparse.Namespace) -> list[dict[str, Any]]
     sums = sum(layer_bytes(a, b) for a, b in dims) / 2**20
     print(
         f"# MLP width {args.wide}: sums and finished matrices {sums:.0f} MiB for all layers "
-        f"(symtool.moments.layer_bytes), N = 2048, --null-samples 16 (Haar bank "
+        f"(symtool.align.moments.layer_bytes), N = 2048, --null-samples 16 (Haar bank "
         f"{16 * args.wide**2 * 8 / 2**20:.0f} MiB, held for the run)"
     )
     common = [

@@ -41,7 +41,7 @@ from symtool.linalg import (
     singular_values,
     spectrum,
 )
-from symtool.units import duplicate_search
+from symtool.symmetry.units import duplicate_search
 
 Tensor = torch.Tensor
 

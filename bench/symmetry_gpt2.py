@@ -87,7 +87,7 @@ def gpt2_state_dict(
 
 def run_symtool(path: Path, out: Path, extra: list[str]) -> dict[str, Any]:
     """``symtool symmetry PATH`` through the CLI, in this process; returns the report."""
-    from symtool.cli import app
+    from symtool.cli.app import app
 
     code = app(
         ["symmetry", str(path), "--format", "json", "--out", str(out), *extra],

@@ -1,6 +1,6 @@
 """``python -m symtool``."""
 
-from symtool.cli import main
+from symtool.cli.app import main
 
 if __name__ == "__main__":
     main()

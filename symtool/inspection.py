@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from symtool import checkpoints as ck
 from symtool.errors import SymtoolError
-from symtool.report import SCHEMA_VERSION, provenance
+from symtool.inputs import checkpoints as ck
+from symtool.report.files import SCHEMA_VERSION, provenance
 
 
 def inspect_checkpoints(
@@ -83,8 +83,8 @@ def _dry_run(infos: list[ck.TensorInfo]) -> dict[str, tuple[list[str], list[str]
     (run on shape-only ``meta`` tensors, so no data is loaded)."""
     import torch
 
-    from symtool.recurrent import discover_cells
-    from symtool.wiring import discover
+    from symtool.ode.cells import discover_cells
+    from symtool.symmetry.layout import discover
 
     meta = {}
     for i in infos:

@@ -33,9 +33,9 @@ except ImportError:  # pragma: no cover
 @pytest.fixture(autouse=True)
 def _validate_reports(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every report a test renders or emits through the sink validates against its schema."""
-    from symtool import schema
-    from symtool.render import Sink
-    from symtool.report import dumps
+    from symtool.report import schema
+    from symtool.report.files import dumps
+    from symtool.report.sink import Sink
 
     render, emit = Sink.render, Sink.emit
 

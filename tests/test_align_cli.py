@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from symtool.cli import app
-from symtool.report import VOLATILE_FIELDS
+from symtool.cli.app import app
+from symtool.report.files import VOLATILE_FIELDS
 
 runner = CliRunner()
 
@@ -205,7 +205,7 @@ def test_fixture_runs_with_no_flags(fixtures_dir: Path, tmp_path: Path) -> None:
 
 
 def test_layer_bytes_counts_sums_and_finished_matrices() -> None:
-    from symtool.moments import layer_bytes
+    from symtool.align.moments import layer_bytes
 
     # sums 2a²+2b²+ab, finished 3a²+3b²+ab (H, G, C per side and W), 8 bytes each
     a, b = 6, 10
@@ -214,9 +214,9 @@ def test_layer_bytes_counts_sums_and_finished_matrices() -> None:
 
 
 def test_partition_is_greedy_in_model_order() -> None:
-    from symtool.align import partition_layers
-    from symtool.models import LayerRef
-    from symtool.moments import layer_bytes
+    from symtool.align.moments import layer_bytes
+    from symtool.align.run import partition_layers
+    from symtool.inputs.models import LayerRef
 
     refs = [
         LayerRef(
@@ -279,7 +279,7 @@ def test_table_and_csv_carry_every_reason(run_dir: Path) -> None:
     CSV rows too (they were only in the JSON and the table)."""
     from rich.console import Console
 
-    from symtool.render import TABLES, Sink
+    from symtool.report.sink import TABLES, Sink
 
     res = _align(run_dir, "--steps", "20", "--max-layer-dim", "9", "-f", "json")
     assert res.exit_code == 0, res.stderr

@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import grad, vmap
 
-from symtool.capture import _im2col, capture
+from symtool.align.capture import _im2col, capture
 from symtool.errors import ProbeError
-from symtool.models import select_layers
-from symtool.probes import Batch, cross_entropy_sum, mse_sum
+from symtool.inputs.models import select_layers
+from symtool.inputs.probes import Batch, cross_entropy_sum, mse_sum
 
 Tensor = torch.Tensor
 DT = torch.float64

@@ -13,10 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from symtool import check as ck
-from symtool import entries, schema
-from symtool.cli import app
+from symtool.cli.app import app
 from symtool.errors import ReportError
+from symtool.report import check as ck
+from symtool.report import entries, schema
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()

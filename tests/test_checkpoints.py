@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from symtool import checkpoints as ck
 from symtool.errors import CheckpointError, PickleRefused
+from symtool.inputs import checkpoints as ck
 
 
 def _sd(seed: int = 0) -> dict[str, torch.Tensor]:

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from symtool.cli import app
+from symtool.cli.app import app
 
 runner = CliRunner()
 
@@ -120,7 +120,7 @@ def test_the_cli_does_not_need_the_click_package() -> None:
 
     if importlib.util.find_spec("typer._click") is None:
         pytest.skip("this typer uses the click package itself")
-    code = "import sys; sys.modules['click'] = None; from symtool.cli import main; main()"
+    code = "import sys; sys.modules['click'] = None; from symtool.cli.app import main; main()"
     done = subprocess.run([sys.executable, "-c", code, "--version"], capture_output=True,
                           text=True, check=False)
     assert done.returncode == 0, done.stderr

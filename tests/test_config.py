@@ -62,7 +62,7 @@ def test_bad_config_names_file_and_key(tmp_path: Path, text: str, needle: str) -
 
 
 def test_model_args_parse_toml_scalars_over_the_file() -> None:
-    from symtool.cli import _model_args
+    from symtool.cli.common import parse_model_args as _model_args
 
     cfg = RunConfig(values={"model": {"args": {"depth": 2, "act": "relu"}}})
     got = _model_args(["depth=3", "lr=1e-3", "name=abc", "flag=true"], cfg)

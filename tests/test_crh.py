@@ -1,4 +1,4 @@
-"""Tests for symtool.crh: the six relations, their nulls, cross terms and --verify."""
+"""Tests for symtool.align.crh: the six relations, their nulls, cross terms and --verify."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from symtool.crh import (
+from symtool.align.crh import (
     RELATIONS,
     LayerAlignment,
     Thresholds,
@@ -17,9 +17,9 @@ from symtool.crh import (
     relations,
     verify,
 )
+from symtool.align.moments import LayerMatrices
 from symtool.errors import UsageError
 from symtool.linalg import HaarBank, matrix_power, rotation_null, spectrum
-from symtool.moments import LayerMatrices
 
 F64 = torch.float64
 

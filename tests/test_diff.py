@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from symtool import schema
-from symtool.cli import app
-from symtool.diff import Side, diff_reports
+from symtool.cli.app import app
 from symtool.errors import ReportError
+from symtool.report import schema
+from symtool.report.diff import Side, diff_reports
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()

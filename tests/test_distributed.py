@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from symtool.report import VOLATILE_FIELDS
+from symtool.report.files import VOLATILE_FIELDS
 
 pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available(), reason="torch.distributed is not built in"
@@ -100,7 +100,7 @@ def test_data_parallel_report_equals_one_process(runs: Path) -> None:
 
 
 def test_reports_of_every_process_layout_validate(runs: Path) -> None:
-    from symtool import schema
+    from symtool.report import schema
 
     for name in ("one.json", "data.json", "ckpt.json"):
         schema.validate_text((runs / name).read_text())

@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save
 
-from symtool import checkpoints as ck
 from symtool.errors import CheckpointError, ProbeError
-from symtool.probes import load_probe
+from symtool.inputs import checkpoints as ck
+from symtool.inputs.probes import load_probe
 
 _SD = {"fc.weight": torch.arange(12.0).reshape(3, 4), "fc.bias": torch.ones(3)}
 _SAFETENSORS = save(_SD)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from symtool.symmetry import SymmetrySettings, analyse_symmetry
+from symtool.symmetry.analysis import analyse_symmetry
+from symtool.symmetry.records import SymmetrySettings
 
 D, H, DH = 16, 4, 4
 
@@ -120,7 +121,7 @@ def test_head_ranks_reach_the_table_and_csv(tmp_path, fmt):
     from safetensors.torch import save_file
     from typer.testing import CliRunner
 
-    from symtool.cli import app
+    from symtool.cli.app import app
 
     path = tmp_path / "attn.safetensors"
     save_file(_gpt2(_planted_heads()), str(path))
@@ -145,7 +146,7 @@ def test_head_ranks_reach_the_table_and_csv(tmp_path, fmt):
 
 
 def test_head_gram_equals_the_dense_products():
-    from symtool.heads import head_gram
+    from symtool.symmetry.heads import head_gram
 
     g = torch.Generator().manual_seed(11)
     qh, kh, vh = (torch.randn(H, DH, D, generator=g, dtype=torch.float64) for _ in range(3))

@@ -18,8 +18,8 @@ import torch
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from symtool.cli import app
-from symtool.report import VOLATILE_FIELDS
+from symtool.cli.app import app
+from symtool.report.files import VOLATILE_FIELDS
 
 runner = CliRunner()
 COMMANDS = ("inspect", "align", "ode", "symmetry")
@@ -280,7 +280,7 @@ def test_ctrl_c_leaves_a_valid_partial_report_and_resume_completes_it(
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
-    from symtool import schema
+    from symtool.report import schema
 
     schema.validate_text(part.read_text())  # a valid report after the interruption
     rep = json.loads(part.read_text())
@@ -303,7 +303,7 @@ def test_ctrl_c_leaves_a_valid_partial_report_and_resume_completes_it(
 def test_reports_are_byte_identical_apart_from_volatile_fields(
     fixtures_dir: Path, command: str, fixture: str, extra: list[str]
 ) -> None:
-    from symtool.report import dumps
+    from symtool.report.files import dumps
 
     outs = []
     for _ in range(2):

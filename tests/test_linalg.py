@@ -416,8 +416,8 @@ def test_the_torch_path_gpus_take_gives_the_same_numbers(monkeypatch: pytest.Mon
     """With SciPy switched off, CPU tensors take the ``torch.linalg`` path CUDA tensors always
     take: spectra, c = Vᵀ1, Gram pairs, sums, nulls and a layer's relations must agree."""
     from symtool import linalg as la
-    from symtool.crh import layer_spectra, relations
-    from symtool.moments import LayerAccumulator
+    from symtool.align.crh import layer_spectra, relations
+    from symtool.align.moments import LayerAccumulator
 
     g = torch.Generator().manual_seed(90)
     W = torch.randn(6, 9, generator=g, dtype=torch.float64)

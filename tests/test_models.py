@@ -11,13 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from symtool.errors import ModelError
-from symtool.models import (
-    ACTIVATIONS,
-    build_model,
-    import_object,
-    load_state,
-    select_layers,
-)
+from symtool.inputs.models import ACTIVATIONS, build_model, import_object, load_state, select_layers
 
 DT = torch.float64
 

@@ -9,8 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from symtool.align.moments import VECTORS, LayerAccumulator
 from symtool.errors import AnalysisError
-from symtool.moments import VECTORS, LayerAccumulator
 
 Tensor = torch.Tensor
 DT = torch.float64

@@ -14,21 +14,14 @@ import pytest
 import torch
 
 from symtool.errors import ProbeError, UsageError
-from symtool.linearization import StepSize, gate_diagnostics, read_jacobian, step_size
-from symtool.lyapunov import (
-    kaplan_yorke,
-    participation_ratio,
-    state_participation_ratio,
-    trajectory_pass,
-)
-from symtool.ode import (
+from symtool.ode.analysis import (
     OdeSettings,
     analyze_state_dict,
     analyze_step,
     prepare_sequences,
     verdict,
 )
-from symtool.recurrent import (
+from symtool.ode.cells import (
     cell_gate,
     cell_jacobian,
     cell_step,
@@ -40,6 +33,13 @@ from symtool.recurrent import (
     stacks,
     step_map,
     zero_state,
+)
+from symtool.ode.linearization import StepSize, gate_diagnostics, read_jacobian, step_size
+from symtool.ode.lyapunov import (
+    kaplan_yorke,
+    participation_ratio,
+    state_participation_ratio,
+    trajectory_pass,
 )
 from symtool.stability import (
     imaginary_axis_extent,

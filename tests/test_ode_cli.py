@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from symtool.cli import app
+from symtool.cli.app import app
 
 runner = CliRunner()
 

@@ -1,4 +1,4 @@
-"""Tests for symtool.pah: planted power laws, deep-linear consistency, scan, phases."""
+"""Tests for symtool.align.pah: planted power laws, deep-linear consistency, scan, phases."""
 
 from __future__ import annotations
 
@@ -11,11 +11,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from symtool.crh import layer_spectra
-from symtool.errors import UsageError
-from symtool.linalg import HaarBank, alignment, matrix_power, spectrum
-from symtool.moments import LayerMatrices
-from symtool.pah import (
+from symtool.align.crh import layer_spectra
+from symtool.align.moments import LayerMatrices
+from symtool.align.pah import (
     FITS,
     PHASES,
     SCAN_GRID,
@@ -26,6 +24,8 @@ from symtool.pah import (
     powers,
     scan_alignments,
 )
+from symtool.errors import UsageError
+from symtool.linalg import HaarBank, alignment, matrix_power, spectrum
 
 F64 = torch.float64
 

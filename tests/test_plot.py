@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from symtool import plot, schema
-from symtool.cli import app
+from symtool.cli.app import app
+from symtool.report import figure_parts, figures_align, plot, schema
 
 pytest.importorskip("matplotlib")
 
@@ -106,8 +106,8 @@ def test_all_puts_every_figure_on_one_page(reports: dict, tmp_path: Path) -> Non
 def test_output_is_deterministic(reports: dict, tmp_path: Path, suffix: str) -> None:
     path, report = reports["symmetry"]
     a, b = tmp_path / f"a{suffix}", tmp_path / f"b{suffix}"
-    plot.plot_report(report, a, options=plot.PlotOptions(title=path.name))
-    plot.plot_report(report, b, options=plot.PlotOptions(title=path.name))
+    plot.plot_report(report, a, options=figure_parts.PlotOptions(title=path.name))
+    plot.plot_report(report, b, options=figure_parts.PlotOptions(title=path.name))
     assert a.read_bytes() == b.read_bytes() and a.stat().st_size > 5_000
     if suffix == ".svg":
         text = a.read_text(encoding="utf-8")
@@ -125,7 +125,7 @@ def test_pah_points_are_the_points_the_report_fitted(reports: dict) -> None:
             if fit["kappa"] is None:
                 continue
             target, reference = fid.split("~")
-            z, m = plot.pah_points(
+            z, m = figures_align.pah_points(
                 reports["matrices"], entry["step"], layer["name"], target, reference, floor=floor
             )
             assert len(z) == fit["n_kept"]
@@ -174,7 +174,7 @@ def test_pah_figure_of_a_report_without_fits_says_why(reports: dict, tmp_path: P
     from matplotlib.figure import Figure
 
     fig = Figure()
-    plot._align_pah(fig, bare, plot.PlotOptions())
+    figures_align.align_pah(fig, bare, figure_parts.PlotOptions())
     texts = [t.get_text() for ax in fig.axes for t in ax.texts]
     assert texts and all("PAH not in this report" in t for t in texts)
 
@@ -229,5 +229,5 @@ def test_readme_example_is_shipped() -> None:
 
 
 def test_nan_gaps_for_null_values() -> None:
-    assert math.isnan(plot.as_float(None)) and plot.as_float(2) == 2.0
-    assert math.isnan(plot.as_float(True))
+    assert math.isnan(figure_parts.as_float(None)) and figure_parts.as_float(2) == 2.0
+    assert math.isnan(figure_parts.as_float(True))

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from symtool.errors import ProbeError
-from symtool.probes import (
+from symtool.inputs.probes import (
     LOSSES,
     Batch,
     iter_batches,

@@ -12,11 +12,11 @@ import jsonschema
 import pytest
 from typer.testing import CliRunner
 
-from symtool import schema
-from symtool.cli import app
+from symtool.cli.app import app
 from symtool.errors import ReportError
-from symtool.render import Sink
-from symtool.report import SCHEMA_VERSION, dumps
+from symtool.report import schema
+from symtool.report.files import SCHEMA_VERSION, dumps
+from symtool.report.sink import Sink
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -100,7 +100,7 @@ def test_the_main_kinds_ship_a_schema() -> None:
 def test_schemas_are_package_data() -> None:
     from importlib import resources
 
-    folder = resources.files("symtool") / "schemas"
+    folder = resources.files("symtool.report") / "schemas"
     older = [f"{k}.v{v}.json" for k in schema.available() for v in range(1, SCHEMA_VERSION)]
     assert sorted(p.name for p in folder.iterdir() if p.name.endswith(".json")) == sorted(
         [f"{k}.json" for k in schema.available()] + older

@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from symtool.errors import UsageError
-from symtool.symmetry import (
-    SymmetrySettings,
+from symtool.symmetry.analysis import (
     analyse_rank,
     analyse_symmetry,
     gaussian_rank,
     softmax_translation,
     symmetry_subspaces,
 )
+from symtool.symmetry.records import SymmetrySettings
 
 
 def _planted(m: int, n: int, sigma: list[float], seed: int = 0,

@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from symtool.cli import app
-from symtool.report import VOLATILE_FIELDS
+from symtool.cli.app import app
+from symtool.report.files import VOLATILE_FIELDS
 
 runner = CliRunner()
 

@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from symtool.errors import UsageError
-from symtool.symmetry import SymmetrySettings, analyse_sequence, analyse_symmetry
+from symtool.symmetry.analysis import analyse_symmetry
+from symtool.symmetry.records import SymmetrySettings
+from symtool.symmetry.timeline import analyse_sequence
 
 _G = torch.Generator().manual_seed(0)
 _U, _ = torch.linalg.qr(torch.randn(12, 12, generator=_G, dtype=torch.float64))

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from symtool.symrecords import SymmetrySettings
-from symtool.units import (
+from symtool.symmetry.records import SymmetrySettings
+from symtool.symmetry.units import (
     analyse_units,
     balance,
     duplicate_search,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from symtool.errors import UsageError
-from symtool.wiring import discover, layer_bias, layer_matrix
+from symtool.symmetry.layout import discover, layer_bias, layer_matrix
 
 
 def _mlp_state() -> dict[str, torch.Tensor]:

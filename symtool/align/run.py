@@ -1,0 +1,425 @@
+"""``symtool align``: CRH relations and PAH exponents for every layer of every checkpoint.
+
+The data flow of theory.md sections 1-4: build the model once, load each checkpoint's
+state dict into it, stream the probe data through the capture hooks (one forward and
+one backward per batch), then score each layer's finished matrices with
+:mod:`symtool.align.crh` and fit :mod:`symtool.align.pah` exponents from one ``eigh`` per matrix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from symtool import distributed
+from symtool.align import capture as cap
+from symtool.align import crh, pah
+from symtool.align.moments import layer_bytes
+from symtool.errors import ModelError, ProbeError, UsageError
+from symtool.inputs import checkpoints as ck
+from symtool.inputs import models, probes
+from symtool.linalg import METRICS, HaarBank, all_finite
+from symtool.report.files import to_jsonable
+from symtool.runner import Progress, run_report
+
+RECIPES = ("paper", "raw")
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass(frozen=True)
+class AlignSettings:
+    """Every setting of an ``align`` run; recorded in the report's provenance."""
+
+    factory: str | None = None
+    model_args: dict[str, Any] = field(default_factory=dict)
+    activation: str = "relu"
+    dtype: str | None = None
+    trust_pickle: bool = False
+    data: Path | None = None
+    source: str | None = None
+    inputs: str = "x"
+    targets: str = "y"
+    mask: str | None = None
+    samples: int | None = None
+    batch_size: int = 256
+    loss: str = "cross_entropy"
+    moments: str = "paper"
+    metric: str = "pearson"
+    null_samples: int = 16
+    seed: int = 0
+    layers: tuple[str, ...] = ()
+    verify: bool = False
+    pah: bool = True
+    pah_floor: float = 1e-8
+    bootstrap: int = 200
+    device: str = "cpu"
+    max_layer_dim: int = 8192
+    max_memory: float | None = None
+    alpha_threshold: float = 0.8
+    z_threshold: float = 3.0
+    gemm_dtype: str = "float64"
+    base_dir: Path = field(default_factory=Path.cwd)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.moments not in RECIPES:
+            problems.append(f"--moments must be paper or raw (got {self.moments!r})")
+        if self.metric not in METRICS:
+            problems.append(f"--metric must be pearson or cosine (got {self.metric!r})")
+        if self.gemm_dtype not in DTYPES:
+            problems.append(f"gemm_dtype must be float32 or float64 (got {self.gemm_dtype!r})")
+        if self.dtype is not None and self.dtype not in DTYPES:
+            problems.append(f"--dtype must be float32 or float64 (got {self.dtype!r})")
+        if self.data is None and self.source is None:
+            problems.append(
+                "no probe data: give --data FILE or --data module:function "
+                "(or [data] path/source in symtool.toml)"
+            )
+        for name in ("null_samples", "bootstrap"):
+            if getattr(self, name) < 0:
+                problems.append(f"--{name.replace('_', '-')} must be ≥ 0")
+        for name in ("batch_size", "max_layer_dim"):
+            if getattr(self, name) < 1:
+                problems.append(f"--{name.replace('_', '-')} must be ≥ 1")
+        if self.samples is not None and self.samples < 1:
+            problems.append("--samples must be ≥ 1")
+        if self.max_memory is not None and not self.max_memory > 0:
+            problems.append("--max-memory must be > 0 (GiB)")
+        if not (0 < self.pah_floor < 1):
+            problems.append("--pah-floor must be in (0, 1)")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            problems.append("--device cuda but no CUDA device is available")
+        if problems:
+            raise UsageError("; ".join(problems))
+
+    def public(self) -> dict[str, Any]:
+        """The settings as recorded in reports (paths as given, no machine-local folder)."""
+        d = asdict(self)
+        d.pop("base_dir")
+        d["data"] = None if self.data is None else str(self.data)
+        d["layers"] = list(self.layers)
+        return d
+
+
+class _Probe:
+    """Probe batches, from a file (loaded once) or a user function (called per pass)."""
+
+    def __init__(self, s: AlignSettings) -> None:
+        self.s = s
+        self.data = None
+        if s.data is not None:
+            self.data = probes.load_probe(
+                s.data, inputs=s.inputs, targets=s.targets, mask=s.mask, samples=s.samples
+            )
+
+    def describe(self) -> dict[str, Any]:
+        if self.data is not None:
+            return {
+                "path": str(self.data.path),
+                "sha256": self.data.sha256,
+                "samples": self.data.n,
+                "inputs": self.s.inputs,
+                "targets": self.s.targets,
+            }
+        return {"source": self.s.source, "sha256": None, "samples": self.s.samples}
+
+    def batches(self) -> Iterator[probes.Batch]:
+        if self.data is not None:
+            return probes.iter_batches(self.data, self.s.batch_size)
+        assert self.s.source is not None
+        return probes.source_batches(
+            self.s.source,
+            base_dir=self.s.base_dir,
+            batch_size=self.s.batch_size,
+            samples=self.s.samples,
+        )
+
+
+class _Analyzer:
+    """Per-checkpoint work of ``align``; the model is built once and reused."""
+
+    def __init__(self, s: AlignSettings, probe: _Probe, world: distributed.World) -> None:
+        self.s = s
+        self.probe = probe
+        self.world = world
+        self.loss = probes.resolve_loss(s.loss, base_dir=s.base_dir)
+        self.bank = HaarBank(seed=s.seed, samples=s.null_samples)
+        self.thresholds = crh.Thresholds(s.alpha_threshold, s.z_threshold)
+        self.model: torch.nn.Module | None = None
+        self.layers: list[models.LayerRef] = []
+        self.groups: list[list[models.LayerRef]] = []
+        self.skipped: list[dict[str, str]] = []
+        self.matrices: dict[str, torch.Tensor] = {}
+        self.keep_matrices = False
+
+    def _ensure_model(self, sd: dict[str, torch.Tensor]) -> torch.nn.Module:
+        if self.model is not None:
+            return self.model
+        s = self.s
+        model = models.build_model(
+            s.factory, s.model_args, sd, activation=s.activation, base_dir=s.base_dir
+        )
+        layers, skipped = models.select_layers(model, list(s.layers) or None)
+        kept = []
+        self.skipped = [{"name": k.name, "reason": k.reason} for k in skipped]
+        raw_too = s.verify and s.moments == "paper"
+        budget = None if s.max_memory is None else s.max_memory * 2**30
+        for ref in layers:
+            need = layer_bytes(ref.d_in, ref.d_out, raw_too=raw_too)
+            if max(ref.d_in, ref.d_out) > s.max_layer_dim:
+                why = f"{ref.d_out}×{ref.d_in} exceeds --max-layer-dim {s.max_layer_dim}"
+            elif budget is not None and need > budget:
+                why = f"{ref.d_out}×{ref.d_in} alone exceeds --max-memory {s.max_memory:g} GiB"
+            else:
+                kept.append(ref)
+                continue
+            self.skipped.append(
+                {"name": ref.name, "reason": f"{why} (its sums would need {need / 2**30:.3g} GiB)"}
+            )
+        if not kept:
+            why = "; ".join(f"{sk['name']}: {sk['reason']}" for sk in self.skipped[:4])
+            more = f"; and {len(self.skipped) - 4} more" if len(self.skipped) > 4 else ""
+            raise ModelError(
+                "no layer to analyse (all skipped; see --layers, --max-layer-dim, --max-memory)"
+                + (f": {why}{more}" if why else "")
+            )
+        self.model, self.layers = model, kept
+        self.groups = partition_layers(kept, budget, raw_too=raw_too)
+        return model
+
+    def __call__(self, c: ck.Checkpoint, loaded: ck.LoadedCheckpoint) -> dict[str, Any]:
+        s = self.s
+        model = self._ensure_model(loaded.tensors)
+        models.load_state(model, loaded.tensors, source=c.path)
+        if s.dtype is not None:
+            model.to(DTYPES[s.dtype])
+        bad_weights = [
+            ref.name for ref in self.layers if not all_finite(ref.module.weight)
+        ]
+        done: dict[str, dict[str, Any]] = {}
+        n_samples = None
+        for i, group in enumerate(self.groups):
+            result = self._capture(model, group)
+            if result.n_samples == 0:
+                what = f"probe source {s.source!r}" if s.source else f"probe data {s.data}"
+                raise ProbeError(f"{what} gave no samples: nothing to capture")
+            if n_samples is None:
+                n_samples = result.n_samples
+            elif result.n_samples != n_samples:
+                raise ProbeError(
+                    f"the probe data gave {n_samples} samples in pass 1 but "
+                    f"{result.n_samples} in pass {i + 1}; --max-memory needs the same data "
+                    "on every pass"
+                )
+            for ref in group:
+                m = result.layers.get(ref.name)
+                if m is None:
+                    why = _why_failed(ref.name, result.failed, bad_weights)
+                    done[ref.name] = _failed_layer(ref, why)
+                    continue
+                done[ref.name] = self._layer(ref, m)
+                if self.keep_matrices:
+                    self._keep(c, ref.name, m)
+            del result  # free this group's sums before the next pass
+        return {
+            "samples": n_samples,
+            "passes": len(self.groups),
+            "layers": [done[ref.name] for ref in self.layers],
+            "skipped_layers": list(self.skipped),
+        }
+
+    def _capture(self, model: torch.nn.Module, group: list[models.LayerRef]) -> cap.CaptureResult:
+        """One pass over the probe data holding the sums of ``group``'s layers only."""
+        s = self.s
+        data_parallel = self.world.active and self.world.mode == "data"
+        batches = self.probe.batches()
+        result = cap.capture(
+            model,
+            group,
+            distributed.shard(batches, self.world) if data_parallel else batches,
+            self.loss,
+            recipe=s.moments,
+            raw_too=s.verify,
+            device=s.device,
+            gemm_dtype=DTYPES[s.gemm_dtype],
+        )
+        if data_parallel:
+            result = cap.all_reduce(result, group, self.world)
+        return result
+
+    def _layer(self, ref: models.LayerRef, m: Any) -> dict[str, Any]:
+        s = self.s
+        spectra = crh.layer_spectra(m, cross=True, metric=s.metric)
+        al = crh.relations(
+            m,
+            spectra=spectra,
+            metric=s.metric,
+            null_samples=s.null_samples,
+            bank=self.bank,
+            thresholds=self.thresholds,
+        )
+        out: dict[str, Any] = {
+            "name": ref.name,
+            "kind": ref.kind,
+            "d_in": ref.d_in,
+            "d_out": ref.d_out,
+            "rows": m.n,
+            "skipped_rows": dict(m.skipped_rows),
+            "status": "ok",
+            "reason": None,
+            "relations": {r.id: _relation(r) for r in al.relations},
+            "cross_terms": {r.id: _relation(r) for r in al.cross},
+            "verify": to_jsonable(crh.verify(m)) if s.verify else None,
+            "pah": None,
+        }
+        if s.pah:
+            pw = pah.powers(
+                m,
+                spectra=spectra,
+                floor=s.pah_floor,
+                bootstrap=s.bootstrap,
+                seed=s.seed,
+                metric=s.metric,
+            )
+            out["pah"] = _pah(pw)
+        return out
+
+    def _keep(self, c: ck.Checkpoint, layer: str, m: Any) -> None:
+        tag = f"step_{c.step}" if c.step is not None else c.name
+        W = m.W
+        mats = {
+            "H_a": m.H_a,
+            "G_a": m.G_a,
+            "H_b": m.H_b,
+            "G_b": m.G_b,
+            "C_a": m.C_a,
+            "C_b": m.C_b,
+            "Z_a": W.T @ W,
+            "Z_b": W @ W.T,
+            "W": W,
+        }
+        for k, v in mats.items():
+            self.matrices[f"{tag}/{layer}/{k}"] = v.detach().to("cpu", torch.float64).contiguous()
+
+
+def partition_layers(
+    layers: list[models.LayerRef], budget: float | None, *, raw_too: bool = False
+) -> list[list[models.LayerRef]]:
+    """Split layers, in model order, into groups whose sums fit ``budget`` bytes together.
+
+    Each group is one pass over the probe data (``--max-memory``); ``None`` is one group.
+    A layer that alone exceeds the budget gets a group of its own (callers skip those).
+    """
+    if budget is None:
+        return [list(layers)] if layers else []
+    groups: list[list[models.LayerRef]] = []
+    used = 0.0
+    for ref in layers:
+        need = layer_bytes(ref.d_in, ref.d_out, raw_too=raw_too)
+        if groups and used + need <= budget:
+            groups[-1].append(ref)
+            used += need
+        else:
+            groups.append([ref])
+            used = need
+    return groups
+
+
+def _why_failed(name: str, failed: dict[str, str], bad_weights: list[str]) -> str:
+    """Why a layer has no matrices, naming the layers with non-finite weights if any."""
+    why = failed.get(name, "no matrices")
+    if name in bad_weights:
+        return f"non-finite weights; {why}"
+    if bad_weights:
+        return f"{why}, propagated from non-finite weights in {', '.join(bad_weights)}"
+    return why
+
+
+def _failed_layer(ref: models.LayerRef, reason: str) -> dict[str, Any]:
+    return {
+        "name": ref.name,
+        "kind": ref.kind,
+        "d_in": ref.d_in,
+        "d_out": ref.d_out,
+        "rows": None,
+        "skipped_rows": None,
+        "status": "failed",
+        "reason": reason,
+        "relations": None,
+        "cross_terms": None,
+        "verify": None,
+        "pah": None,
+    }
+
+
+def _relation(r: crh.Relation) -> dict[str, Any]:
+    d = to_jsonable(r)
+    d.pop("id")
+    return d
+
+
+def _pah(pw: pah.LayerPowers) -> dict[str, Any]:
+    fits = {}
+    for f in pw.fits:
+        d = to_jsonable(f)
+        fits[f"{f.target}~{f.reference}"] = d
+    return {
+        "fits": fits,
+        "consistency": to_jsonable(pw.consistency),
+        "phase": to_jsonable(pw.phase),
+    }
+
+
+def run_align(
+    ckpts: list[ck.Checkpoint],
+    settings: AlignSettings,
+    *,
+    previous: dict[str, Any] | None = None,
+    on_partial: Callable[[dict[str, Any]], None] | None = None,
+    progress: Progress | None = None,
+    save_matrices: Path | None = None,
+    world: distributed.World | None = None,
+) -> dict[str, Any]:
+    """The ``align`` report over a checkpoint sequence (see docs/reports.md).
+
+    Args:
+        ckpts: checkpoints in step order.
+        settings: the run's settings.
+        previous: a partial report to resume from (its finished checkpoints are reused).
+        on_partial: called with the report so far after each checkpoint.
+        progress: progress callback (index, total, name).
+        save_matrices: also keep every layer's matrices, for the caller to save.
+        world: the torch.distributed world (one process when None); only rank 0's return
+            value is the whole report.
+    """
+    world = world or distributed.World()
+    probe = _Probe(settings)
+    analyzer = _Analyzer(settings, probe, world)
+    analyzer.keep_matrices = save_matrices is not None
+    report = run_report(
+        "symtool/align",
+        ckpts,
+        analyzer,
+        settings.public(),
+        trust_pickle=settings.trust_pickle,
+        provenance_extra={"probe": probe.describe()},
+        head_extra={
+            "thresholds": {"alpha": settings.alpha_threshold, "z": settings.z_threshold},
+            "relations": {rid: f"{a} ~ {b}" for rid, a, b, _ in crh.RELATIONS},
+        },
+        previous=previous,
+        on_partial=on_partial,
+        progress=progress,
+        world=world,
+    )
+    if world.active and world.mode == "checkpoints":
+        gathered = distributed.all_gather((report["checkpoints"], analyzer.matrices), world)
+        report["checkpoints"] = distributed.interleave([g[0] for g in gathered], world)
+        for _, mats in gathered:
+            analyzer.matrices.update(mats)
+    report["matrices"] = analyzer.matrices if save_matrices is not None else None
+    return report

@@ -1,0 +1,452 @@
+"""The analysis commands: ``inspect``, ``align``, ``symmetry``, ``ode``.
+
+Each parses its options, merges them with ``symtool.toml`` and the settings' own defaults
+(:func:`symtool.config.resolve`), calls the analysis' ``run_*`` and hands the report to the
+sink. No math and no defaults here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from symtool.cli.common import (
+    ConfigOpt,
+    EveryOpt,
+    FormatOpt,
+    LastOpt,
+    ModelArgOpt,
+    OutOpt,
+    Paths,
+    ResumeOpt,
+    StepsOpt,
+    TrustOpt,
+    checkpoints_from,
+    command,
+    failed_layers,
+    local_spec,
+    output_sink,
+    parse_model_args,
+    report_exit_code,
+    run_with_resume,
+)
+from symtool.config import RunConfig, find_config, pick
+from symtool.errors import UsageError
+
+
+@command
+def inspect(
+    paths: Paths,
+    tensors: Annotated[
+        bool | None,
+        typer.Option(
+            "--tensors/--no-tensors",
+            help="List every tensor of one checkpoint (default: when only one is found).",
+        ),
+    ] = None,
+    config_path: ConfigOpt = None,
+    steps: StepsOpt = None,
+    every: EveryOpt = None,
+    last: LastOpt = None,
+    trust_pickle: TrustOpt = None,
+    fmt: FormatOpt = None,
+    out: OutOpt = None,
+) -> int:
+    """List checkpoints in step order and, for one, every tensor and the analyses it gets."""
+    from symtool.inspection import inspect_checkpoints
+
+    config = find_config(paths, config_path)
+    ckpts = checkpoints_from(paths, config, steps=steps, every=every, last=last)
+    report = inspect_checkpoints(
+        ckpts,
+        tensors=len(ckpts) == 1 if tensors is None else tensors,
+        trust_pickle=bool(pick(trust_pickle, config, "checkpoints", "trust_pickle", False)),
+    )
+    output_sink(fmt, out).emit(report)
+    return report_exit_code(report)
+
+
+def _opt_float(value: float | int | None) -> float | None:
+    """A number from the command line or symtool.toml as float, ``None`` kept."""
+    return None if value is None else float(value)
+
+
+def _data_option(data: str | None, config: RunConfig) -> tuple[Path | None, str | None]:
+    """``--data`` is a file, or ``module:function``; else the config's path/source."""
+    if data is not None:
+        if (
+            Path(data).suffix.lower() in (".safetensors", ".pt", ".pth", ".npz")
+            or Path(data).exists()
+        ):
+            return Path(data), None
+        if ":" in data:
+            return None, local_spec(data)
+        return Path(data), None
+    return config.path_value("data", "path"), config.get("data", "source")
+
+
+@command
+def align(
+    paths: Paths,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model", help="Model factory pkg.module:fn or file.py:fn (default: auto-MLP)."
+        ),
+    ] = None,
+    model_arg: ModelArgOpt = None,
+    activation: Annotated[
+        str | None,
+        typer.Option("--activation", help="Auto-MLP activation (relu, tanh, gelu, ...)."),
+    ] = None,
+    data: Annotated[
+        str | None,
+        typer.Option("--data", help="Probe data (.safetensors/.pt/.npz) or module:function."),
+    ] = None,
+    inputs: Annotated[
+        str | None, typer.Option("--inputs", help="Input key in the probe file.")
+    ] = None,
+    targets: Annotated[str | None, typer.Option("--targets", help="Target key.")] = None,
+    mask: Annotated[str | None, typer.Option("--mask", help="Row-mask key (padding).")] = None,
+    samples: Annotated[
+        int | None, typer.Option("--samples", help="Use the first N samples.")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", help="Samples per batch.")
+    ] = None,
+    loss: Annotated[
+        str | None,
+        typer.Option("--loss", help="cross_entropy | mse | bce | nll | l1 | huber | module:fn."),
+    ] = None,
+    moments: Annotated[
+        str | None, typer.Option("--moments", help="paper (normalised, centred) | raw.")
+    ] = None,
+    metric: Annotated[str | None, typer.Option("--metric", help="pearson | cosine.")] = None,
+    null_samples: Annotated[
+        int | None, typer.Option("--null-samples", help="Haar rotations per null (0: off).")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option("--seed", help="Seed of the null and bootstrap.")
+    ] = None,
+    layers: Annotated[
+        list[str] | None, typer.Option("--layers", help="Glob on layer names (repeatable).")
+    ] = None,
+    verify: Annotated[
+        bool | None,
+        typer.Option("--verify/--no-verify", help="Report errors of H_b=W H_a Wᵀ, G_a=Wᵀ G_b W."),
+    ] = None,
+    pah_on: Annotated[
+        bool | None, typer.Option("--pah/--no-pah", help="Fit PAH exponents (default on).")
+    ] = None,
+    pah_floor: Annotated[
+        float | None, typer.Option("--pah-floor", help="Eigenvalue floor ε of the PAH fit.")
+    ] = None,
+    bootstrap: Annotated[
+        int | None, typer.Option("--bootstrap", help="Bootstrap resamples of the PAH fit.")
+    ] = None,
+    device: Annotated[str | None, typer.Option("--device", help="cpu | cuda.")] = None,
+    dtype: Annotated[
+        str | None, typer.Option("--dtype", help="Run the model in float32 | float64.")
+    ] = None,
+    max_layer_dim: Annotated[
+        int | None, typer.Option("--max-layer-dim", help="Skip layers wider than this.")
+    ] = None,
+    max_memory: Annotated[
+        float | None,
+        typer.Option(
+            "--max-memory",
+            help="GiB of layer sums held at once: layers are split into groups, one pass "
+            "over the probe data each (same results).",
+        ),
+    ] = None,
+    save_matrices: Annotated[
+        Path | None,
+        typer.Option(
+            "--save-matrices", help="Also save H, G, Z, C, W of every layer (.safetensors)."
+        ),
+    ] = None,
+    resume: ResumeOpt = False,
+    parallel: Annotated[
+        str,
+        typer.Option(
+            "--parallel",
+            help="Under torchrun: split the probe data (data) or the checkpoints (checkpoints).",
+        ),
+    ] = "data",
+    config_path: ConfigOpt = None,
+    steps: StepsOpt = None,
+    every: EveryOpt = None,
+    last: LastOpt = None,
+    trust_pickle: TrustOpt = None,
+    fmt: FormatOpt = None,
+    out: OutOpt = None,
+) -> int:
+    """Six CRH relations and PAH exponents per layer, from hooks on probe data."""
+    from symtool import distributed
+    from symtool.align.run import AlignSettings, run_align
+
+    config = find_config(paths, config_path)
+    sink = output_sink(fmt, out)
+    data_path, source = _data_option(data, config)
+    layer_globs = pick(layers, config, "align", "layers", [])
+    # checkpoints first, so an empty folder says "no checkpoints", not "no probe data"
+    ckpts = checkpoints_from(paths, config, steps=steps, every=every, last=last)
+    settings = AlignSettings(
+        factory=pick(local_spec(model), config, "model", "factory", None),
+        model_args=parse_model_args(model_arg, config),
+        activation=pick(activation, config, "model", "activation", "relu"),
+        dtype=dtype,
+        trust_pickle=bool(pick(trust_pickle, config, "checkpoints", "trust_pickle", False)),
+        data=data_path,
+        source=source,
+        inputs=pick(inputs, config, "data", "inputs", "x"),
+        targets=pick(targets, config, "data", "targets", "y"),
+        mask=pick(mask, config, "data", "mask", None),
+        samples=pick(samples, config, "data", "samples", None),
+        batch_size=pick(batch_size, config, "data", "batch_size", 256),
+        loss=pick(local_spec(loss), config, "align", "loss", "cross_entropy"),
+        moments=pick(moments, config, "align", "moments", "paper"),
+        metric=pick(metric, config, "align", "metric", "pearson"),
+        null_samples=pick(null_samples, config, "align", "null_samples", 16),
+        seed=pick(seed, config, "align", "seed", 0),
+        layers=tuple([layer_globs] if isinstance(layer_globs, str) else layer_globs),
+        verify=bool(pick(verify, config, "align", "verify", False)),
+        pah=bool(pick(pah_on, config, "align", "pah", True)),
+        pah_floor=float(pick(pah_floor, config, "align", "pah_floor", 1e-8)),
+        bootstrap=pick(bootstrap, config, "align", "bootstrap", 200),
+        device=pick(device, config, "align", "device", "cpu"),
+        max_layer_dim=pick(max_layer_dim, config, "align", "max_layer_dim", 8192),
+        max_memory=_opt_float(pick(max_memory, config, "align", "max_memory", None)),
+        alpha_threshold=float(pick(None, config, "align", "alpha_threshold", 0.8)),
+        z_threshold=float(pick(None, config, "align", "z_threshold", 3.0)),
+        gemm_dtype=pick(None, config, "align", "gemm_dtype", "float64"),
+        base_dir=config.base_dir,
+    )
+    world = distributed.from_env(parallel, settings.device)
+    try:
+        report = run_with_resume(
+            lambda previous, on_partial, progress: run_align(
+                ckpts,
+                settings,
+                previous=previous,
+                on_partial=on_partial,
+                progress=progress,
+                save_matrices=save_matrices,
+                world=world,
+            ),
+            sink,
+            resume=resume,
+        )
+    finally:
+        if world.active:
+            distributed.finalize()
+    if not world.is_main:
+        return 0
+    matrices = report.pop("matrices", None)
+    if save_matrices is not None and matrices:
+        from symtool.report.files import save_tensors_atomic
+
+        save_tensors_atomic(save_matrices, matrices)
+    sink.emit(report)
+    return report_exit_code(report) or (1 if failed_layers(report) else 0)
+
+
+@command
+def ode(
+    paths: Paths,
+    data: Annotated[
+        str | None, typer.Option("--data", help="Probe sequences (.safetensors/.pt/.npz).")
+    ] = None,
+    inputs: Annotated[str | None, typer.Option("--inputs", help="Sequence key in --data.")] = None,
+    samples: Annotated[
+        int | None, typer.Option("--samples", help="Use the first N sequences.")
+    ] = None,
+    batch_first: Annotated[
+        bool | None,
+        typer.Option("--batch-first/--time-first", help="Sequences are (B, T, d) / (T, B, d)."),
+    ] = None,
+    nonlinearity: Annotated[
+        str | None, typer.Option("--nonlinearity", help="Of nn.RNN cells: tanh | relu | linear.")
+    ] = None,
+    lyapunov_k: Annotated[
+        int | None, typer.Option("--lyapunov-k", help="Leading Lyapunov exponents to compute.")
+    ] = None,
+    warmup: Annotated[
+        int | None, typer.Option("--warmup", help="Steps left out of Lyapunov averages.")
+    ] = None,
+    dt: Annotated[
+        float | None, typer.Option("--dt", help="Step size override for the ODE reading.")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option("--seed", help="Seed of drive and Lyapunov frame.")
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model", help="Custom cell factory with step(state, x), state_size, input_size."
+        ),
+    ] = None,
+    model_arg: ModelArgOpt = None,
+    resume: ResumeOpt = False,
+    config_path: ConfigOpt = None,
+    steps: StepsOpt = None,
+    every: EveryOpt = None,
+    last: LastOpt = None,
+    trust_pickle: TrustOpt = None,
+    fmt: FormatOpt = None,
+    out: OutOpt = None,
+) -> int:
+    """Recurrent cells read as ODE integrators: stability, timescales, Lyapunov exponents."""
+    from symtool.ode.analysis import OdeSettings
+    from symtool.ode.run import OdeRun, run_ode
+
+    config = find_config(paths, config_path)
+    sink = output_sink(fmt, out)
+    data_path = Path(data) if data is not None else config.path_value("data", "path")
+    run = OdeRun(
+        settings=OdeSettings(
+            nonlinearity=pick(nonlinearity, config, "ode", "nonlinearity", "tanh"),
+            batch_first=bool(pick(batch_first, config, "data", "batch_first", False)),
+            lyapunov_k=pick(lyapunov_k, config, "ode", "lyapunov_k", None),
+            warmup=pick(warmup, config, "ode", "warmup", None),
+            dt=pick(dt, config, "ode", "dt", None),
+            seed=pick(seed, config, "ode", "seed", 0),
+        ),
+        data=data_path,
+        inputs=pick(inputs, config, "data", "inputs", "x"),
+        samples=pick(samples, config, "data", "samples", None),
+        factory=pick(local_spec(model), config, "model", "factory", None),
+        model_args=parse_model_args(model_arg, config),
+        base_dir=config.base_dir,
+        trust_pickle=bool(pick(trust_pickle, config, "checkpoints", "trust_pickle", False)),
+    )
+    ckpts = checkpoints_from(paths, config, steps=steps, every=every, last=last)
+    report = run_with_resume(
+        lambda previous, on_partial, progress: run_ode(
+            ckpts, run, previous=previous, on_partial=on_partial, progress=progress
+        ),
+        sink,
+        resume=resume,
+    )
+    sink.emit(report)
+    return report_exit_code(report) or (1 if failed_layers(report) else 0)
+
+
+def _pairs(items: list[str] | None, config: RunConfig) -> tuple[tuple[str, ...], ...] | None:
+    """``--pair IN:OUT[:ACTIVATION]`` (repeatable) over ``[symmetry] pairs``."""
+    raw = items if items else config.get("symmetry", "pairs", None)
+    if not raw:
+        return None
+    out = []
+    for item in raw:
+        parts = tuple(p.strip() for p in str(item).split(":"))
+        if len(parts) not in (2, 3) or not all(parts):
+            raise UsageError(f"--pair expects IN:OUT or IN:OUT:ACTIVATION (got {item!r})")
+        out.append(parts)
+    return tuple(out)
+
+
+@command
+def symmetry(
+    paths: Paths,
+    activation: Annotated[
+        str | None,
+        typer.Option("--activation", help="Hidden units' activation: relu, tanh, gelu, ..."),
+    ] = None,
+    tau_dead: Annotated[
+        float | None, typer.Option("--tau-dead", help="Dead-unit threshold on ‖θ_i‖/max‖θ_j‖.")
+    ] = None,
+    tau_dup: Annotated[
+        float | None, typer.Option("--tau-dup", help="Identical-unit threshold on d_ij.")
+    ] = None,
+    tau_rank: Annotated[
+        float | None, typer.Option("--tau-rank", help="Headline rank threshold on σ_k/σ_1.")
+    ] = None,
+    pair: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--pair", help="Unit pair IN:OUT[:ACTIVATION] (repeatable; replaces inferred)."
+        ),
+    ] = None,
+    heads: Annotated[
+        int | None, typer.Option("--heads", help="Attention heads per block (per-head analysis).")
+    ] = None,
+    all_values: Annotated[
+        bool,
+        typer.Option(
+            "--all-values", help="Also list every singular value and per-unit imbalance."
+        ),
+    ] = False,
+    classifier: Annotated[
+        str | None,
+        typer.Option("--classifier", help="Classifier layer for the softmax symmetry ('' = none)."),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="Factory pkg.module:fn: unit pairs from the module graph."),
+    ] = None,
+    model_arg: ModelArgOpt = None,
+    save_subspaces: Annotated[
+        Path | None,
+        typer.Option(
+            "--save-subspaces",
+            help="Save broken/restored bases (.safetensors; one file per step for sequences).",
+        ),
+    ] = None,
+    resume: ResumeOpt = False,
+    config_path: ConfigOpt = None,
+    steps: StepsOpt = None,
+    every: EveryOpt = None,
+    last: LastOpt = None,
+    trust_pickle: TrustOpt = None,
+    fmt: FormatOpt = None,
+    out: OutOpt = None,
+) -> int:
+    """Broken and restored parameter symmetries from weights alone, and when they changed."""
+    from symtool.symmetry.records import SymmetrySettings
+    from symtool.symmetry.run import SymmetryRun, run_symmetry
+
+    config = find_config(paths, config_path)
+    sink = output_sink(fmt, out)
+    defaults = SymmetrySettings()
+    act = pick(activation, config, "symmetry", "activation", None)
+    settings = SymmetrySettings(
+        activation=act or config.get("model", "activation", "relu"),
+        dead_tau=float(pick(tau_dead, config, "symmetry", "tau_dead", defaults.dead_tau)),
+        dup_tau=float(pick(tau_dup, config, "symmetry", "tau_dup", defaults.dup_tau)),
+        rank_tau=float(pick(tau_rank, config, "symmetry", "tau_rank", defaults.rank_tau)),
+        dead_taus=_with(defaults.dead_taus, pick(tau_dead, config, "symmetry", "tau_dead", None)),
+        dup_taus=_with(defaults.dup_taus, pick(tau_dup, config, "symmetry", "tau_dup", None)),
+        rank_taus=_with(defaults.rank_taus, pick(tau_rank, config, "symmetry", "tau_rank", None)),
+        keep_vectors=all_values,
+    )
+    run = SymmetryRun(
+        settings=settings,
+        pairs=_pairs(pair, config),
+        heads=pick(heads, config, "symmetry", "heads", None),
+        classifier=pick(classifier, config, "symmetry", "classifier", None),
+        factory=pick(local_spec(model), config, "model", "factory", None),
+        model_args=parse_model_args(model_arg, config),
+        base_dir=config.base_dir,
+        trust_pickle=bool(pick(trust_pickle, config, "checkpoints", "trust_pickle", False)),
+        save_subspaces=save_subspaces,
+    )
+    ckpts = checkpoints_from(paths, config, steps=steps, every=every, last=last)
+    report = run_with_resume(
+        lambda previous, on_partial, progress: run_symmetry(
+            ckpts, run, previous=previous, on_partial=on_partial, progress=progress
+        ),
+        sink,
+        resume=resume,
+    )
+    sink.emit(report)
+    return report_exit_code(report)
+
+
+def _with(taus: tuple[float, ...], extra: float | None) -> tuple[float, ...]:
+    """A threshold list that also holds a user's headline threshold and 3× it (hysteresis)."""
+    if extra is None:
+        return taus
+    return tuple(sorted({*taus, float(extra), min(3 * float(extra), 1.0)}, reverse=True))

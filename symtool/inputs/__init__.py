@@ -1,0 +1,2 @@
+"""What symtool reads: checkpoints (:mod:`.checkpoints`), models and their linear maps
+(:mod:`.models`, user code through :mod:`.imports`) and probe data (:mod:`.probes`)."""

@@ -1,0 +1,142 @@
+"""``symtool symmetry`` over a checkpoint sequence: per checkpoint, then the sequence."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from symtool.inputs import checkpoints as ck
+from symtool.inputs import models
+from symtool.report.files import to_jsonable
+from symtool.runner import Progress, done_entries, run_report
+
+# ------------------------------------------------------------------------- symmetry
+
+
+@dataclass(frozen=True)
+class SymmetryRun:
+    """What ``symtool symmetry`` needs: analysis settings, structure hints, outputs."""
+
+    settings: Any = None  # SymmetrySettings; Any keeps this module's import light
+    pairs: tuple[tuple[str, ...], ...] | None = None
+    heads: int | None = None
+    classifier: str | None = None
+    factory: str | None = None
+    model_args: dict[str, Any] = field(default_factory=dict)
+    base_dir: Path = field(default_factory=Path.cwd)
+    trust_pickle: bool = False
+    save_subspaces: Path | None = None
+
+    def public(self) -> dict[str, Any]:
+        """Settings as recorded in the report."""
+        return {
+            **self.settings.to_dict(),
+            "pairs": None if self.pairs is None else [list(p) for p in self.pairs],
+            "heads": self.heads,
+            "classifier": self.classifier,
+            "model": self.factory,
+            "model_args": self.model_args,
+            "trust_pickle": self.trust_pickle,
+        }
+
+
+def subspace_paths(base: Path, ckpts: list[ck.Checkpoint]) -> dict[str, Path]:
+    """Where each checkpoint's subspaces go, one distinct file each.
+
+    One checkpoint: ``FILE`` itself. Several with distinct steps: ``FILE.step_N.safetensors``.
+    Otherwise (a step missing or repeated, e.g. two runs): ``FILE.<i>-<name>.safetensors``
+    with ``i`` the checkpoint's position in the run and ``name`` its file name, so no
+    checkpoint's file overwrites another's.
+    """
+    if len(ckpts) == 1:
+        return {str(ckpts[0].path): base}
+    suffix = base.suffix or ".safetensors"
+    steps = [c.step for c in ckpts]
+    if None not in steps and len(set(steps)) == len(steps):
+        return {str(c.path): base.with_name(f"{base.stem}.step_{c.step}{suffix}") for c in ckpts}
+    width = len(str(len(ckpts) - 1))
+    out = {}
+    for i, c in enumerate(ckpts):
+        name = re.sub(r"[^A-Za-z0-9._-]+", "_", c.path.name.removesuffix(".safetensors"))
+        out[str(c.path)] = base.with_name(f"{base.stem}.{i:0{width}d}-{name}{suffix}")
+    return out
+
+
+def run_symmetry(
+    ckpts: list[ck.Checkpoint],
+    run: SymmetryRun,
+    *,
+    previous: dict[str, Any] | None = None,
+    on_partial: Callable[[dict[str, Any]], None] | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """The ``symmetry`` report: per checkpoint, then the sequence (events, modes, laws)."""
+    from symtool.report.files import from_jsonable, save_tensors_atomic
+    from symtool.symmetry import analysis as sym
+
+    results: dict[str, Any] = {}  # path -> SymmetryResult of finished checkpoints
+    targets = {} if run.save_subspaces is None else subspace_paths(run.save_subspaces, ckpts)
+    first: list[Any] = []
+    pairs_box: list[tuple[tuple[str, ...], ...] | None] = [run.pairs]
+
+    def analyze(c: ck.Checkpoint, loaded: ck.LoadedCheckpoint) -> dict[str, Any]:
+        if run.factory is not None and pairs_box[0] is None:
+            model = models.build_model(
+                run.factory, run.model_args, loaded.tensors, base_dir=run.base_dir
+            )
+            models.load_state(model, loaded.tensors, source=c.path)
+            pairs_box[0] = tuple(models.graph_pairs(model))
+        is_first = c.path == ckpts[0].path
+        result = sym.analyse_symmetry(
+            loaded.tensors,
+            run.settings,
+            pairs=pairs_box[0],
+            heads=run.heads,
+            classifier=run.classifier,
+            reference=None if is_first or not first else first[0],
+        )
+        if is_first:
+            first[:] = [result]
+        results[str(c.path)] = result
+        body = to_jsonable(result)
+        body.pop("settings")  # recorded once, in the provenance
+        if run.save_subspaces is not None:
+            bases = sym.symmetry_subspaces(loaded.tensors, tau=run.settings.rank_tau)
+            target = targets[str(c.path)]
+            save_tensors_atomic(target, {k: v.contiguous() for k, v in bases.items()})
+            body["subspaces"] = str(target)
+        return body
+
+    def revive(entry: dict[str, Any]) -> Any:
+        """A finished entry of a resumed run back into a record for the sequence."""
+        body = {k: entry[k] for k in ("layers", "units", "attention", "softmax", "skipped")}
+        result = from_jsonable(sym.SymmetryResult, {**body, "settings": run.settings.to_dict()})
+        results[entry["path"]] = result
+        return result
+
+    # a resumed run's first checkpoint is the reference for excess nullity
+    head = [e for (p, _), e in done_entries(previous).items() if p == str(ckpts[0].path)]
+    if head:
+        first.append(revive(head[0]))
+    report = run_report(
+        "symtool/symmetry",
+        ckpts,
+        analyze,
+        run.public(),
+        trust_pickle=run.trust_pickle,
+        previous=previous,
+        on_partial=on_partial,
+        progress=progress,
+    )
+    for e in report["checkpoints"]:
+        if e["status"] == "ok" and e["path"] not in results:
+            revive(e)
+    ok = [(e["step"], results[e["path"]]) for e in report["checkpoints"] if e["status"] == "ok"]
+    report["sequence"] = None
+    steps = [s for s, _ in ok]
+    if len(ok) > 1 and None not in steps and len(set(steps)) == len(steps):
+        report["sequence"] = to_jsonable(sym.analyse_sequence(ok))
+    return report
