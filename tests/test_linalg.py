@@ -11,21 +11,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from symtool.errors import AnalysisError, UsageError
-from symtool.linalg import (
+from symtool.align.score import (
     HaarBank,
     alignment,
-    all_finite,
-    eigvalsh,
-    gram,
-    gram_pair,
     haar_orthogonal,
-    matrix_power,
     rotated_alignments,
     rotation_null,
-    spectrum,
-    sym,
 )
+from symtool.errors import AnalysisError, UsageError
+from symtool.linalg import all_finite, eigvalsh, gram, gram_pair, matrix_power, spectrum, sym
 
 
 def _psd(d: int, seed: int, rank: int | None = None) -> torch.Tensor:

@@ -17,18 +17,9 @@ from dataclasses import dataclass
 import torch
 
 from symtool.align.moments import LayerMatrices
+from symtool.align.score import HaarBank, NullStats, alignment, check_metric, rotation_nulls
 from symtool.errors import AnalysisError, UsageError
-from symtool.linalg import (
-    METRICS,
-    HaarBank,
-    NullStats,
-    Spectrum,
-    alignment,
-    all_finite,
-    gram_pair,
-    rotation_nulls,
-    spectrum,
-)
+from symtool.linalg import Spectrum, all_finite, gram_pair, spectrum
 
 Tensor = torch.Tensor
 
@@ -274,8 +265,7 @@ def relations(
         :class:`LayerAlignment`; relations over non-finite or undecomposable matrices are
         recorded as failed with the reason.
     """
-    if metric not in METRICS:
-        raise UsageError(f"unknown alignment metric {metric!r}; choose one of {METRICS}")
+    check_metric(metric)
     if null_samples < 0:
         raise UsageError(f"null samples must be ≥ 0, got {null_samples}")
     thresholds = Thresholds() if thresholds is None else thresholds

@@ -20,8 +20,9 @@ import torch
 
 from symtool.align.crh import LayerSpectra, layer_spectra
 from symtool.align.moments import LayerMatrices
+from symtool.align.score import UNDEFINED_REL, check_metric
 from symtool.errors import UsageError
-from symtool.linalg import METRICS, Spectrum, kept_support
+from symtool.linalg import Spectrum, kept_support
 
 Tensor = torch.Tensor
 
@@ -51,7 +52,6 @@ SCAN_GRID: tuple[float, ...] = tuple(round(-1.0 + 0.05 * i, 2) for i in range(81
 
 _MIN_PAIRS = 3
 _FLAT_LOG_STD = 1e-9
-_UNDEFINED_REL = 1e-12
 
 
 @dataclass(frozen=True)
@@ -195,8 +195,7 @@ def scan_alignments(
     Returns:
         One score per ``k``, ``None`` where undefined.
     """
-    if metric not in METRICS:
-        raise UsageError(f"unknown alignment metric {metric!r}; choose one of {METRICS}")
+    check_metric(metric)
     z = Z.values
     keep = kept_support(z, floor)
     if not bool(keep.any()):
@@ -223,7 +222,7 @@ def scan_alignments(
         num = inner
         den_a2 = norm_a2
         den_b2 = norm_b2
-    tol = _UNDEFINED_REL**2
+    tol = UNDEFINED_REL**2
     out: list[float | None] = []
     a_ok = den_a2 > tol * norm_a2 and den_a2 > 0
     for i in range(len(ks)):
@@ -455,8 +454,7 @@ def powers(
     Returns:
         :class:`LayerPowers`; fits over matrices without a spectrum are failed records.
     """
-    if metric not in METRICS:
-        raise UsageError(f"unknown alignment metric {metric!r}; choose one of {METRICS}")
+    check_metric(metric)
     if spectra is None:
         spectra = layer_spectra(m, cross=False, metric=metric)
     fits = []

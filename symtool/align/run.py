@@ -19,10 +19,11 @@ from symtool import distributed
 from symtool.align import capture as cap
 from symtool.align import crh, pah
 from symtool.align.moments import layer_bytes
+from symtool.align.score import METRICS, HaarBank
 from symtool.errors import ModelError, ProbeError, UsageError
 from symtool.inputs import checkpoints as ck
 from symtool.inputs import models, probes
-from symtool.linalg import METRICS, HaarBank, all_finite
+from symtool.linalg import all_finite
 from symtool.report.files import to_jsonable
 from symtool.runner import Progress, run_report
 
