@@ -101,6 +101,26 @@ class SymmetrySettings:
         """The settings as a JSON-ready dict."""
         return asdict(self)
 
+    @classmethod
+    def threshold_lists(
+        cls, *, dead: float | None = None, dup: float | None = None, rank: float | None = None
+    ) -> dict[str, tuple[float, ...]]:
+        """The default threshold lists with a user's headline thresholds (and 3× each, for
+        the sequence's hysteresis) added; ``None`` leaves a list at its default."""
+        fields = cls.__dataclass_fields__
+
+        def grown(name: str, extra: float | None) -> tuple[float, ...]:
+            taus: tuple[float, ...] = fields[name].default  # type: ignore[assignment]
+            if extra is None:
+                return taus
+            return tuple(sorted({*taus, float(extra), min(3 * float(extra), 1.0)}, reverse=True))
+
+        return {
+            "dead_taus": grown("dead_taus", dead),
+            "dup_taus": grown("dup_taus", dup),
+            "rank_taus": grown("rank_taus", rank),
+        }
+
 
 @dataclass(frozen=True)
 class TauCount:
