@@ -392,7 +392,7 @@ def _values_and_ones(M64: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def gram_pair(W: Tensor) -> tuple[Spectrum, Spectrum]:
-    """Spectra of ``Z_a = WᵀW`` and ``Z_b = WWᵀ`` from one ``eigh`` (theory.md section 1).
+    """Spectra of ``Z_a = WᵀW`` and ``Z_b = WWᵀ`` from one ``eigh`` (docs/theory.md §1).
 
     Both share the non-zero eigenvalues ``σ_i²``; with ``Z_small v_i = σ_i² v_i`` on the
     smaller side, ``u_i = X v_i / σ_i`` (``X = W`` or ``Wᵀ``) are the other side's
@@ -497,7 +497,7 @@ def _canonical_signs(V: Tensor) -> Tensor:
 
 
 def kept_support(values: Tensor, floor: float) -> Tensor:
-    """Mask of the kept entries ``values_i > floor · max values`` (theory.md section 4).
+    """Mask of the kept entries ``values_i > floor · max values`` (docs/theory.md §4).
 
     When the largest value is not above the float64 round-off floor
     ``n · eps · max |values|`` (a negative semidefinite matrix whose zero eigenvalues came
@@ -515,7 +515,7 @@ def kept_support(values: Tensor, floor: float) -> Tensor:
 def matrix_power(s: Spectrum, p: float, *, floor: float = 1e-8) -> Tensor:
     """Fractional power ``Σ_{i kept} z_i^p v_i v_iᵀ`` of a PSD matrix on its kept support.
 
-    Kept eigenpairs have ``z_i > floor · max z`` (theory.md section 4, see
+    Kept eigenpairs have ``z_i > floor · max z`` (docs/theory.md §4, see
     :func:`kept_support`); the rest, including any negative eigenvalues, contribute zero, so
     negative ``p`` is a pseudo-inverse power.
 

@@ -123,8 +123,7 @@ def test_no_import_circle() -> None:
             if t not in GRAPH:
                 continue
             if state.get(t) == 1:
-                cycle = stack[stack.index(t):] + [t]
-                # a package importing its own submodule is not a circle unless back again
+                cycle = [*stack[stack.index(t) :], t]
                 raise AssertionError("import circle: " + " → ".join(cycle))
             if t not in state:
                 visit(t)

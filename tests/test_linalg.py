@@ -351,7 +351,7 @@ def test_gram_pair_of_zero_weight_is_all_null() -> None:
 
 
 def test_null_rotates_the_second_matrix_not_the_first() -> None:
-    # theory.md §3: α(A, Q B Qᵀ), A fixed. For Pearson this is not the law of α(Q A Qᵀ, B)
+    # docs/theory.md §3: α(A, Q B Qᵀ), A fixed. For Pearson this is not the law of α(Q A Qᵀ, B)
     # when A has a large entry mean; the fast path must give the former, sample by sample.
     d = 12
     g = torch.Generator().manual_seed(70)

@@ -1,6 +1,6 @@
 """``symtool align``: CRH relations and PAH exponents for every layer of every checkpoint.
 
-The data flow of theory.md sections 1-4: build the model once, load each checkpoint's
+The data flow of docs/theory.md §1-4: build the model once, load each checkpoint's
 state dict into it, stream the probe data through the capture hooks (one forward and
 one backward per batch), then score each layer's finished matrices with
 :mod:`symtool.align.crh` and fit :mod:`symtool.align.pah` exponents from one ``eigh`` per matrix.

@@ -46,7 +46,7 @@ def check_metric(metric: str) -> None:
 def alignment(
     A: Tensor, B: Tensor, metric: str = "pearson", *, assume_finite: bool = False
 ) -> float | None:
-    """Alignment score ``α(A, B)`` of two same-shape matrices (theory.md section 3).
+    """Alignment score ``α(A, B)`` of two same-shape matrices (docs/theory.md §3).
 
     ``pearson``: correlation of all entries, flattened. ``cosine``: ``⟨A, B⟩_F/(‖A‖_F ‖B‖_F)``.
     Computed in float64 and clipped to ``[-1, 1]``.
@@ -170,7 +170,7 @@ def haar_orthogonal(d: int, k: int, generator: torch.Generator) -> Tensor:
 
 @dataclass(frozen=True)
 class NullStats:
-    """Spectrum-preserving rotation null of one score (theory.md section 3).
+    """Spectrum-preserving rotation null of one score (docs/theory.md §3).
 
     Attributes:
         mean: mean of ``α(A, Q B Qᵀ)`` over the defined samples.
@@ -337,7 +337,7 @@ def rotation_null(
     samples: int | None = None,
     metric: str = "pearson",
 ) -> NullStats:
-    """Null mean, std and z of ``α(A, B)`` under Haar rotations of ``B`` (theory.md section 3):
+    """Null mean, std and z of ``α(A, B)`` under Haar rotations of ``B`` (docs/theory.md §3):
     ``α(A, Q B Qᵀ)``, ``A`` fixed.
 
     Args:
