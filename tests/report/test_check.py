@@ -18,7 +18,7 @@ from symtool.errors import ReportError
 from symtool.report import check as ck
 from symtool.report import entries, schema
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 
 
