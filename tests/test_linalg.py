@@ -26,20 +26,13 @@ from symtool.linalg import (
     spectrum,
     sym,
 )
+from tests.reference import np_cosine, np_pearson
 
 
 def _psd(d: int, seed: int, rank: int | None = None) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     X = torch.randn(d, rank or d, generator=g, dtype=torch.float64)
     return X @ X.T
-
-
-def _np_pearson(A: np.ndarray, B: np.ndarray) -> float:
-    return float(np.corrcoef(A.ravel(), B.ravel())[0, 1])
-
-
-def _np_cosine(A: np.ndarray, B: np.ndarray) -> float:
-    return float((A * B).sum() / (np.linalg.norm(A) * np.linalg.norm(B)))
 
 
 # --- spectrum / sym ---------------------------------------------------------------------
@@ -97,8 +90,8 @@ def test_rayleigh_matches_dense() -> None:
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_alignment_matches_numpy(seed: int) -> None:
     A, B = _psd(7, seed), _psd(7, seed + 10)
-    assert alignment(A, B) == pytest.approx(_np_pearson(A.numpy(), B.numpy()), abs=1e-13)
-    assert alignment(A, B, "cosine") == pytest.approx(_np_cosine(A.numpy(), B.numpy()), abs=1e-13)
+    assert alignment(A, B) == pytest.approx(np_pearson(A.numpy(), B.numpy()), abs=1e-13)
+    assert alignment(A, B, "cosine") == pytest.approx(np_cosine(A.numpy(), B.numpy()), abs=1e-13)
 
 
 def test_alignment_exact_affine_and_antialigned() -> None:
