@@ -232,3 +232,12 @@ def test_sums_from_both_gram_paths_merge(monkeypatch: pytest.MonkeyPatch) -> Non
     assert got.raw is not None and want.raw is not None
     assert rel_err(got.raw["H_a"], want.raw["H_a"]) < 1e-12
     assert torch.equal(got.H_a, got.H_a.T)  # finished matrices are exactly symmetric
+
+
+def test_layer_bytes_counts_sums_and_finished_matrices() -> None:
+    from symtool.align.moments import layer_bytes
+
+    # sums 2a²+2b²+ab, finished 3a²+3b²+ab (H, G, C per side and W), 8 bytes each
+    a, b = 6, 10
+    assert layer_bytes(a, b) == 8 * (5 * (a * a + b * b) + 2 * a * b)
+    assert layer_bytes(a, b, raw_too=True) == layer_bytes(a, b) + 8 * 4 * (a * a + b * b)

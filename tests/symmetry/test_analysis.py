@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 
-from symtool.errors import UsageError
 from symtool.symmetry.analysis import (
     analyse_rank,
     analyse_symmetry,
@@ -188,11 +187,3 @@ def test_non_finite_weights_are_recorded_not_raised():
     assert res.layers[0].reason is None
     assert finite_everywhere(res)
     assert "fc2.in.broken" not in symmetry_subspaces(sd)
-
-
-def test_settings_validate_all_at_once():
-    with pytest.raises(UsageError) as err:
-        SymmetrySettings(rank_taus=(2.0,), dup_tau=0.5, activation="swish", block=0)
-    msg = str(err.value)
-    assert all(s in msg for s in ("rank_taus", "dup_taus", "swish", "block"))
-    assert SymmetrySettings().to_dict()["dead_tau"] == 1e-2
