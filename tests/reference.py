@@ -32,6 +32,12 @@ def random_orthogonal(d: int, seed: int) -> Tensor:
     return torch.linalg.qr(torch.randn(d, d, generator=gen(seed), dtype=F64))[0]
 
 
+def psd(d: int, seed: int, rank: int | None = None) -> Tensor:
+    """``X Xᵀ`` of a ``d × rank`` float64 Gaussian ``X`` (positive semi-definite, that rank)."""
+    X = torch.randn(d, rank or d, generator=gen(seed), dtype=F64)
+    return X @ X.T
+
+
 def with_spectrum(values: Tensor, seed: int) -> Tensor:
     """The symmetric ``Q diag(values) Qᵀ``, ``Q = random_orthogonal(len(values), seed)``."""
     Q = random_orthogonal(values.shape[0], seed)
