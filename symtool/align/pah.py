@@ -22,7 +22,7 @@ from symtool.align.crh import LayerSpectra, layer_spectra
 from symtool.align.moments import LayerMatrices
 from symtool.align.score import UNDEFINED_REL, check_metric
 from symtool.errors import UsageError
-from symtool.linalg import Spectrum, kept_support
+from symtool.linalg import _CLUSTER_REL, Spectrum, kept_support
 
 Tensor = torch.Tensor
 
@@ -70,7 +70,15 @@ class PowerFit:
         n_kept: eigenpairs kept by the floor (``z_i > ε max z`` and ``m_i > ε max m``).
         n_total: eigenpairs in all (``d``).
         agreement: eigenbasis agreement ``Σ m_i² / ‖M‖_F²`` (1 = ``M`` diagonal in ``Z``'s
-            basis; the power law means something only when this is high).
+            basis; the power law means something only when this is high), made
+            basis-independent on degenerate eigenspaces of ``Z`` (numerical null space
+            included) by the eigenspace rule of :func:`_agreement`: the share of ``‖M‖_F²``
+            that is a function of ``Z``.
+        agreement_blocks: the block rule: the share of ``‖M‖_F²`` in the diagonal blocks
+            ``V_Eᵀ M V_E`` of ``Z``'s eigenspaces (off-diagonal parts of a block included;
+            1 = ``M`` commutes with ``Z``). ``≥ agreement``; equal on a non-degenerate
+            spectrum. Before this field existed, ``agreement`` held this number for the null
+            space.
         kappa_star: ``argmax_k α(M, Z^k)`` over :data:`SCAN_GRID` (first maximum on ties).
         alpha_star: ``α(M, Z^κ*)``.
         reason: why a field is ``None`` (or the fit failed), else ``None``.
@@ -88,6 +96,7 @@ class PowerFit:
     n_kept: int
     n_total: int
     agreement: float | None
+    agreement_blocks: float | None
     kappa_star: float | None
     alpha_star: float | None
     reason: str | None = None
@@ -164,6 +173,7 @@ def _failed(target: str, reference: str, side: str, n_total: int, why: str) -> P
         None,
         0,
         n_total,
+        None,
         None,
         None,
         None,
@@ -244,13 +254,56 @@ def _slopes(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     return sxy / torch.where(sxx > 0, sxx, torch.ones_like(sxx)), sxx
 
 
-def _agreement(M: Tensor, Z: Spectrum, floor: float, norm2: float) -> tuple[Tensor, float | None]:
-    """Rayleigh quotients ``m`` of ``M`` in ``Z``'s basis and the eigenbasis agreement
-    ``Σ m_i² / ‖M‖_F²``, with Z's numerical null space (eigenvalues below the floor) taken as
-    one eigenspace: its block ``‖V₀ᵀ M V₀‖_F²`` replaces the Rayleigh quotients there, whose
-    basis round-off alone decides (docs/metrics.md).
+def _clusters(values: Tensor, kept: Tensor) -> list[Tensor]:
+    """Index groups of the kept eigenvalues that form one eigenspace of ``Z``, singletons
+    left out.
 
-    One product ``M V`` gives ``m`` and, when the null space is the bigger part, the block by
+    A cluster is a run of ascending kept eigenvalues within ``1e-9 · max|z|`` of its first
+    one: the tolerance and cut of :func:`symtool.linalg._canonical_ones`, so the agreement
+    and the c-mass rule see the same eigenspaces.
+    """
+    idx = torch.nonzero(kept).flatten()
+    if idx.numel() < 2:
+        return []
+    z = values[idx]
+    tol = _CLUSTER_REL * float(values.abs().max())
+    if not bool((z.diff() <= tol).any()):
+        return []
+    vals = z.tolist()
+    groups: list[Tensor] = []
+    i = 0
+    while i < len(vals):
+        j = i + 1
+        while j < len(vals) and vals[j] - vals[i] <= tol:
+            j += 1
+        if j - i > 1:
+            groups.append(idx[i:j])
+        i = j
+    return groups
+
+
+def _agreement(
+    M: Tensor, Z: Spectrum, floor: float, norm2: float
+) -> tuple[Tensor, float | None, float | None]:
+    """Rayleigh quotients ``m`` of ``M`` in ``Z``'s basis and the two eigenbasis agreements
+    (docs/theory.md §4 step 5, docs/metrics.md).
+
+    The definition ``Σ_i m_i² / ‖M‖_F²`` depends on the basis inside an eigenspace ``E`` of
+    ``Z`` of dimension ``k > 1`` (the numerical null space ``z_i ≤ ε·max z`` is one), where
+    eigenvectors are decided by round-off. Over the orthonormal bases of ``E``,
+    ``Σ_{i∈E} m_i²`` ranges from ``(tr V_Eᵀ M V_E)² / k`` (the basis in which that block's
+    diagonal is constant) to ``‖V_Eᵀ M V_E‖_F²`` (the block's own eigenbasis). Each end is
+    basis-independent and ``m_i²`` itself when ``k = 1``:
+
+    * ``agreement`` takes the low end, ``Σ_E (tr P_E M)² / dim E``: the squared norm of
+      ``M``'s orthogonal projection onto the functions ``f(Z)`` of ``Z`` (1 iff
+      ``M = f(Z)``, which a power law needs), and the definition itself on a non-degenerate
+      spectrum;
+    * ``agreement_blocks`` takes the high end, ``Σ_E ‖P_E M P_E‖_F²`` (1 iff ``M`` commutes
+      with ``Z``); for the null space this is the rule ``agreement`` followed before.
+
+    The traces come from ``m`` (``tr V_Eᵀ M V_E = Σ_{i∈E} m_i``). One product ``M V`` gives
+    ``m`` and the blocks; when the null space is the bigger part its block comes from
     ``‖V₀ᵀMV₀‖² = ‖M‖² − 2‖MV₊‖² + ‖V₊ᵀMV₊‖²`` (``V₊``: kept columns).
     """
     MV = Z.product(M)
@@ -258,19 +311,31 @@ def _agreement(M: Tensor, Z: Spectrum, floor: float, norm2: float) -> tuple[Tens
     assert V is not None  # product() checked
     m = (MV * V).sum(dim=0)
     if norm2 <= 0:
-        return m, None
+        return m, None, None
     kept = kept_support(Z.values, floor)
-    n_kept = int(kept.sum())
-    if n_kept >= V.shape[1] - n_kept:
-        V0 = V[:, ~kept]
-        block = V0.T @ MV[:, ~kept]
-        block_sq = float((block * block).sum())
-    else:
-        MVk = MV[:, kept]
-        inner = V[:, kept].T @ MVk
-        block_sq = norm2 - 2.0 * float((MVk * MVk).sum()) + float((inner * inner).sum())
-        block_sq = max(block_sq, 0.0)
-    return m, (float((m[kept] * m[kept]).sum()) + block_sq) / norm2
+    single = kept.clone()
+    low = high = 0.0
+    for E in _clusters(Z.values, kept):
+        single[E] = False
+        mE = m[E]
+        low += float(mE.sum()) ** 2 / E.numel()
+        block = V[:, E].T @ MV[:, E]
+        high += float((block * block).sum())
+    ms = m[single]
+    low += float((ms * ms).sum())
+    high += float((ms * ms).sum())
+    n_kept, n_null = int(kept.sum()), int((~kept).sum())
+    if n_null:
+        low += float(m[~kept].sum()) ** 2 / n_null
+        if n_kept >= n_null:
+            block = V[:, ~kept].T @ MV[:, ~kept]
+            block_sq = float((block * block).sum())
+        else:
+            MVk = MV[:, kept]
+            inner = V[:, kept].T @ MVk
+            block_sq = norm2 - 2.0 * float((MVk * MVk).sum()) + float((inner * inner).sum())
+        high += max(block_sq, 0.0)
+    return m, low / norm2, high / norm2
 
 
 def fit_power(
@@ -310,7 +375,7 @@ def fit_power(
         raise UsageError(f"{target} is {M.dim}×{M.dim} but {reference} is {d}×{d}")
     z = Z.values
     norm2 = float((M.matrix * M.matrix).sum())
-    m, agreement = _agreement(M.matrix, Z, floor, norm2)
+    m, agreement, agreement_blocks = _agreement(M.matrix, Z, floor, norm2)
     scan = scan_alignments(M.matrix, Z, floor=floor, metric=metric, rayleigh=m)
     kappa_star = alpha_star = None
     best = [(a, i) for i, a in enumerate(scan) if a is not None]
@@ -324,6 +389,7 @@ def fit_power(
         side=side,
         n_total=d,
         agreement=agreement,
+        agreement_blocks=agreement_blocks,
         kappa_star=kappa_star,
         alpha_star=alpha_star,
     )

@@ -108,11 +108,15 @@ def test_fit_matches_numpy_least_squares_on_kept_pairs() -> None:
     assert fit.kappa == pytest.approx(slope, abs=1e-6)
     assert fit.intercept == pytest.approx(icpt, abs=1e-5)
     assert fit.r2 == pytest.approx(r2, abs=1e-8)
-    # Z's numerical null space (z below the floor) counts as one eigenspace
+    # Z's numerical null space (z below the floor) counts as one eigenspace: its trace for
+    # `agreement`, its whole block for `agreement_blocks`
     null = z <= 1e-8 * z.max()
     block = V[:, null].T @ M.numpy() @ V[:, null]
-    expected = ((m[~null] ** 2).sum() + (block**2).sum()) / (M.numpy() ** 2).sum()
+    norm2 = (M.numpy() ** 2).sum()
+    expected = ((m[~null] ** 2).sum() + np.trace(block) ** 2 / null.sum()) / norm2
     assert fit.agreement == pytest.approx(expected, rel=1e-10)
+    expected_blocks = ((m[~null] ** 2).sum() + (block**2).sum()) / norm2
+    assert fit.agreement_blocks == pytest.approx(expected_blocks, rel=1e-10)
 
 
 def test_agreement_does_not_depend_on_the_basis_of_a_null_space() -> None:
@@ -126,7 +130,8 @@ def test_agreement_does_not_depend_on_the_basis_of_a_null_space() -> None:
         R = torch.eye(d, dtype=F64)
         R[:4, :4] = random_orthogonal(4, seed)  # another basis of the same null space
         Z = Q @ R @ torch.diag(z) @ R.T @ Q.T
-        agreements.append(fit_power(spectrum(M), spectrum(Z)).agreement)
+        fit = fit_power(spectrum(M), spectrum(Z))
+        agreements.append((fit.agreement, fit.agreement_blocks))
     assert agreements[0] == pytest.approx(agreements[1], rel=1e-12)
 
 

@@ -114,10 +114,36 @@ def test_reports_of_the_previous_version_still_validate(align_report: dict) -> N
     del old["provenance"]["settings"]["max_memory"]
     for entry in old["checkpoints"]:
         entry.pop("passes", None)
+        for layer in entry.get("layers") or []:  # agreement_blocks came after version 1
+            for fit in ((layer.get("pah") or {}).get("fits") or {}).values():
+                fit.pop("agreement_blocks", None)
     assert schema.validate(old) == "align"
     assert schema.load_schema("align", 1)["properties"]["schema_version"] == {"const": 1}
     with pytest.raises(ReportError):
         schema.validate({**old, "schema_version": 2})  # v2 requires the new fields
+
+
+def test_agreement_blocks_is_optional_and_nullable(align_report: dict) -> None:
+    # docs/metrics.md: reports made before the field existed lack it and still validate
+    fits = [
+        fit
+        for entry in align_report["checkpoints"]
+        for layer in entry.get("layers") or []
+        for fit in ((layer.get("pah") or {}).get("fits") or {}).values()
+    ]
+    assert fits and all("agreement_blocks" in fit for fit in fits)
+    old = copy.deepcopy(align_report)
+    for entry in old["checkpoints"]:
+        for layer in entry.get("layers") or []:
+            for fit in ((layer.get("pah") or {}).get("fits") or {}).values():
+                fit.pop("agreement_blocks")
+    assert schema.validate(old) == "align" and _jsonschema_ok(old, "align")
+    fit = next(iter(old["checkpoints"][-1]["layers"][0]["pah"]["fits"].values()))
+    fit["agreement_blocks"] = None
+    assert schema.validate(old) == "align"
+    fit["agreement_blocks"] = "high"
+    with pytest.raises(ReportError):
+        schema.validate(old)
 
 
 # -------------------------------------------------------------------- validation
