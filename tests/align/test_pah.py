@@ -26,12 +26,13 @@ from symtool.align.pah import (
 )
 from symtool.align.score import HaarBank, alignment
 from symtool.errors import UsageError
-from symtool.linalg import spectrum
+from symtool.linalg import Spectrum, gram_pair, kept_support, spectrum
 from tests.reference import (
     float_leaves,
     gen,
     layer_from_activations,
     matrix_power,
+    psd,
     random_orthogonal,
     with_spectrum,
 )
@@ -133,6 +134,155 @@ def test_agreement_does_not_depend_on_the_basis_of_a_null_space() -> None:
         fit = fit_power(spectrum(M), spectrum(Z))
         agreements.append((fit.agreement, fit.agreement_blocks))
     assert agreements[0] == pytest.approx(agreements[1], rel=1e-12)
+
+
+def _planted_wide_layer(
+    d_in: int = 5, d_out: int = 9
+) -> tuple[LayerMatrices, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A layer with ``d_out > d_in`` and ``G_b = [[diag μ, C], [Cᵀ, B]]`` in the basis
+    ``[U, U⊥]`` of ``Z_b = WWᵀ`` (``U``: its kept eigenvectors; ``U⊥``: its null space)."""
+    Q = random_orthogonal(d_out, 21)
+    U = Q[:, :d_in]
+    s = torch.linspace(1.0, 3.0, d_in, dtype=F64)  # distinct singular values
+    W = (U * s) @ random_orthogonal(d_in, 22).T
+    k0 = d_out - d_in
+    mu = torch.linspace(0.5, 2.5, d_in, dtype=F64) ** 2
+    B = psd(k0, 23) / k0  # the null block
+    C = 0.1 * torch.randn(d_in, k0, generator=gen(24), dtype=F64)  # kept-null coupling
+    inner = torch.zeros(d_out, d_out, dtype=F64)
+    inner[:d_in, :d_in] = torch.diag(mu)
+    inner[:d_in, d_in:], inner[d_in:, :d_in], inner[d_in:, d_in:] = C, C.T, B
+    G_b = Q @ inner @ Q.T
+    G_b = (G_b + G_b.T) / 2
+    eye_a, eye_b = torch.eye(d_in, dtype=F64), torch.eye(d_out, dtype=F64)
+    zeros = dict.fromkeys(("h_a", "h_b", "g_a", "g_b"), 0)
+    m = LayerMatrices(W, eye_a, W.T @ G_b @ W, W @ W.T, G_b, eye_a, eye_b, 1, zeros, "raw")
+    return m, mu, B, C
+
+
+def test_planted_wide_layer_agreement_in_closed_form() -> None:
+    # Z_b = WWᵀ has a null space of dimension d_out − d_in = 4. In Z_b's basis G_b is
+    # diag(μ) on the support, B on the null space and C between them, so
+    # ‖G_b‖² = Σμ² + 2‖C‖² + ‖B‖², agreement = (Σμ² + (tr B)²/4)/‖G_b‖² and
+    # agreement_blocks = (Σμ² + ‖B‖²)/‖G_b‖².
+    m, mu, B, C = _planted_wide_layer()
+    fit = _fit(powers(m, bootstrap=0), "G_b", "Z_b")
+    k0 = B.shape[0]
+    sq = float((mu**2).sum())
+    norm2 = sq + 2.0 * float((C**2).sum()) + float((B**2).sum())
+    assert fit.n_total == 9 and fit.n_kept == 5
+    assert fit.agreement == pytest.approx((sq + float(B.trace()) ** 2 / k0) / norm2, abs=1e-12)
+    assert fit.agreement_blocks == pytest.approx((sq + float((B**2).sum())) / norm2, abs=1e-12)
+    assert fit.agreement < fit.agreement_blocks
+    # the kept part is diagonal: G_b ~ Z_b's κ fit sees μ against σ²
+    assert fit.kappa is not None and fit.r2 is not None and fit.r2 > 0.9
+
+
+def test_planted_wide_layer_isotropic_null_block_agrees_fully() -> None:
+    # B = c·I on the null space and no coupling: G_b is a function of Z_b (f(0) = c), so
+    # both rules give 1; B traceless gives the trace rule nothing from the null space.
+    d_in, d_out = 5, 9
+    Q = random_orthogonal(d_out, 21)
+    W = (Q[:, :d_in] * torch.linspace(1.0, 3.0, d_in, dtype=F64)) @ random_orthogonal(
+        d_in, 22
+    ).T
+    mu = torch.linspace(0.5, 2.5, d_in, dtype=F64) ** 2
+    sq = float((mu**2).sum())
+    traceless = torch.diag(torch.tensor([1.0, -1.0, 0.5, -0.5], dtype=F64))
+    for B, expected in ((0.7 * torch.eye(4, dtype=F64), 1.0), (traceless, sq / (sq + 2.5))):
+        G_b = Q @ torch.block_diag(torch.diag(mu), B) @ Q.T
+        fit = fit_power(spectrum(G_b), gram_pair(W)[1], bootstrap=0)
+        assert fit.agreement == pytest.approx(expected, abs=1e-12)
+        assert fit.agreement_blocks == pytest.approx(1.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("sub_floor", [False, True])
+def test_agreement_is_the_definition_on_a_non_degenerate_spectrum(
+    seed: int, sub_floor: bool
+) -> None:
+    # Dense numpy reference of docs/theory.md §4 step 5: Σ_i (v_iᵀ M v_i)² / ‖M‖_F² over all
+    # of Z's eigenvectors. With distinct eigenvalues every eigenspace is a line, so both
+    # rules are the definition; a single eigenvalue below the floor is a 1-dimensional null
+    # space and changes nothing.
+    rng = np.random.default_rng(100 + seed)
+    d = 7 + 3 * seed
+    z = 0.1 + np.cumsum(rng.uniform(0.05, 0.3, d))  # gaps ≥ 0.05
+    if sub_floor:
+        z[0] = 1e-12
+    Qz = np.linalg.qr(rng.standard_normal((d, d)))[0]
+    Z = (Qz * z) @ Qz.T
+    X = rng.standard_normal((d, d))
+    M = X + X.T if seed % 2 else X @ X.T  # indefinite and positive definite targets
+    w, V = np.linalg.eigh(Z)
+    assert np.diff(w).min() > 1e-2
+    m = np.einsum("ij,ik,kj->j", V, M, V)
+    expected = (m**2).sum() / (M**2).sum()
+    fit = fit_power(spectrum(torch.from_numpy(M)), spectrum(torch.from_numpy(Z)), bootstrap=0)
+    assert fit.agreement == pytest.approx(expected, abs=1e-12)
+    assert fit.agreement_blocks == pytest.approx(expected, abs=1e-12)
+
+
+def _rotated(Z: Spectrum, cols: torch.Tensor, seed: int) -> Spectrum:
+    """``Z`` with the eigenvectors ``cols`` (one eigenspace) replaced by another orthonormal
+    basis of their span."""
+    assert Z.vectors is not None
+    V = Z.vectors.clone()
+    V[:, cols] = V[:, cols] @ random_orthogonal(int(cols.numel()), seed)
+    return dataclasses.replace(Z, vectors=V)
+
+
+def test_agreement_does_not_change_when_the_null_space_basis_is_rechosen() -> None:
+    # Z_b's null-space eigenvectors (from gram_pair's QR completion) rotated by random
+    # orthogonal matrices: the raw Σ m_i² moves, both reported agreements do not.
+    m, *_ = _planted_wide_layer()
+    Zb = gram_pair(m.W)[1]
+    M = spectrum(m.G_b)
+    null = torch.nonzero(~kept_support(Zb.values, 1e-8)).flatten()
+    assert null.numel() == 4
+    base = fit_power(M, Zb, bootstrap=0)
+    raw = []
+    for seed in (31, 32, 33):
+        Zr = _rotated(Zb, null, seed)
+        fit = fit_power(M, Zr, bootstrap=0)
+        assert fit.agreement == pytest.approx(base.agreement, abs=1e-12)
+        assert fit.agreement_blocks == pytest.approx(base.agreement_blocks, abs=1e-12)
+        assert fit.kappa == pytest.approx(base.kappa, abs=1e-12)  # the fit never sees it
+        raw.append(float((Zr.rayleigh(m.G_b) ** 2).sum()))
+    assert max(raw) - min(raw) > 1e-3  # the definition taken literally would have moved
+
+
+def test_agreement_does_not_change_within_a_degenerate_kept_eigenspace() -> None:
+    # Z = diag(1, 2, 2, 2, 3, 5): the eigenvalue 2 has a 3-dimensional eigenspace; the
+    # trace rule takes (tr block)²/3 there, the block rule ‖block‖².
+    d = 6
+    Q = random_orthogonal(d, 40)
+    Z = spectrum((Q * torch.tensor([1.0, 2, 2, 2, 3, 5], dtype=F64)) @ Q.T)
+    X = torch.randn(d, d, generator=gen(41), dtype=F64)
+    M = X @ X.T
+    cluster = torch.tensor([1, 2, 3])
+    assert float(Z.values[3] - Z.values[1]) < 1e-12
+    base = fit_power(spectrum(M), Z, bootstrap=0)
+    V = Z.vectors
+    block = V[:, cluster].T @ M @ V[:, cluster]
+    m = Z.rayleigh(M)
+    others = float((m[[0, 4, 5]] ** 2).sum())
+    norm2 = float((M**2).sum())
+    assert base.agreement == pytest.approx(
+        (others + float(block.trace()) ** 2 / 3) / norm2, abs=1e-12
+    )
+    assert base.agreement_blocks == pytest.approx(
+        (others + float((block**2).sum())) / norm2, abs=1e-12
+    )
+    for seed in (42, 43):
+        fit = fit_power(spectrum(M), _rotated(Z, cluster, seed), bootstrap=0)
+        assert fit.agreement == pytest.approx(base.agreement, abs=1e-12)
+        assert fit.agreement_blocks == pytest.approx(base.agreement_blocks, abs=1e-12)
+    # a function of Z agrees fully under both rules, even on the degenerate space
+    f = spectrum((Q * torch.tensor([1.0, 4, 4, 4, 9, 25], dtype=F64)) @ Q.T)
+    fz = fit_power(f, Z, bootstrap=0)
+    assert fz.agreement == pytest.approx(1.0, abs=1e-12)
+    assert fz.agreement_blocks == pytest.approx(1.0, abs=1e-12)
 
 
 def test_bootstrap_interval_brackets_noisy_truth_and_is_seeded() -> None:
