@@ -206,6 +206,7 @@ def align_rows(report: dict[str, Any]) -> tuple[list[str], Iterable[dict[str, An
                         "ci_low",
                         "ci_high",
                         "agreement",
+                        "agreement_blocks",
                         "kappa_star",
                         "alpha_star",
                         "n_kept",

@@ -61,6 +61,7 @@ def _fit(target: str, reference: str, kappa: float | None, reason: str | None = 
         "n_kept": 16 if kappa is not None else 2,
         "n_total": 16,
         "agreement": None if kappa is None else 0.9713,
+        "agreement_blocks": None if kappa is None else 0.9841,
         "kappa_star": None if kappa is None else 0.5,
         "alpha_star": None if kappa is None else 0.9628,
         "reason": reason,

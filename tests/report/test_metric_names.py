@@ -30,6 +30,8 @@ def report(align_text: str) -> dict[str, Any]:
         ("H_a~Z_a.kappa", "layer", "pah.fits.H_a~Z_a.kappa"),
         ("H_b~Z_b", "layer", "pah.fits.H_b~Z_b.kappa"),
         ("r2(G_b~Z_b)", "layer", "pah.fits.G_b~Z_b.r2"),
+        ("agreement(G_b~Z_b)", "layer", "pah.fits.G_b~Z_b.agreement"),  # not ..._blocks
+        ("G_b~Z_b.agreement_blocks", "layer", "pah.fits.G_b~Z_b.agreement_blocks"),
         ("h_shift", "layer", "pah.consistency.h_shift"),
         ("phase.exponents.0", "layer", "pah.phase.exponents.0"),
         ("samples", "checkpoint", "samples"),

@@ -111,6 +111,8 @@ def test_align_rows_have_values_and_every_reason() -> None:
     no_fit = _one(rows, metric="kappa", quantity="G_a~Z_a")
     assert no_fit["value"] == "" and no_fit["reason"] == samples.NO_FIT_REASON
     assert _one(rows, metric="phase_distance")["quantity"] == "GWA/RWA"
+    assert _one(rows, metric="agreement", quantity="H_a~Z_a")["value"] == "0.9713"
+    assert _one(rows, metric="agreement_blocks", quantity="H_a~Z_a")["value"] == "0.9841"
     failed = _one(rows, layer="fc2")
     assert failed["status"] == "failed" and failed["reason"] == samples.FAILED_LAYER_REASON
     skipped = _one(rows, layer="big")
@@ -119,6 +121,19 @@ def test_align_rows_have_values_and_every_reason() -> None:
     ckpt = _one(rows, step="20")
     assert ckpt["status"] == "failed" and ckpt["reason"] == samples.FAILED_CKPT_ERROR
     assert ckpt["layer"] == "" and ckpt["checkpoint"] == "run/step_000020.safetensors"
+
+
+def test_align_rows_of_a_report_without_agreement_blocks() -> None:
+    # reports made before the field existed: the row is there, empty
+    report = samples.align_report()
+    for entry in report["checkpoints"]:
+        for layer in entry.get("layers") or []:
+            for fit in ((layer.get("pah") or {}).get("fits") or {}).values():
+                fit.pop("agreement_blocks", None)
+    rows = _rows(report)
+    assert _one(rows, metric="agreement_blocks", quantity="H_a~Z_a")["value"] == ""
+    assert _one(rows, metric="agreement", quantity="H_a~Z_a")["value"] == "0.9713"
+    assert "0.63 [0.79]" in _table(report)
 
 
 def test_align_trend_over_two_good_checkpoints() -> None:
