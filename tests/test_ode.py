@@ -497,7 +497,10 @@ def test_custom_step_agrees_with_builtin_cell() -> None:
     np.testing.assert_allclose(custom.rest.eigenvalues, built.rest.eigenvalues, atol=1e-12)
     np.testing.assert_allclose(custom.lyapunov.exponents, built.lyapunov.exponents, atol=1e-10)
     assert custom.along.spectral_radius == pytest.approx(built.along.spectral_radius, abs=1e-12)
-    assert custom.verdict == built.verdict
+    # the band is now λ_1's interval half-width, computed from the exponents: equal to rounding
+    assert (custom.verdict.label, custom.verdict.basis) == (built.verdict.label, "lambda_1")
+    assert custom.verdict.value == pytest.approx(built.verdict.value, abs=1e-10)
+    assert custom.verdict.band == pytest.approx(built.verdict.band, abs=1e-10)
 
 
 # ------------------------------------------------------------------ whole reports
