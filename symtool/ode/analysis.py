@@ -226,8 +226,9 @@ def verdict(
 ) -> Verdict:
     """Contracting / marginal / expanding from an interval around ``x``.
 
-    ``x = λ_1`` (per step, natural log) with its ``interval`` (``x ± band`` if not given),
-    or, failing that, ``x = ln ρ(J_rest)`` with ``x ± band`` (``band = marginal_band``).
+    ``x = λ_1`` (per step, natural log) with its ``interval`` (``x ± band``, as computed;
+    ``band`` is its half-width), or, failing that, ``x = ln ρ(J_rest)`` with ``x ± band``
+    (``band = marginal_band``).
     The interval below 0: contracting; holding 0: marginal; above 0: expanding.
     ``x = -∞`` counts as contracting.
     """
@@ -242,8 +243,6 @@ def verdict(
     if value is None:
         return Verdict("contracting", basis, None, band, f"{sym} = -inf → contracting", evidence)
     low, high = interval if interval is not None else (value - band, value + band)
-    if interval is not None:
-        band = max(value - low, high - value)
     if high < 0:
         label, rel = "contracting", "below 0"
     elif low > 0:
@@ -504,7 +503,7 @@ def _finish(
         )
     rest = read_jacobian(jac, step_size(kind, gate, settings.dt), max_modes=settings.max_modes)
     label, inputs = drive
-    lyap = along = None
+    lyap = along = interval = None
     if inputs is not None:
         steps = inputs.shape[0]
         warmup = default_warmup(steps) if settings.warmup is None else settings.warmup
@@ -520,7 +519,7 @@ def _finish(
             jacobian_points=settings.jacobian_points,
             frames=settings.lyapunov_frames,
         )
-        lyap = lyapunov_result(
+        lyap, interval = lyapunov_result(
             stats,
             drive=label,
             steps=steps,
@@ -549,22 +548,16 @@ def _finish(
                 samples=stats.jacobian_n,
                 max_modes=settings.max_modes,
             )
-    use_lyap = (
-        label == "data"
-        and lyap is not None
-        and lyap.reason is None
-        and lyap.lambda_1 is not None
-        and lyap.lambda_1_high is not None
-    )
+    iv = interval if label == "data" and lyap is not None and lyap.reason is None else None
     v = verdict(
-        settings.marginal_band,
-        lambda_1=lyap.lambda_1 if use_lyap else None,  # type: ignore[union-attr]
+        settings.marginal_band if iv is None else iv.half_width,
+        lambda_1=None if iv is None else iv.center,
         rest_radius=rest.spectral_radius,
-        use_lyapunov=use_lyap,
-        interval=(lyap.lambda_1_low, lyap.lambda_1_high) if use_lyap else None,  # type: ignore
-        evidence=interval_evidence(lyap, settings.confidence, settings.single_sequence_band)
-        if use_lyap
-        else _fallback(label, lyap, notes),
+        use_lyapunov=iv is not None,
+        interval=None if iv is None else (iv.low, iv.high),
+        evidence=_fallback(label, lyap, notes)
+        if iv is None or lyap is None
+        else interval_evidence(lyap, settings.confidence, settings.single_sequence_band),
     )
     return RecurrentLayerReport(
         **base, weights=weights, rest=rest, along=along, lyapunov=lyap, verdict=v, notes=notes

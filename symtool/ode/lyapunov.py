@@ -366,11 +366,12 @@ def lyapunov_result(
     confidence: float = 0.95,
     floor: float = 1e-3,
     single_floor: float = 0.05,
-) -> LyapunovResult:
+) -> tuple[LyapunovResult, LambdaInterval | None]:
     """Average per-sequence exponents and finish the moments into a record.
 
     ``confidence``, ``floor`` and ``single_floor`` set ``λ_1``'s interval
-    (:func:`lambda_interval`).
+    (:func:`lambda_interval`), returned too (``None`` without ``λ_1``) so a verdict can
+    use its exact half-width.
     """
     batch = 0 if stats.exponents is None else stats.exponents.shape[0]
     if stats.exponents is None:
@@ -390,7 +391,7 @@ def lyapunov_result(
             None,
             "no states",
             stats.reason,
-        )
+        ), None
     e = stats.exponents.numpy()
     means: list[float | None] = []
     spread: list[float | None] = []
@@ -423,7 +424,7 @@ def lyapunov_result(
     if why is None and missing:
         why = (f"{missing} of {len(means)} exponents are −∞ in some sequence: the tangent "
                "directions collapsed (the Jacobian product lost rank)")
-    return LyapunovResult(
+    result = LyapunovResult(
         drive=drive,
         sequences=batch,
         steps=steps,
@@ -446,3 +447,4 @@ def lyapunov_result(
         lambda_1_high=None if iv is None else iv.high,
         interval_rule=None if iv is None else iv.rule,
     )
+    return result, iv
