@@ -93,7 +93,8 @@ def test_planted_linear_recurrences(name: str, w: torch.Tensor, exponent: float,
         assert (ly.lambda_1_high < 0) if label == "contracting" else (ly.lambda_1_low > 0)
     one = analyze_state_dict(_rnn_sd(w), LINEAR, sequences=_seqs(80, 1)).layers[0]
     assert one.verdict.label == label and one.lyapunov.lambda_1_se is None
-    assert one.lyapunov.lambda_1_high - one.lyapunov.lambda_1 == pytest.approx(0.05, rel=1e-9)
+    assert one.lyapunov.lambda_1_high - one.lyapunov.lambda_1 == pytest.approx(
+        LINEAR.single_sequence_band, rel=1e-9)
 
 
 def test_standard_error_and_frames_match_a_brute_force_qr_loop() -> None:
@@ -179,7 +180,7 @@ def test_noise_above_the_old_band_reads_marginal() -> None:
     clear = lambda_interval(e - 0.05, [-0.048, -0.046, -0.049])
     assert verdict(clear.half_width, lambda_1=clear.center).label == "contracting"
     assert lambda_interval(np.array([0.1, -math.inf]), [None]) is None
-    assert lambda_interval(np.array([0.01]), [0.01], single_floor=0.05).half_width == 0.05
+    assert lambda_interval(np.array([0.01]), [0.01]).half_width == 0.1  # the default
 
 
 def test_weights_only_fallback_says_so() -> None:

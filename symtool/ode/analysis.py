@@ -97,7 +97,7 @@ class OdeSettings:
     max_modes: int = 32
     lyapunov_frames: int = 3
     confidence: float = 0.95
-    single_sequence_band: float = 0.05
+    single_sequence_band: float = 0.1
 
     def __post_init__(self) -> None:
         problems = []

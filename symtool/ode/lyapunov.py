@@ -290,7 +290,7 @@ def lambda_interval(
     *,
     confidence: float = 0.95,
     floor: float = 1e-3,
-    single_floor: float = 0.05,
+    single_floor: float = 0.1,
 ) -> LambdaInterval | None:
     """The interval ``λ_1 ± h`` around ``λ_1 = mean_b λ_1^(b)`` (docs/ode.md "Verdict").
 
@@ -365,7 +365,7 @@ def lyapunov_result(
     state_size: int,
     confidence: float = 0.95,
     floor: float = 1e-3,
-    single_floor: float = 0.05,
+    single_floor: float = 0.1,
 ) -> tuple[LyapunovResult, LambdaInterval | None]:
     """Average per-sequence exponents and finish the moments into a record.
 
