@@ -49,9 +49,9 @@ from common import (
 from symtool.align import capture as cap
 from symtool.align import crh
 from symtool.align.run import AlignSettings, run_align
+from symtool.align.score import alignment
 from symtool.inputs import checkpoints as ck
 from symtool.inputs import models, probes
-from symtool.linalg import alignment
 
 Tensor = torch.Tensor
 MATS = ("H_a", "G_a", "H_b", "G_b", "C_a", "C_b")

@@ -55,9 +55,10 @@ from common import (
 from symtool.align import capture as cap
 from symtool.align import crh, pah
 from symtool.align.run import AlignSettings, run_align
+from symtool.align.score import HaarBank
 from symtool.inputs import checkpoints as ck
 from symtool.inputs import models, probes
-from symtool.linalg import HaarBank, add_gram_, add_product_, full_from_lower
+from symtool.linalg import add_gram_, add_product_, full_from_lower
 
 Tensor = torch.Tensor
 GEMM = {"float64": torch.float64, "float32": torch.float32}

@@ -31,16 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import machine, median, set_threads
 
-from symtool.linalg import (
-    HaarBank,
-    add_gram_,
-    full_from_lower,
-    gram_pair,
-    rotation_null,
-    rotation_nulls,
-    singular_values,
-    spectrum,
-)
+from symtool.align.score import HaarBank, rotation_null, rotation_nulls
+from symtool.linalg import add_gram_, full_from_lower, gram_pair, singular_values, spectrum
 from symtool.symmetry.units import duplicate_search
 
 Tensor = torch.Tensor

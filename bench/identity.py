@@ -144,6 +144,22 @@ def _csv_blank(text: str) -> str:
     return "\n".join(out) + ("\n" if text.endswith("\n") else "")
 
 
+def _tensors_digest(path: Path) -> str:
+    """sha256 over a safetensors file's names, dtypes, shapes, bytes and metadata, in sorted
+    order: the file's own header order is not stable (its metadata is a hash map)."""
+    import torch
+    from safetensors import safe_open
+
+    h = hashlib.sha256()
+    with safe_open(str(path), framework="pt") as fh:
+        h.update(repr(sorted((fh.metadata() or {}).items())).encode())
+        for name in sorted(fh.keys()):
+            t = fh.get_tensor(name).contiguous()
+            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+            h.update(t.view(-1).view(dtype=torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def record(tree: Path, out: Path) -> None:
     """Run every case in ``tree`` and store its normalised outputs in ``out``."""
     tree = tree.resolve()
@@ -168,6 +184,8 @@ def record(tree: Path, out: Path) -> None:
         data = f.read_bytes()
         if f.suffix in (".json", ".svg", ".csv"):
             (out / f"file_{f.name}").write_text(_normalise(_csv_blank(data.decode())))
+        elif f.suffix == ".safetensors":
+            (out / f"file_{f.name}.sha256").write_text(_tensors_digest(f) + "\n")
         else:
             (out / f"file_{f.name}.sha256").write_text(hashlib.sha256(data).hexdigest() + "\n")
     shutil.rmtree(work, ignore_errors=True)

@@ -7,11 +7,12 @@ The keys are documented in docs/config.md.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from symtool.errors import ConfigError
 
@@ -122,6 +123,69 @@ def pick(cli_value: Any, config: RunConfig, section: str, key: str, default: Any
     if cli_value is not None:
         return cli_value
     return config.get(section, key, default)
+
+
+T = TypeVar("T")
+
+_UNSET = object()
+
+
+def resolve(
+    cls: type[T],
+    flags: Mapping[str, Any],
+    config: RunConfig,
+    section: str,
+    *,
+    keys: Mapping[str, str | tuple[str, ...] | None] | None = None,
+    **fixed: Any,
+) -> T:
+    """Settings of type ``cls`` (a dataclass): each field from its flag, else from
+    ``symtool.toml``, else the dataclass's own default — the one place defaults live.
+
+    Args:
+        cls: the settings dataclass.
+        flags: field name -> the command-line value, ``None`` when the flag was not given.
+        config: the run's ``symtool.toml``.
+        section: where a field's key is looked up by default (``[section] field``).
+        keys: fields whose key lives elsewhere: ``"data.inputs"``, several places tried in
+            order (``("symmetry.activation", "model.activation")``), or ``None`` for a field
+            no file sets.
+        **fixed: fields given outright (computed by the caller, e.g. parsed paths).
+
+    Numbers and lists from TOML are coerced to the field's declared type (an integer for a
+    ``float`` field becomes a float; a list or a single string for a tuple field a tuple).
+    """
+    keys = keys or {}
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name in fixed:
+            values[f.name] = fixed[f.name]
+            continue
+        value = flags.get(f.name)
+        if value is None:
+            where = keys.get(f.name, f"{section}.{f.name}")
+            places = () if where is None else (where,) if isinstance(where, str) else where
+            value = _UNSET
+            for place in places:
+                sec, _, key = place.partition(".")
+                value = config.get(sec, key, _UNSET)
+                if value is not _UNSET:
+                    break
+            if value is _UNSET:
+                continue  # the dataclass default
+        values[f.name] = _coerce(str(f.type), value)
+    return cls(**values)
+
+
+def _coerce(declared: str, value: Any) -> Any:
+    """A TOML or flag value in the form the field declares (see :func:`resolve`)."""
+    if value is None or isinstance(value, bool):
+        return value
+    if declared.startswith("float") and isinstance(value, int):
+        return float(value)
+    if declared.startswith("tuple"):
+        return (value,) if isinstance(value, str) else tuple(value)
+    return value
 
 
 def load_config(path: Path) -> RunConfig:

@@ -1,6 +1,6 @@
 """Runge–Kutta stability functions, their regions, and reading a multiplier as a rate.
 
-theory.md section 6 ("ODE reading of J"). An explicit ``s``-stage RK method of order ``s``
+docs/theory.md §6 ("ODE reading of J"). An explicit ``s``-stage RK method of order ``s``
 (``s ≤ 4``) applied to ``y' = λy`` with step ``Δt`` multiplies ``y`` by
 ``R_s(z) = Σ_{k≤s} z^k/k!`` with ``z = Δtλ``; its stability region is ``|R_s(z)| ≤ 1``.
 Reading a Jacobian eigenvalue ``μ`` as one step of RK-``s`` means solving ``R_s(z) = μ``;

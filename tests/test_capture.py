@@ -1,4 +1,4 @@
-"""capture.py against a brute-force reference (theory.md sections 1-2).
+"""capture.py against a brute-force reference (docs/theory.md §1-2).
 
 The reference stores every activation, gets per-sample output gradients from
 ``vmap(grad(...))`` of each sample's own loss w.r.t. an additive zero perturbation of the

@@ -18,8 +18,9 @@ from symtool.align.crh import (
     verify,
 )
 from symtool.align.moments import LayerMatrices
+from symtool.align.score import HaarBank, rotation_null
 from symtool.errors import UsageError
-from symtool.linalg import HaarBank, matrix_power, rotation_null, spectrum
+from symtool.linalg import matrix_power, spectrum
 
 F64 = torch.float64
 

@@ -11,21 +11,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from symtool.errors import AnalysisError, UsageError
-from symtool.linalg import (
+from symtool.align.score import (
     HaarBank,
     alignment,
-    all_finite,
-    eigvalsh,
-    gram,
-    gram_pair,
     haar_orthogonal,
-    matrix_power,
     rotated_alignments,
     rotation_null,
-    spectrum,
-    sym,
 )
+from symtool.errors import AnalysisError, UsageError
+from symtool.linalg import all_finite, eigvalsh, gram, gram_pair, matrix_power, spectrum, sym
 
 
 def _psd(d: int, seed: int, rank: int | None = None) -> torch.Tensor:
@@ -357,7 +351,7 @@ def test_gram_pair_of_zero_weight_is_all_null() -> None:
 
 
 def test_null_rotates_the_second_matrix_not_the_first() -> None:
-    # theory.md §3: α(A, Q B Qᵀ), A fixed. For Pearson this is not the law of α(Q A Qᵀ, B)
+    # docs/theory.md §3: α(A, Q B Qᵀ), A fixed. For Pearson this is not the law of α(Q A Qᵀ, B)
     # when A has a large entry mean; the fast path must give the former, sample by sample.
     d = 12
     g = torch.Generator().manual_seed(70)

@@ -1,4 +1,4 @@
-"""LayerAccumulator against dense float64 formulas (theory.md section 2)."""
+"""LayerAccumulator against dense float64 formulas (docs/theory.md §2)."""
 
 from __future__ import annotations
 

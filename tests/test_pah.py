@@ -24,8 +24,9 @@ from symtool.align.pah import (
     powers,
     scan_alignments,
 )
+from symtool.align.score import HaarBank, alignment
 from symtool.errors import UsageError
-from symtool.linalg import HaarBank, alignment, matrix_power, spectrum
+from symtool.linalg import matrix_power, spectrum
 
 F64 = torch.float64
 

@@ -140,7 +140,7 @@ def test_sequence_input_errors():
 
 
 def test_imbalance_law_needs_a_rescaling_symmetry():
-    # theory.md §5: the law follows from (w, b, u) → (c·w, c·b, u/c), which tanh units lack
+    # docs/theory.md §5: the law follows from (w, b, u) → (c·w, c·b, u/c), which tanh units lack
     g = torch.Generator().manual_seed(5)
     w1, w2 = torch.randn(8, 5, generator=g), torch.randn(3, 8, generator=g)
     tanh = SymmetrySettings(activation="tanh")
@@ -156,7 +156,7 @@ def test_imbalance_law_needs_a_rescaling_symmetry():
 
 
 def test_linear_pair_matrix_imbalance_law():
-    """theory.md §5: for a linear pair, AAᵀ − BᵀB is conserved by gradient descent without
+    """docs/theory.md §5: for a linear pair, AAᵀ − BᵀB is conserved by gradient descent without
     weight decay (up to O(lr²)) and decays like e^{−2λt} with it."""
     g = torch.Generator().manual_seed(6)
     x = torch.randn(64, 5, generator=g, dtype=torch.float64)

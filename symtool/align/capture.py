@@ -1,6 +1,6 @@
 """Run probe batches through a model and stream per-layer moment sums from hooks.
 
-theory.md sections 1-2. Per captured layer and sample row: ``h_a`` = the layer input
+docs/theory.md §1-2. Per captured layer and sample row: ``h_a`` = the layer input
 (conv: the im2col patch of one output position), ``h_b = W h_a`` = the output minus bias,
 ``g_b`` = gradient of the sum-reduced loss w.r.t. the output (read by a tensor hook
 registered on the output inside the forward hook), and the local ``g_a = g_b W``. Rows feed
@@ -120,7 +120,7 @@ def capture(
     device: str | torch.device = "cpu",
     gemm_dtype: torch.dtype = torch.float64,
 ) -> CaptureResult:
-    """Stream the per-layer moments of theory.md sections 1-2 over all batches.
+    """Stream the per-layer moments of docs/theory.md §1-2 over all batches.
 
     Args:
         model: the model (moved to ``device``; left there, in its original mode and

@@ -1,6 +1,6 @@
 """The six CRH relations, their rotation nulls, the cross-term check and ``--verify``.
 
-theory.md section 3 (relations, alignment score, spectrum-preserving null, cross-term),
+docs/theory.md §3 (relations, alignment score, spectrum-preserving null, cross-term),
 section 1 (the exact identities ``H_b = W H_a Wᵀ`` and ``G_a = Wᵀ G_b W`` behind
 ``--verify``) and section 7 (float64; non-finite input gives a failed record, never NaN).
 
@@ -17,18 +17,9 @@ from dataclasses import dataclass
 import torch
 
 from symtool.align.moments import LayerMatrices
+from symtool.align.score import HaarBank, NullStats, alignment, check_metric, rotation_nulls
 from symtool.errors import AnalysisError, UsageError
-from symtool.linalg import (
-    METRICS,
-    HaarBank,
-    NullStats,
-    Spectrum,
-    alignment,
-    all_finite,
-    gram_pair,
-    rotation_nulls,
-    spectrum,
-)
+from symtool.linalg import Spectrum, all_finite, gram_pair, spectrum
 
 Tensor = torch.Tensor
 
@@ -258,7 +249,7 @@ def relations(
     bank: HaarBank | None = None,
     thresholds: Thresholds | None = None,
 ) -> LayerAlignment:
-    """Score the six CRH relations and the two cross terms of one layer (theory.md §3).
+    """Score the six CRH relations and the two cross terms of one layer (docs/theory.md §3).
 
     Args:
         m: the layer's finished matrices.
@@ -274,8 +265,7 @@ def relations(
         :class:`LayerAlignment`; relations over non-finite or undecomposable matrices are
         recorded as failed with the reason.
     """
-    if metric not in METRICS:
-        raise UsageError(f"unknown alignment metric {metric!r}; choose one of {METRICS}")
+    check_metric(metric)
     if null_samples < 0:
         raise UsageError(f"null samples must be ≥ 0, got {null_samples}")
     thresholds = Thresholds() if thresholds is None else thresholds
@@ -307,7 +297,7 @@ def relations(
 
 @dataclass(frozen=True)
 class Verification:
-    """``--verify``: relative errors of the exact raw-moment identities (theory.md §1).
+    """``--verify``: relative errors of the exact raw-moment identities (docs/theory.md §1).
 
     Attributes:
         h_b_error: ``‖H_b − W H_a Wᵀ‖_F / ‖H_b‖_F`` on raw moments.

@@ -1,6 +1,6 @@
 """Streaming float64 moment sums for one layer, and the finished matrices.
 
-theory.md sections 1-2. Accumulators keep ``n``, ``Σx`` and ``Σxxᵀ`` (and cross sums
+docs/theory.md §1-2. Accumulators keep ``n``, ``Σx`` and ``Σxxᵀ`` (and cross sums
 ``Σ g hᵀ``); dividing happens only in :func:`finish`, so sums from several batches,
 data shards or processes merge exactly.
 """
@@ -51,7 +51,7 @@ class LayerMatrices:
 
 RECIPES = ("paper", "raw")
 VECTORS = ("h_a", "g_a", "h_b", "g_b")
-"""The four per-row vectors of theory.md section 1, in the order sums are kept."""
+"""The four per-row vectors of docs/theory.md §1, in the order sums are kept."""
 
 _MATRIX_NAMES = {"h_a": "H_a", "g_a": "G_a", "h_b": "H_b", "g_b": "G_b"}
 
@@ -72,7 +72,7 @@ def layer_bytes(d_in: int, d_out: int, *, raw_too: bool = False) -> int:
 class LayerAccumulator:
     """Streaming float64 sums for one layer: ``n``, ``Σx``, ``Σxxᵀ`` and the cross sums.
 
-    theory.md section 2. Per vector ``v`` in :data:`VECTORS` it keeps ``S_v = Σ x xᵀ`` of the
+    docs/theory.md §2. Per vector ``v`` in :data:`VECTORS` it keeps ``S_v = Σ x xᵀ`` of the
     recipe's rows (``raw``: the rows; ``paper``: the rows divided by their norm, plus
     ``s_v = Σ x̂`` and ``k_v`` = rows with non-zero norm), the raw cross sums
     ``Σ g_b h_bᵀ = D Wᵀ`` and ``Σ h_a g_aᵀ = Dᵀ W`` through one ``D = Σ g_b h_aᵀ``,
@@ -179,7 +179,7 @@ class LayerAccumulator:
                 own.add(v)
             x[v] = c
         self._n += h_a.shape[0]
-        # Raw cross sums (theory.md section 3) Σ g_b h_bᵀ = D Wᵀ and Σ h_a g_aᵀ = Dᵀ W, both
+        # Raw cross sums (docs/theory.md §3) Σ g_b h_bᵀ = D Wᵀ and Σ h_a g_aᵀ = Dᵀ W, both
         # exact for h_b = W h_a and g_a = Wᵀ g_b, from one product D = Σ g_b h_aᵀ.
         add_product_(self._D, x["g_b"].T, x["h_a"])
         if self.recipe == "raw":
@@ -251,7 +251,7 @@ class LayerAccumulator:
         return 0 if self._n is None else int(self._n.item())
 
     def finish(self, W: Tensor) -> LayerMatrices:
-        """Divide the sums into :class:`LayerMatrices` (theory.md section 2).
+        """Divide the sums into :class:`LayerMatrices` (docs/theory.md §2).
 
         Args:
             W: the layer's weight matrix ``d_out × d_in`` (stored as float64).

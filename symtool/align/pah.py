@@ -1,6 +1,6 @@
 """PAH: power-law exponents ``M ~ Z^κ`` between a layer's matrices, and the nearest phase.
 
-theory.md section 4 (Rayleigh-quotient fit, bootstrap interval, eigenbasis agreement,
+docs/theory.md §4 (Rayleigh-quotient fit, bootstrap interval, eigenbasis agreement,
 power scan, consistency shifts, phase table) and section 7 (float64; undefined numbers are
 ``None`` with a reason).
 
@@ -20,8 +20,9 @@ import torch
 
 from symtool.align.crh import LayerSpectra, layer_spectra
 from symtool.align.moments import LayerMatrices
+from symtool.align.score import UNDEFINED_REL, check_metric
 from symtool.errors import UsageError
-from symtool.linalg import METRICS, Spectrum, kept_support
+from symtool.linalg import Spectrum, kept_support
 
 Tensor = torch.Tensor
 
@@ -43,7 +44,7 @@ PHASES: tuple[tuple[str, tuple[float, float, float, float]], ...] = (
     ("RGA/RWA", (0.0, 0.0, 1.0, -1.0)),
     ("RGA/GWA", (2.0, 2.0, 3.0, 1.0)),
 )
-"""theory.md section 4 phase table: ``"<a-side holds>/<b-side holds>"`` and the exponents
+"""docs/theory.md §4 phase table: ``"<a-side holds>/<b-side holds>"`` and the exponents
 of ``(H_a, G_a, H_b, G_b)`` against ``Z_a`` (a side) or ``Z_b`` (b side)."""
 
 SCAN_GRID: tuple[float, ...] = tuple(round(-1.0 + 0.05 * i, 2) for i in range(81))
@@ -51,12 +52,11 @@ SCAN_GRID: tuple[float, ...] = tuple(round(-1.0 + 0.05 * i, 2) for i in range(81
 
 _MIN_PAIRS = 3
 _FLAT_LOG_STD = 1e-9
-_UNDEFINED_REL = 1e-12
 
 
 @dataclass(frozen=True)
 class PowerFit:
-    """One fit ``M ~ Z^κ`` (theory.md section 4).
+    """One fit ``M ~ Z^κ`` (docs/theory.md §4).
 
     Attributes:
         formula: the fit written out, e.g. ``"H_a ~ Z_a^κ"``.
@@ -95,7 +95,7 @@ class PowerFit:
 
 @dataclass(frozen=True)
 class Consistency:
-    """Exponent shifts that equal 1 for raw moments (theory.md sections 1 and 4).
+    """Exponent shifts that equal 1 for raw moments (docs/theory.md §1 and 4).
 
     Attributes:
         h_shift: ``κ(H_b, Z_b) − κ(H_a, Z_a)``.
@@ -195,8 +195,7 @@ def scan_alignments(
     Returns:
         One score per ``k``, ``None`` where undefined.
     """
-    if metric not in METRICS:
-        raise UsageError(f"unknown alignment metric {metric!r}; choose one of {METRICS}")
+    check_metric(metric)
     z = Z.values
     keep = kept_support(z, floor)
     if not bool(keep.any()):
@@ -223,7 +222,7 @@ def scan_alignments(
         num = inner
         den_a2 = norm_a2
         den_b2 = norm_b2
-    tol = _UNDEFINED_REL**2
+    tol = UNDEFINED_REL**2
     out: list[float | None] = []
     a_ok = den_a2 > tol * norm_a2 and den_a2 > 0
     for i in range(len(ks)):
@@ -286,7 +285,7 @@ def fit_power(
     seed: int = 0,
     metric: str = "pearson",
 ) -> PowerFit:
-    """Fit ``M ~ Z^κ`` in ``Z``'s eigenbasis (theory.md section 4, steps 1-6).
+    """Fit ``M ~ Z^κ`` in ``Z``'s eigenbasis (docs/theory.md §4, steps 1-6).
 
     Args:
         M: spectrum of the target (only its float64 matrix is used).
@@ -455,8 +454,7 @@ def powers(
     Returns:
         :class:`LayerPowers`; fits over matrices without a spectrum are failed records.
     """
-    if metric not in METRICS:
-        raise UsageError(f"unknown alignment metric {metric!r}; choose one of {METRICS}")
+    check_metric(metric)
     if spectra is None:
         spectra = layer_spectra(m, cross=False, metric=metric)
     fits = []

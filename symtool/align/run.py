@@ -1,6 +1,6 @@
 """``symtool align``: CRH relations and PAH exponents for every layer of every checkpoint.
 
-The data flow of theory.md sections 1-4: build the model once, load each checkpoint's
+The data flow of docs/theory.md §1-4: build the model once, load each checkpoint's
 state dict into it, stream the probe data through the capture hooks (one forward and
 one backward per batch), then score each layer's finished matrices with
 :mod:`symtool.align.crh` and fit :mod:`symtool.align.pah` exponents from one ``eigh`` per matrix.
@@ -19,10 +19,11 @@ from symtool import distributed
 from symtool.align import capture as cap
 from symtool.align import crh, pah
 from symtool.align.moments import layer_bytes
+from symtool.align.score import METRICS, HaarBank
 from symtool.errors import ModelError, ProbeError, UsageError
 from symtool.inputs import checkpoints as ck
 from symtool.inputs import models, probes
-from symtool.linalg import METRICS, HaarBank, all_finite
+from symtool.linalg import all_finite
 from symtool.report.files import to_jsonable
 from symtool.runner import Progress, run_report
 

@@ -32,7 +32,7 @@ from symtool.cli.common import (
     report_exit_code,
     run_with_resume,
 )
-from symtool.config import RunConfig, find_config, pick
+from symtool.config import RunConfig, find_config, pick, resolve
 from symtool.errors import UsageError
 
 
@@ -62,15 +62,42 @@ def inspect(
     report = inspect_checkpoints(
         ckpts,
         tensors=len(ckpts) == 1 if tensors is None else tensors,
-        trust_pickle=bool(pick(trust_pickle, config, "checkpoints", "trust_pickle", False)),
+        trust_pickle=bool(pick(trust_pickle, config, "checkpoints", "trust_pickle", None)),
     )
     output_sink(fmt, out).emit(report)
     return report_exit_code(report)
 
 
-def _opt_float(value: float | int | None) -> float | None:
-    """A number from the command line or symtool.toml as float, ``None`` kept."""
-    return None if value is None else float(value)
+
+ALIGN_KEYS: dict[str, str | tuple[str, ...] | None] = {
+    "factory": "model.factory",
+    "activation": "model.activation",
+    "dtype": None,
+    "trust_pickle": "checkpoints.trust_pickle",
+    "inputs": "data.inputs",
+    "targets": "data.targets",
+    "mask": "data.mask",
+    "samples": "data.samples",
+    "batch_size": "data.batch_size",
+}
+"""Settings of ``align`` whose ``symtool.toml`` key is not ``[align] <name>``."""
+
+RUN_KEYS: dict[str, str | tuple[str, ...] | None] = {
+    "factory": "model.factory",
+    "trust_pickle": "checkpoints.trust_pickle",
+    "inputs": "data.inputs",
+    "samples": "data.samples",
+}
+"""The same for the run settings of ``ode`` and ``symmetry``."""
+
+SYMMETRY_KEYS: dict[str, str | tuple[str, ...] | None] = {
+    "activation": ("symmetry.activation", "model.activation"),
+    "dead_tau": "symmetry.tau_dead",
+    "dup_tau": "symmetry.tau_dup",
+    "rank_tau": "symmetry.tau_rank",
+    "keep_vectors": None,
+}
+"""The same for :class:`SymmetrySettings`."""
 
 
 def _data_option(data: str | None, config: RunConfig) -> tuple[Path | None, str | None]:
@@ -190,38 +217,41 @@ def align(
     config = find_config(paths, config_path)
     sink = output_sink(fmt, out)
     data_path, source = _data_option(data, config)
-    layer_globs = pick(layers, config, "align", "layers", [])
     # checkpoints first, so an empty folder says "no checkpoints", not "no probe data"
     ckpts = checkpoints_from(paths, config, steps=steps, every=every, last=last)
-    settings = AlignSettings(
-        factory=pick(local_spec(model), config, "model", "factory", None),
+    flags = {
+        "factory": local_spec(model),
+        "activation": activation,
+        "dtype": dtype,
+        "trust_pickle": trust_pickle,
+        "inputs": inputs,
+        "targets": targets,
+        "mask": mask,
+        "samples": samples,
+        "batch_size": batch_size,
+        "loss": local_spec(loss),
+        "moments": moments,
+        "metric": metric,
+        "null_samples": null_samples,
+        "seed": seed,
+        "layers": layers,
+        "verify": verify,
+        "pah": pah_on,
+        "pah_floor": pah_floor,
+        "bootstrap": bootstrap,
+        "device": device,
+        "max_layer_dim": max_layer_dim,
+        "max_memory": max_memory,
+    }
+    settings = resolve(
+        AlignSettings,
+        flags,
+        config,
+        "align",
+        keys=ALIGN_KEYS,
         model_args=parse_model_args(model_arg, config),
-        activation=pick(activation, config, "model", "activation", "relu"),
-        dtype=dtype,
-        trust_pickle=bool(pick(trust_pickle, config, "checkpoints", "trust_pickle", False)),
         data=data_path,
         source=source,
-        inputs=pick(inputs, config, "data", "inputs", "x"),
-        targets=pick(targets, config, "data", "targets", "y"),
-        mask=pick(mask, config, "data", "mask", None),
-        samples=pick(samples, config, "data", "samples", None),
-        batch_size=pick(batch_size, config, "data", "batch_size", 256),
-        loss=pick(local_spec(loss), config, "align", "loss", "cross_entropy"),
-        moments=pick(moments, config, "align", "moments", "paper"),
-        metric=pick(metric, config, "align", "metric", "pearson"),
-        null_samples=pick(null_samples, config, "align", "null_samples", 16),
-        seed=pick(seed, config, "align", "seed", 0),
-        layers=tuple([layer_globs] if isinstance(layer_globs, str) else layer_globs),
-        verify=bool(pick(verify, config, "align", "verify", False)),
-        pah=bool(pick(pah_on, config, "align", "pah", True)),
-        pah_floor=float(pick(pah_floor, config, "align", "pah_floor", 1e-8)),
-        bootstrap=pick(bootstrap, config, "align", "bootstrap", 200),
-        device=pick(device, config, "align", "device", "cpu"),
-        max_layer_dim=pick(max_layer_dim, config, "align", "max_layer_dim", 8192),
-        max_memory=_opt_float(pick(max_memory, config, "align", "max_memory", None)),
-        alpha_threshold=float(pick(None, config, "align", "alpha_threshold", 0.8)),
-        z_threshold=float(pick(None, config, "align", "z_threshold", 3.0)),
-        gemm_dtype=pick(None, config, "align", "gemm_dtype", "float64"),
         base_dir=config.base_dir,
     )
     world = distributed.from_env(parallel, settings.device)
@@ -305,22 +335,24 @@ def ode(
     config = find_config(paths, config_path)
     sink = output_sink(fmt, out)
     data_path = Path(data) if data is not None else config.path_value("data", "path")
-    run = OdeRun(
-        settings=OdeSettings(
-            nonlinearity=pick(nonlinearity, config, "ode", "nonlinearity", "tanh"),
-            batch_first=bool(pick(batch_first, config, "data", "batch_first", False)),
-            lyapunov_k=pick(lyapunov_k, config, "ode", "lyapunov_k", None),
-            warmup=pick(warmup, config, "ode", "warmup", None),
-            dt=pick(dt, config, "ode", "dt", None),
-            seed=pick(seed, config, "ode", "seed", 0),
+    run = resolve(
+        OdeRun,
+        {"inputs": inputs, "samples": samples, "factory": local_spec(model),
+         "trust_pickle": trust_pickle},
+        config,
+        "ode",
+        keys=RUN_KEYS,
+        settings=resolve(
+            OdeSettings,
+            {"nonlinearity": nonlinearity, "batch_first": batch_first, "lyapunov_k": lyapunov_k,
+             "warmup": warmup, "dt": dt, "seed": seed},
+            config,
+            "ode",
+            keys={"batch_first": "data.batch_first"},
         ),
         data=data_path,
-        inputs=pick(inputs, config, "data", "inputs", "x"),
-        samples=pick(samples, config, "data", "samples", None),
-        factory=pick(local_spec(model), config, "model", "factory", None),
         model_args=parse_model_args(model_arg, config),
         base_dir=config.base_dir,
-        trust_pickle=bool(pick(trust_pickle, config, "checkpoints", "trust_pickle", False)),
     )
     ckpts = checkpoints_from(paths, config, steps=steps, every=every, last=last)
     report = run_with_resume(
@@ -410,27 +442,30 @@ def symmetry(
 
     config = find_config(paths, config_path)
     sink = output_sink(fmt, out)
-    defaults = SymmetrySettings()
-    act = pick(activation, config, "symmetry", "activation", None)
-    settings = SymmetrySettings(
-        activation=act or config.get("model", "activation", "relu"),
-        dead_tau=float(pick(tau_dead, config, "symmetry", "tau_dead", defaults.dead_tau)),
-        dup_tau=float(pick(tau_dup, config, "symmetry", "tau_dup", defaults.dup_tau)),
-        rank_tau=float(pick(tau_rank, config, "symmetry", "tau_rank", defaults.rank_tau)),
-        dead_taus=_with(defaults.dead_taus, pick(tau_dead, config, "symmetry", "tau_dead", None)),
-        dup_taus=_with(defaults.dup_taus, pick(tau_dup, config, "symmetry", "tau_dup", None)),
-        rank_taus=_with(defaults.rank_taus, pick(tau_rank, config, "symmetry", "tau_rank", None)),
-        keep_vectors=all_values,
+    settings = resolve(
+        SymmetrySettings,
+        {"activation": activation, "dead_tau": tau_dead, "dup_tau": tau_dup,
+         "rank_tau": tau_rank, "keep_vectors": all_values or None},
+        config,
+        "symmetry",
+        keys=SYMMETRY_KEYS,
+        **SymmetrySettings.threshold_lists(
+            dead=pick(tau_dead, config, "symmetry", "tau_dead", None),
+            dup=pick(tau_dup, config, "symmetry", "tau_dup", None),
+            rank=pick(tau_rank, config, "symmetry", "tau_rank", None),
+        ),
     )
-    run = SymmetryRun(
+    run = resolve(
+        SymmetryRun,
+        {"heads": heads, "classifier": classifier, "factory": local_spec(model),
+         "trust_pickle": trust_pickle},
+        config,
+        "symmetry",
+        keys=RUN_KEYS,
         settings=settings,
         pairs=_pairs(pair, config),
-        heads=pick(heads, config, "symmetry", "heads", None),
-        classifier=pick(classifier, config, "symmetry", "classifier", None),
-        factory=pick(local_spec(model), config, "model", "factory", None),
         model_args=parse_model_args(model_arg, config),
         base_dir=config.base_dir,
-        trust_pickle=bool(pick(trust_pickle, config, "checkpoints", "trust_pickle", False)),
         save_subspaces=save_subspaces,
     )
     ckpts = checkpoints_from(paths, config, steps=steps, every=every, last=last)
@@ -444,9 +479,3 @@ def symmetry(
     sink.emit(report)
     return report_exit_code(report)
 
-
-def _with(taus: tuple[float, ...], extra: float | None) -> tuple[float, ...]:
-    """A threshold list that also holds a user's headline threshold and 3× it (hysteresis)."""
-    if extra is None:
-        return taus
-    return tuple(sorted({*taus, float(extra), min(3 * float(extra), 1.0)}, reverse=True))

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from symtool.cli.common import ConfigOpt, OutOpt, command, say
-from symtool.config import RunConfig, find_config, pick
+from symtool.config import RunConfig, find_config, resolve
 from symtool.errors import EXIT_FAILED, EXIT_OK, ReportError, UsageError
 from symtool.report import check as ck
 from symtool.report import schema as sch
@@ -88,19 +88,17 @@ def check_command(
     """Check requirements on a report's metrics; exit 0 when all hold, 1 when any fails."""
     data = load_report(report)
     config = _check_config(report, config_path)
-    requirements = pick(require or None, config, "check", "require", [])
-    if isinstance(requirements, str):
-        requirements = [requirements]
-    globs = pick(layer or None, config, "check", "layer", [])
-    globs = [globs] if isinstance(globs, str) else list(globs)
-    scope = pick(step, config, "check", "step", "last")
-    result = ck.check(data, requirements, layers=globs, step=scope)
+    cs = resolve(
+        ck.CheckSettings, {"require": require or None, "layer": layer or None, "step": step},
+        config, "check",
+    )
+    result = ck.check(data, cs.require, layers=cs.layer, step=cs.step)
     settings = {
         "report": "<stdin>" if report == "-" else report,
         "config": None if config.path is None else str(config.path),
-        "require": list(requirements),
-        "layers": globs,
-        "step": str(scope),
+        "require": list(cs.require),
+        "layers": list(cs.layer),
+        "step": str(cs.step),
     }
     rep = ck.check_report(result, data, settings)
     if fmt in (None, "text") and out is None:

@@ -1,6 +1,6 @@
 """Build the model, load a state dict into it strictly, and pick the layers to capture.
 
-theory.md section 1: a *layer* is one linear map ``W`` (``nn.Linear``; ``nn.Conv1d/2d/3d``
+docs/theory.md §1: a *layer* is one linear map ``W`` (``nn.Linear``; ``nn.Conv1d/2d/3d``
 with its kernel reshaped to ``C_out × C_in·prod(kernel)``). Every other module that owns
 parameters is recorded as skipped with a reason, never silently dropped.
 

@@ -1,6 +1,6 @@
 """Probe data (inputs, targets, optional row mask), its batches, and the loss.
 
-theory.md section 1: per-sample gradients come from one backward pass of the loss with
+docs/theory.md §1: per-sample gradients come from one backward pass of the loss with
 ``reduction="sum"``, so every loss here returns the **sum** over its terms; the gradient a
 hook reads at a layer output is then the gradient of that sample's own loss.
 """

@@ -1,6 +1,6 @@
 """Recurrent cells read as ODE integrators: weights, Jacobians, stability, Lyapunov, verdict.
 
-theory.md section 6 (Niu, Horesh, Chuang 2019, arXiv 1904.12933) and section 7 (float64,
+docs/theory.md §6 (Niu, Horesh, Chuang 2019, arXiv 1904.12933) and section 7 (float64,
 determinism, non-finite values recorded as failures). Cells are found by parameter name
 (:mod:`symtool.ode.cells`); weights-only diagnostics and the reading of ``J`` are in
 :mod:`symtool.ode.linearization`, the RK algebra in :mod:`symtool.stability` and the QR

@@ -1,6 +1,6 @@
 """Find recurrent cells in a state dict by parameter name and rebuild their one-step maps.
 
-theory.md section 6. PyTorch layouts: ``nn.RNN``/``nn.GRU``/``nn.LSTM`` keep
+docs/theory.md §6. PyTorch layouts: ``nn.RNN``/``nn.GRU``/``nn.LSTM`` keep
 ``weight_ih_l{k}``, ``weight_hh_l{k}``, ``bias_ih_l{k}``, ``bias_hh_l{k}`` (and LSTM
 ``weight_hr_l{k}`` with ``proj_size``), with ``_reverse`` for the backward direction; the
 ``*Cell`` variants keep the same names without ``_l{k}``. ``weight_hh`` stacks gates
@@ -10,7 +10,7 @@ theory.md section 6. PyTorch layouts: ``nn.RNN``/``nn.GRU``/``nn.LSTM`` keep
 The rebuilt step works on the full state ``s`` (RNN/GRU: ``h``; LSTM: ``[h, c]`` with ``h``
 of the projection size when ``proj_size > 0``), along the last dimension, so one code path
 serves batched and unbatched calls, ``torch.func`` transforms included. All tensors are
-float64 (theory.md section 7).
+float64 (docs/theory.md §7).
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ class CellSpec:
 
     @property
     def order(self) -> tuple[int, int]:
-        """Operational ``(n, t)`` of one step (theory.md section 6 table)."""
+        """Operational ``(n, t)`` of one step (docs/theory.md §6 table)."""
         return _ORDER[self.kind]
 
 

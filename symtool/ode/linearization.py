@@ -1,6 +1,6 @@
 """Linearisations of a recurrent cell: weights-only diagnostics and the ODE reading of ``J``.
 
-theory.md section 6 ("Weights only", "ODE reading of J"); float64 throughout (section 7).
+docs/theory.md §6 ("Weights only", "ODE reading of J"); float64 throughout (section 7).
 ``J = ∂s_{k+1}/∂s_k`` is read as one step of size ``Δt`` of Euler, RK2–RK4 or the exact
 flow of ``y' = Λy``; the RK algebra is in :mod:`symtool.stability`.
 """
@@ -274,7 +274,7 @@ def weight_diagnostics(cell: CellWeights, max_modes: int = 32) -> tuple[GateDiag
 def read_jacobian(
     jac: Tensor, step: StepSize, *, point: str = "rest", samples: int = 1, max_modes: int = 32
 ) -> JacobianReading:
-    """Read ``J`` as one step of Euler, RK2–4 and the exact flow (theory.md section 6).
+    """Read ``J`` as one step of Euler, RK2–4 and the exact flow (docs/theory.md §6).
 
     Args:
         jac: ``(D, D)`` Jacobian of the one-step map.

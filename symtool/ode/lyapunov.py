@@ -1,11 +1,11 @@
 """Lyapunov spectrum, Kaplan–Yorke dimension and participation ratio along sequences.
 
-theory.md section 6 ("Lyapunov spectrum"). QR method: start from an orthonormal
+docs/theory.md §6 ("Lyapunov spectrum"). QR method: start from an orthonormal
 ``Q_0`` (``D × k``, seeded), at every step ``Z = J_k Q``, ``Q, R = qr(Z)`` with
 ``diag(R) > 0``, and ``λ_i = mean ln R_ii`` over the steps after a warm-up (natural log,
 per step). ``J_k Q`` comes from Jacobian-vector products (``torch.func.jvp`` vmapped over
 the ``k`` columns; closed form for vanilla RNNs), never from a full ``J``. Sums and
-counts are streamed in float64 and divided at the end (theory.md section 7).
+counts are streamed in float64 and divided at the end (docs/theory.md §7).
 
 ``λ_1`` comes with an interval (:func:`lambda_interval`, docs/ode.md "Verdict"): the
 standard error across sequences and the spread over independently drawn starting frames.

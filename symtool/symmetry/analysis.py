@@ -1,12 +1,12 @@
 """Parameter symmetries read from weights alone: rank, dead/identical units, heads, softmax.
 
-theory.md section 5 (the table of symmetries and their measures) and section 7 (float64,
+docs/theory.md §5 (the table of symmetries and their measures) and section 7 (float64,
 no NaN in a record). One checkpoint's state dict goes in, a :class:`SymmetryResult` of
 small frozen records comes out; :func:`symmetry_subspaces` returns the broken/restored
 bases for saving, and :func:`symtool.symmetry.timeline.analyse_sequence` reads a sequence
 of results.
 
-Conventions fixed here where theory.md is silent (user-facing text in docs/symmetry.md):
+Conventions fixed here where docs/theory.md is silent (user-facing text in docs/symmetry.md):
 
 * numerical rank counts ``σ_k/σ_1 > max(τ, max(m,n)·eps)`` with ``eps`` of the stored dtype;
 * excess nullity against a Gaussian uses the Marchenko–Pastur expected rank of a Gaussian
@@ -244,7 +244,7 @@ def analyse_symmetry(
 
     Args:
         state: the state dict (tensors on any device; read as float64 on the CPU).
-        settings: thresholds and switches (defaults: theory.md's).
+        settings: thresholds and switches (defaults: docs/theory.md's).
         pairs: explicit unit pairs ``(incoming, outgoing[, activation])``; None: automatic.
         heads: attention heads per block; None skips the per-head analysis.
         classifier: classifier layer for the softmax record (None: automatic, "": none).

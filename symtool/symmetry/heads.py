@@ -1,6 +1,6 @@
 """Attention heads: rank of the QK and OV pairs, dead heads, duplicate heads.
 
-theory.md section 5 (attention QK / OV, per head a linear pair). Head ``h`` owns rows
+docs/theory.md §5 (attention QK / OV, per head a linear pair). Head ``h`` owns rows
 ``h·d_head … (h+1)·d_head − 1`` of ``W_q``, ``W_k``, ``W_v`` (``d_head × d_model`` blocks)
 and the same columns of ``W_o`` (``d_model × d_head``). The pair kernels are
 

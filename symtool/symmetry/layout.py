@@ -1,6 +1,6 @@
 """Find linear maps, hidden-unit pairs and attention blocks in a state dict, from weights alone.
 
-theory.md section 1 (what a layer is: linear and conv weights as ``d_out × d_in``
+docs/theory.md §1 (what a layer is: linear and conv weights as ``d_out × d_in``
 matrices; attention split into Q, K, V, O; everything else recorded as skipped) and
 section 5 (unit pairs from consecutive layers whose shapes chain, or declared by the user).
 

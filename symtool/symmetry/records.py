@@ -1,6 +1,6 @@
 """Settings and result records of the parameter-symmetry analysis.
 
-theory.md section 5 (what each number means) and section 7 (float64, no NaN in a record).
+docs/theory.md §5 (what each number means) and section 7 (float64, no NaN in a record).
 Every record is a small frozen dataclass of plain values; a number that cannot be computed
 is ``None`` with the reason in ``reason``. The analyses live in ``symmetry.py`` (rank,
 softmax, subspaces, the whole checkpoint), ``units.py`` (hidden units), ``heads.py``
@@ -51,7 +51,7 @@ def _check_taus(name: str, taus: tuple[float, ...], default: float, errors: list
 class SymmetrySettings:
     """Thresholds and switches of the symmetry analysis, recorded in every result.
 
-    The headline thresholds are theory.md's defaults; the lists also carry ``3τ`` and
+    The headline thresholds are docs/theory.md's defaults; the lists also carry ``3τ`` and
     ``1e-1`` because the sequence rules (hysteresis ``τ``/``3τ``, "mode learned" at
     ``1e-1``) read them from the per-checkpoint records.
 
@@ -101,6 +101,26 @@ class SymmetrySettings:
         """The settings as a JSON-ready dict."""
         return asdict(self)
 
+    @classmethod
+    def threshold_lists(
+        cls, *, dead: float | None = None, dup: float | None = None, rank: float | None = None
+    ) -> dict[str, tuple[float, ...]]:
+        """The default threshold lists with a user's headline thresholds (and 3× each, for
+        the sequence's hysteresis) added; ``None`` leaves a list at its default."""
+        fields = cls.__dataclass_fields__
+
+        def grown(name: str, extra: float | None) -> tuple[float, ...]:
+            taus: tuple[float, ...] = fields[name].default  # type: ignore[assignment]
+            if extra is None:
+                return taus
+            return tuple(sorted({*taus, float(extra), min(3 * float(extra), 1.0)}, reverse=True))
+
+        return {
+            "dead_taus": grown("dead_taus", dead),
+            "dup_taus": grown("dup_taus", dup),
+            "rank_taus": grown("rank_taus", rank),
+        }
+
 
 @dataclass(frozen=True)
 class TauCount:
@@ -134,7 +154,7 @@ class RankAt:
 
 @dataclass(frozen=True)
 class LayerRank:
-    """Rotation symmetry of one linear map (theory.md section 5, "Rank").
+    """Rotation symmetry of one linear map (docs/theory.md §5, "Rank").
 
     Attributes:
         name: layer name (weight key without ``.weight``; split attention adds
@@ -227,7 +247,7 @@ class ImbalanceStats:
 
 @dataclass(frozen=True)
 class LinearPairRecord:
-    """Rotation symmetry of a linear pair (theory.md section 5): ``A → RA``, ``B → BRᵀ``.
+    """Rotation symmetry of a linear pair (docs/theory.md §5): ``A → RA``, ``B → BRᵀ``.
 
     ``A`` (``h × (d_in + 1)``) holds the incoming rows with their bias, ``B`` the outgoing
     weight, whose columns for unit ``i`` are ``u_i``; so ``K = AAᵀ + BᵀB = ΘΘᵀ`` with ``Θ``
@@ -253,7 +273,7 @@ class LinearPairRecord:
 
 @dataclass(frozen=True)
 class UnitsRecord:
-    """Hidden units between two layers (theory.md section 5, dead and identical units).
+    """Hidden units between two layers (docs/theory.md §5, dead and identical units).
 
     Attributes:
         incoming: layer whose rows are ``w_i`` (and bias ``b_i``).
@@ -302,7 +322,7 @@ class UnitsRecord:
 
 @dataclass(frozen=True)
 class HeadRecord:
-    """One attention head (theory.md section 5, attention QK / OV).
+    """One attention head (docs/theory.md §5, attention QK / OV).
 
     Attributes:
         index: head number.
@@ -362,7 +382,7 @@ class AttentionRecord:
 
 @dataclass(frozen=True)
 class SoftmaxRecord:
-    """Softmax logit-translation symmetry of the classifier (theory.md section 5).
+    """Softmax logit-translation symmetry of the classifier (docs/theory.md §5).
 
     Attributes:
         layer: the classifier layer (or tensor) used.
@@ -433,7 +453,7 @@ class Series:
 
 @dataclass(frozen=True)
 class Event:
-    """A persistent change of a series (theory.md section 5, across a sequence).
+    """A persistent change of a series (docs/theory.md §5, across a sequence).
 
     Attributes:
         layer: as in :class:`Series`.

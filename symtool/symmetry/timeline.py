@@ -1,6 +1,6 @@
 """Symmetry breaking and restoration across a checkpoint sequence.
 
-theory.md section 5 ("Across a checkpoint sequence", "Checkable laws"). From per-checkpoint
+docs/theory.md §5 ("Across a checkpoint sequence", "Checkable laws"). From per-checkpoint
 :class:`SymmetryResult` records this builds per-layer time series (rank at ``rank_tau``,
 dead units, independent units; dead and independent heads), applies hysteresis, finds
 persistent changes (events) labelled *breaking* or *restoration*, the "mode k learned"
@@ -183,7 +183,7 @@ def _imbalance(layer: str, steps: Sequence[int], recs: Sequence[UnitsRecord | No
     pts = [(s, r.imbalance) for s, r in zip(steps, recs, strict=True)
            if r is not None and r.imbalance is not None]
     acts = sorted({r.activation for r in recs if r is not None and not r.balanced})
-    if len(pts) >= 2 and acts:  # theory.md section 5: the law comes from the rescaling symmetry
+    if len(pts) >= 2 and acts:  # docs/theory.md §5: the law comes from the rescaling symmetry
         return _no_fit(layer, len(pts), f"activation {', '.join(map(str, acts))} has no "
                        "rescaling symmetry, so the imbalance law does not apply", "units")
 

@@ -1,6 +1,6 @@
 """Hidden units: dead and half-dead units, identical units, per-unit imbalance.
 
-theory.md section 5 ("Dead units", "Identical units", "Checkable laws"). Unit ``i`` between
+docs/theory.md §5 ("Dead units", "Identical units", "Checkable laws"). Unit ``i`` between
 an incoming layer (row ``w_i``, bias ``b_i``) and an outgoing layer (columns ``u_i``) is
 ``θ_i = [w_i, b_i, u_i]`` (conv: flattened kernels). ``d_ij = 2‖θ_i − θ_j‖² / (‖θ_i‖² +
 ‖θ_j‖²)``; for positively homogeneous activations the units are balanced first, for odd
@@ -444,7 +444,7 @@ LINEAR = frozenset({"identity", "linear"})
 def linear_pair(
     inc: Tensor, out: Tensor, eps: float, taus: Sequence[float], block: int = 512
 ) -> LinearPairRecord:
-    """Rotation measures of a linear pair from its units' parts (theory.md section 5).
+    """Rotation measures of a linear pair from its units' parts (docs/theory.md §5).
 
     Args:
         inc: ``h × ·`` incoming parts ``[w_i, b_i]`` (rows of ``A``), float64.
