@@ -196,6 +196,22 @@ def test_weights_only_fallback_says_so() -> None:
     assert synthetic.lambda_1_low is not None  # the interval is reported; the verdict skips it
 
 
+def test_collapsed_lower_exponents_keep_the_lambda_1_verdict() -> None:
+    """A rank-2 recurrence: exponents 3..6 are −∞ (null, with the reason), λ_1 = ln 0.9 is
+    finite in every sequence, so the verdict still rests on its interval."""
+    w = torch.zeros(6, 6, dtype=F64)
+    w[0, 0], w[1, 1] = 0.9, 0.5
+    layer = analyze_state_dict(_rnn_sd(w), LINEAR, sequences=_seqs(60, 4)).layers[0]
+    assert "4 of 6 exponents are −∞" in layer.lyapunov.reason
+    assert layer.lyapunov.lambda_1 == pytest.approx(math.log(0.9), abs=1e-12)
+    assert layer.verdict.label == "contracting"
+    _consistent(layer)
+    grow = analyze_state_dict(_rnn_sd(60 * _orthogonal(6)), LINEAR, sequences=_seqs(300, 2))
+    v = grow.layers[0].verdict  # the state overflows: no λ_1, the rest point decides
+    assert v.basis == "log_radius_at_rest" and v.label == "expanding"
+    assert "no λ_1 interval (state became non-finite at step" in v.evidence
+
+
 def test_settings_are_validated() -> None:
     for bad in ({"lyapunov_frames": 0}, {"confidence": 1.0}, {"single_sequence_band": -1.0}):
         with pytest.raises(UsageError):

@@ -548,7 +548,8 @@ def _finish(
                 samples=stats.jacobian_n,
                 max_modes=settings.max_modes,
             )
-    iv = interval if label == "data" and lyap is not None and lyap.reason is None else None
+    # λ_1's interval exists when every sequence has a finite λ_1 (lower exponents may be −∞)
+    iv = interval if label == "data" else None
     v = verdict(
         settings.marginal_band if iv is None else iv.half_width,
         lambda_1=None if iv is None else iv.center,
