@@ -1,7 +1,8 @@
 """One error base class; the CLI turns it into one line and an exit code.
 
-Exit codes (documented in README): 0 ok, 1 a check failed or some checkpoint/layer
-failed while others were analysed, 2 bad usage or bad input.
+Exit codes, defined here and nowhere else (README lists them): 0 ok, 1 a check failed or
+some checkpoint/layer failed while others were analysed, 2 bad usage or bad input, 3 an
+internal error (a bug), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
+EXIT_INTERNAL = 3
 EXIT_INTERRUPTED = 130
 
 
@@ -61,9 +63,3 @@ class AnalysisError(SymtoolError):
 
 class ReportError(SymtoolError):
     """A report is malformed or a requirement expression is invalid."""
-
-
-class CheckFailed(SymtoolError):
-    """A requirement did not hold (exit 1)."""
-
-    exit_code = EXIT_FAILED

@@ -17,8 +17,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "symtool"
 
 LAYERS: list[tuple[str, ...]] = [
     ("symtool.errors", "symtool._version"),
-    ("symtool.config", "symtool.linalg", "symtool.stability", "symtool.distributed",
-     "symtool.inputs"),
+    ("symtool.config", "symtool.activations", "symtool.linalg", "symtool.stability",
+     "symtool.distributed", "symtool.inputs"),
     ("symtool.report",),
     ("symtool.runner",),
     ("symtool.align", "symtool.symmetry", "symtool.ode", "symtool.inspection"),

@@ -18,7 +18,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from symtool.config import RunConfig, pick
-from symtool.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, SymtoolError, UsageError
+from symtool.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, SymtoolError, UsageError
 from symtool.inputs import checkpoints as ck
 from symtool.report.sink import Sink
 
@@ -34,7 +34,6 @@ CLICK_EXCEPTION = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "C
 symtool does not depend on the ``click`` package."""
 
 
-EXIT_INTERNAL = 3
 
 
 def debug_on() -> bool:

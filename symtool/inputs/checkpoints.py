@@ -555,15 +555,3 @@ def tensor_kind(name: str, shape: tuple[int, ...]) -> str:
     if leaf == "bias" and len(shape) == 1:
         return "bias"
     return "other"
-
-
-ANALYSES_BY_KIND = {
-    "linear": ("align", "symmetry"),
-    "conv": ("align", "symmetry"),
-    "attention": ("align", "symmetry"),
-    "recurrent": ("ode",),
-    "bias": ("align", "symmetry"),
-    "norm": (),
-    "embedding": (),
-    "other": (),
-}

@@ -12,40 +12,20 @@ loading works and reports use the checkpoint's layer names.
 from __future__ import annotations
 
 import fnmatch
-import hashlib
-import importlib
-import importlib.util
-import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from symtool.activations import FUNCTIONS, MODULES
 from symtool.errors import ModelError
+from symtool.inputs.imports import import_object
 
 Tensor = torch.Tensor
 
-
-def _identity(x: Tensor) -> Tensor:
-    """No nonlinearity (a deep linear network)."""
-    return x
-
-
-ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
-    "relu": F.relu,
-    "tanh": torch.tanh,
-    "gelu": F.gelu,
-    "sigmoid": torch.sigmoid,
-    "leaky_relu": F.leaky_relu,
-    "silu": F.silu,
-    "elu": F.elu,
-    "identity": _identity,
-}
-"""Activations the auto-MLP can put between layers (PyTorch defaults for their options)."""
 
 _CONV_KINDS: dict[type[nn.Module], str] = {
     nn.Conv1d: "conv1d",
@@ -55,64 +35,8 @@ _CONV_KINDS: dict[type[nn.Module], str] = {
 _LIST_LIMIT = 10
 
 
-# --------------------------------------------------------------------------- importing
-def import_object(spec: str, base_dir: Path | None = None) -> Any:
-    """Import ``pkg.module:attr`` or ``path/to/file.py:attr``.
-
-    Args:
-        spec: ``module:attribute`` (the attribute may be dotted). A module part ending in
-            ``.py`` or containing a path separator is a file, relative to ``base_dir``.
-        base_dir: folder file paths are relative to (e.g. the config file's folder);
-            the working directory when ``None``.
-
-    Raises:
-        ModelError: malformed spec, missing file/module, import failure or missing attribute.
-    """
-    mod_part, sep, attr = spec.rpartition(":")
-    if not sep or not mod_part or not attr:
-        raise ModelError(f"expected 'module:attribute' or 'file.py:attribute', got {spec!r}")
-    is_file = mod_part.endswith(".py") or "/" in mod_part or "\\" in mod_part
-    where: str | Path = mod_part
-    if is_file:
-        path = Path(mod_part).expanduser()
-        if not path.is_absolute():
-            path = (base_dir or Path.cwd()) / path
-        path = path.resolve()
-        where = path
-        if not path.is_file():
-            raise ModelError(f"no such Python file for {spec!r}", path=path)
-        module = _import_file(path)
-    else:
-        try:
-            module = importlib.import_module(mod_part)
-        except ImportError as exc:
-            raise ModelError(f"cannot import module {mod_part!r} for {spec!r}: {exc}") from exc
-    obj: Any = module
-    for name in attr.split("."):
-        if not hasattr(obj, name):
-            raise ModelError(f"{mod_part} has no attribute {attr!r}", path=where)
-        obj = getattr(obj, name)
-    return obj
 
 
-def _import_file(path: Path) -> Any:
-    """Import a Python file once per path, under a name derived from the path."""
-    digest = hashlib.sha256(str(path).encode()).hexdigest()[:12]
-    name = f"_symtool_user_{path.stem}_{digest}"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise ModelError("cannot load as a Python module", path=path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except Exception as exc:
-        del sys.modules[name]
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        raise ModelError(f"importing failed: {type(exc).__name__}: {first}", path=path) from exc
-    return module
 
 
 # --------------------------------------------------------------------------- building
@@ -132,7 +56,7 @@ def build_model(
         args: keyword arguments for the factory.
         state_dict: the checkpoint's tensors (auto-MLP reads names, shapes and dtypes).
         activation: auto-MLP nonlinearity between layers (none after the last); one of
-            :data:`ACTIVATIONS`.
+            :data:`symtool.activations.FUNCTIONS`.
         base_dir: folder a ``file.py:callable`` factory is relative to.
 
     Raises:
@@ -157,9 +81,9 @@ def build_model(
         return model
     if args:
         raise ModelError("model arguments were given but no --model factory to pass them to")
-    if activation not in ACTIVATIONS:
+    if activation not in FUNCTIONS:
         raise ModelError(
-            f"unknown activation {activation!r}; expected one of {', '.join(ACTIVATIONS)}"
+            f"unknown activation {activation!r}; expected one of {', '.join(FUNCTIONS)}"
         )
     return _AutoMLP(_linear_chain(state_dict), activation)
 
@@ -226,7 +150,7 @@ class _AutoMLP(nn.Module):
     def __init__(self, chain: list[tuple[str, Tensor, Tensor | None]], activation: str) -> None:
         super().__init__()
         self.activation = activation
-        self._act = ACTIVATIONS[activation]
+        self._act = FUNCTIONS[activation]
         self._chain: list[nn.Linear] = []  # plain list: not registered twice
         for prefix, w, b in chain:
             parent: nn.Module = self
@@ -344,7 +268,11 @@ class LayerRef:
 
 @dataclass(frozen=True)
 class Skipped:
-    """A parameterised module that is not captured, and why."""
+    """Something an analysis did not analyse (a module, a state-dict entry), and why.
+
+    The one skipped record of ``align`` (modules) and ``ode`` (tensors); ``symmetry``'s
+    :class:`symtool.symmetry.records.SkippedTensor` also records the tensor's shape.
+    """
 
     name: str
     reason: str
@@ -472,18 +400,6 @@ def _skip_reason(module: nn.Module) -> str:
     )
 
 
-_GRAPH_ACTIVATIONS: dict[type[nn.Module], str] = {
-    nn.ReLU: "relu",
-    nn.LeakyReLU: "leaky_relu",
-    nn.Tanh: "tanh",
-    nn.GELU: "gelu",
-    nn.SiLU: "silu",
-    nn.Sigmoid: "sigmoid",
-    nn.Softplus: "softplus",
-    nn.Identity: "identity",
-}
-
-
 def graph_pairs(model: nn.Module) -> list[tuple[str, str, str]]:
     """Unit pairs ``(incoming, outgoing, activation)`` read from the model's module graph.
 
@@ -507,7 +423,7 @@ def graph_pairs(model: nn.Module) -> list[tuple[str, str, str]]:
             width_out = module.out_features if linear else module.out_channels
             prev, act = (name, width_out), "unknown"
         else:
-            for cls, label in _GRAPH_ACTIVATIONS.items():
+            for cls, label in MODULES.items():
                 if type(module) is cls and act == "unknown":
                     act = label
     return out

@@ -241,7 +241,7 @@ def source_batches(
     Raises:
         ProbeError: the function cannot be imported, or yields something else.
     """
-    from symtool.inputs.models import import_object
+    from symtool.inputs.imports import import_object
 
     try:
         fn = import_object(spec, base_dir)
@@ -402,7 +402,7 @@ def resolve_loss(spec: str, *, base_dir: Path | None = None) -> LossFn:
         raise ProbeError(
             f"unknown loss {spec!r}; expected one of {', '.join(LOSSES)} or module:function"
         )
-    from symtool.inputs.models import import_object
+    from symtool.inputs.imports import import_object
 
     try:
         fn = import_object(spec, base_dir)

@@ -18,10 +18,10 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from symtool.errors import ProbeError, UsageError
+from symtool.inputs.models import Skipped
 from symtool.ode.cells import (
     NONLINEARITIES,
     CellSpec,
-    SkippedTensor,
     StepMap,
     cell_gate,
     cell_jacobian,
@@ -211,7 +211,7 @@ class OdeReport:
     """The ODE analysis of one checkpoint: layers, skipped tensors, settings."""
 
     layers: tuple[RecurrentLayerReport, ...]
-    skipped: tuple[SkippedTensor, ...]
+    skipped: tuple[Skipped, ...]
     settings: OdeSettings = field(default_factory=OdeSettings)
 
 

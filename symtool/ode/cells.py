@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from symtool.errors import ModelError
+from symtool.inputs.models import Skipped
 
 Tensor = torch.Tensor
 
@@ -94,19 +95,11 @@ class CellSpec:
 
 
 @dataclass(frozen=True)
-class SkippedTensor:
-    """A state-dict entry not analysed, and why."""
-
-    name: str
-    reason: str
-
-
-@dataclass(frozen=True)
 class Discovery:
     """Cells found in a state dict, sorted by prefix, layer, direction; the rest skipped."""
 
     cells: tuple[CellSpec, ...]
-    skipped: tuple[SkippedTensor, ...]
+    skipped: tuple[Skipped, ...]
 
 
 @dataclass(frozen=True)
@@ -145,11 +138,11 @@ def discover_cells(
     if nonlinearity not in NONLINEARITIES:
         raise ModelError(f"nonlinearity must be one of {NONLINEARITIES}, got {nonlinearity!r}")
     groups: dict[tuple[str, int | None, bool], dict[str, tuple[str, tuple[int, ...]]]] = {}
-    skipped: list[SkippedTensor] = []
+    skipped: list[Skipped] = []
     for name, value in shapes.items():
         m = _PARAM.match(name)
         if m is None:
-            skipped.append(SkippedTensor(name, "not a recurrent-cell parameter"))
+            skipped.append(Skipped(name, "not a recurrent-cell parameter"))
             continue
         layer = None if m["layer"] is None else int(m["layer"])
         key = (m["prefix"].rstrip("."), layer, m["reverse"] is not None)
@@ -161,7 +154,7 @@ def discover_cells(
     ):
         spec = _spec(prefix, layer, reverse, params, nonlinearity)
         if isinstance(spec, str):
-            skipped.extend(SkippedTensor(n, spec) for n, _ in params.values())
+            skipped.extend(Skipped(n, spec) for n, _ in params.values())
         else:
             cells.append(spec)
     return Discovery(tuple(cells), tuple(sorted(skipped, key=lambda s: s.name)))

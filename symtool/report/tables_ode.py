@@ -44,6 +44,10 @@ def ode_table(report: dict[str, Any], out: Console) -> None:
             rest = layer.get("rest") or {}
             ly = layer.get("lyapunov") or {}
             low, high = ly.get("lambda_1_low"), ly.get("lambda_1_high")
+            lam = fmt_num(ly.get("lambda_1"))
+            spread = (ly.get("spread") or [None])[0]
+            if "lambda_1_low" not in ly and spread is not None:  # a report before the interval
+                lam = f"{lam}±{fmt_num(spread, 2)}"
             v = layer.get("verdict") or {}
             colour = {"contracting": "green", "marginal": "yellow", "expanding": "red"}.get(
                 v.get("label", ""), "white"
@@ -57,7 +61,7 @@ def ode_table(report: dict[str, Any], out: Console) -> None:
                 fmt_num(rest.get("spectral_radius")),
                 fmt_num(rest.get("delta")),
                 fmt_num((rest.get("step") or {}).get("dt")),
-                fmt_num(ly.get("lambda_1")),
+                lam,
                 "—" if low is None or high is None else f"[{fmt_num(low)}, {fmt_num(high)}]",
                 fmt_num(ly.get("lambda_1_se"), 2),
                 fmt_num(ly.get("kaplan_yorke"), 2),

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 
 import torch
 
+from symtool.activations import NAMES as ACTIVATIONS
 from symtool.errors import UsageError
-from symtool.symmetry.records import ACTIVATIONS, Skipped
+from symtool.symmetry.records import SkippedTensor
 
 Tensor = torch.Tensor
 
@@ -112,7 +113,7 @@ class Layout:
     layers: tuple[LinearMap, ...]
     pairs: tuple[PairSpec, ...]
     attention: tuple[AttentionSpec, ...]
-    skipped: tuple[Skipped, ...]
+    skipped: tuple[SkippedTensor, ...]
     classifier: str | None
     classifier_bias: str | None
     classifier_name: str | None
@@ -173,7 +174,7 @@ class _Finder:
         self.claimed: dict[str, str] = {}  # key -> owner (layer name or attention block)
         self.layers: list[LinearMap] = []
         self.attention: list[AttentionSpec] = []
-        self.skipped: list[Skipped] = []
+        self.skipped: list[SkippedTensor] = []
         self.tied: dict[str, str] = {}
         self.gpt2 = any(
             k.endswith("c_attn.weight")
@@ -335,14 +336,14 @@ class _Finder:
             if t.dim() == 2 and _is_embedding(module):
                 embeddings.append(key)
                 self.claimed[key] = key
-                self.skipped.append(Skipped(key, tuple(t.shape),
+                self.skipped.append(SkippedTensor(key, tuple(t.shape),
                                             "embedding (a lookup table, not a linear map)"))
                 continue
             tied = next((e for e in embeddings if self._same(key, e)), None)
             if tied is not None:
                 self.claimed[key] = key
                 self.tied[key] = tied
-                self.skipped.append(Skipped(key, tuple(t.shape), f"tied to embedding {tied}"))
+                self.skipped.append(SkippedTensor(key, tuple(t.shape), f"tied to embedding {tied}"))
                 continue
             transposed = (self.gpt2 and t.dim() == 2
                           and module.rpartition(".")[2] in _GPT2_CONV1D)
@@ -365,7 +366,7 @@ class _Finder:
                 reason = "1-D parameter or buffer (norm scale/shift, running statistic, bias)"
             else:
                 reason = "not a .weight tensor (buffer or unrecognised parameter)"
-            self.skipped.append(Skipped(key, tuple(t.shape), reason))
+            self.skipped.append(SkippedTensor(key, tuple(t.shape), reason))
 
 
 def _chain(a: LinearMap, b: LinearMap) -> tuple[str, int] | None:

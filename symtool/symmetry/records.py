@@ -13,27 +13,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from symtool.activations import NAMES as ACTIVATIONS
 from symtool.errors import UsageError
-
-ACTIVATIONS = (
-    "relu",
-    "leaky_relu",
-    "identity",
-    "linear",
-    "tanh",
-    "gelu",
-    "silu",
-    "sigmoid",
-    "softplus",
-    "unknown",
-)
-"""Activation names a unit pair accepts (``linear`` is a synonym of ``identity``)."""
-
-HOMOGENEOUS = frozenset({"relu", "leaky_relu", "identity", "linear"})
-"""Positively homogeneous activations: units are balanced before comparison."""
-
-ODD = frozenset({"tanh", "identity", "linear"})
-"""Odd activations: a unit and a sign-flipped unit are the same unit."""
 
 
 def _check_taus(name: str, taus: tuple[float, ...], default: float, errors: list[str]) -> None:
@@ -402,8 +383,9 @@ class SoftmaxRecord:
 
 
 @dataclass(frozen=True)
-class Skipped:
-    """A tensor that was not analysed, with the reason."""
+class SkippedTensor:
+    """A tensor that was not analysed, with its shape and the reason (the symmetry
+    analysis reads tensors, not modules; see :class:`symtool.inputs.models.Skipped`)."""
 
     name: str
     shape: tuple[int, ...]
@@ -427,7 +409,7 @@ class SymmetryResult:
     units: tuple[UnitsRecord, ...]
     attention: tuple[AttentionRecord, ...]
     softmax: SoftmaxRecord | None
-    skipped: tuple[Skipped, ...]
+    skipped: tuple[SkippedTensor, ...]
     settings: SymmetrySettings = field(default_factory=SymmetrySettings)
 
 

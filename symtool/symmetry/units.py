@@ -25,10 +25,9 @@ import torch
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from symtool.activations import HOMOGENEOUS, ODD
 from symtool.linalg import all_finite, singular_values
 from symtool.symmetry.records import (
-    HOMOGENEOUS,
-    ODD,
     DeadAt,
     DuplicatesAt,
     ImbalanceStats,

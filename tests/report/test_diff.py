@@ -15,7 +15,7 @@ from symtool.errors import ReportError
 from symtool.report import schema
 from symtool.report.diff import Side, diff_reports
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 
 

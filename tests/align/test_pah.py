@@ -27,38 +27,15 @@ from symtool.align.pah import (
 from symtool.align.score import HaarBank, alignment
 from symtool.errors import UsageError
 from symtool.linalg import matrix_power, spectrum
+from tests.reference import (
+    float_leaves,
+    gen,
+    layer_from_activations,
+    random_orthogonal,
+    with_spectrum,
+)
 
 F64 = torch.float64
-
-
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def _orth(d: int, seed: int) -> torch.Tensor:
-    return torch.linalg.qr(torch.randn(d, d, generator=_gen(seed), dtype=F64))[0]
-
-
-def _from_activations(W: torch.Tensor, X: torch.Tensor, Y: torch.Tensor) -> LayerMatrices:
-    """Raw moments of one linear layer from explicit input rows X and output-gradient rows Y."""
-    n = X.shape[0]
-    h_b, g_a = X @ W.T, Y @ W
-    mats = {
-        "H_a": X.T @ X / n,
-        "G_a": g_a.T @ g_a / n,
-        "H_b": h_b.T @ h_b / n,
-        "G_b": Y.T @ Y / n,
-    }
-    return LayerMatrices(
-        W=W,
-        **mats,
-        C_a=X.T @ g_a / n,
-        C_b=Y.T @ h_b / n,
-        n=n,
-        skipped_rows={"h_a": 0, "h_b": 0, "g_a": 0, "g_b": 0},
-        recipe="raw",
-        raw=dict(mats),
-    )
 
 
 def _fit(res: LayerPowers, target: str, reference: str) -> PowerFit:
@@ -66,19 +43,6 @@ def _fit(res: LayerPowers, target: str, reference: str) -> PowerFit:
         if f.target == target and f.reference == reference:
             return f
     raise AssertionError(f"no fit {target} ~ {reference}")
-
-
-def _walk_floats(obj: object) -> list[float]:
-    out: list[float] = []
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        for f in dataclasses.fields(obj):
-            out += _walk_floats(getattr(obj, f.name))
-    elif isinstance(obj, (tuple, list)):
-        for x in obj:
-            out += _walk_floats(x)
-    elif isinstance(obj, float):
-        out.append(obj)
-    return out
 
 
 # --- planted power laws -----------------------------------------------------------------
@@ -90,14 +54,14 @@ def test_planted_power_recovered_from_probe_inputs(p: float) -> None:
     # i.e. H_a = Z_a^p exactly. Outputs h_b = W h_a then give H_b = Z_b^{p+1}.
     d_in, d_out, n = 12, 16, 300
     scales = torch.logspace(0, 1, d_in, dtype=F64)
-    X = torch.randn(n, d_in, generator=_gen(1), dtype=F64) * scales
+    X = torch.randn(n, d_in, generator=gen(1), dtype=F64) * scales
     H_a = X.T @ X / n
     h, V = torch.linalg.eigh(H_a)
-    R = _orth(d_out, 2)[:, :d_in]
+    R = random_orthogonal(d_out, 2)[:, :d_in]
     W = (R * h ** (1.0 / (2.0 * p))) @ V.T
     assert torch.allclose(matrix_power(spectrum(W.T @ W), p), H_a, rtol=1e-8, atol=1e-10)
-    Y = torch.randn(n, d_out, generator=_gen(3), dtype=F64)
-    res = powers(_from_activations(W, X, Y), bootstrap=100)
+    Y = torch.randn(n, d_out, generator=gen(3), dtype=F64)
+    res = powers(layer_from_activations(W, X, Y), bootstrap=100)
     fa = _fit(res, "H_a", "Z_a")
     assert fa.kappa == pytest.approx(p, abs=0.02)
     assert fa.kappa == pytest.approx(p, abs=1e-8)
@@ -117,7 +81,7 @@ def test_planted_power_recovered_from_probe_inputs(p: float) -> None:
 
 @pytest.mark.parametrize("q", [-1.0, 0.5, 2.0])
 def test_planted_gradient_vs_representation_exponent(q: float) -> None:
-    H = (_orth(10, 4) * torch.logspace(-1, 2, 10, dtype=F64)) @ _orth(10, 4).T
+    H = with_spectrum(torch.logspace(-1, 2, 10, dtype=F64), 4)
     G = 3.7 * matrix_power(spectrum(H), q)
     fit = fit_power(spectrum(G), spectrum(H), target="G_a", reference="H_a", side="a")
     assert fit.kappa == pytest.approx(q, abs=1e-8)
@@ -127,8 +91,8 @@ def test_planted_gradient_vs_representation_exponent(q: float) -> None:
 
 def test_fit_matches_numpy_least_squares_on_kept_pairs() -> None:
     d = 15
-    Z = (_orth(d, 5) * torch.logspace(-12, 0, d, dtype=F64)) @ _orth(d, 5).T
-    M = torch.randn(d, d, generator=_gen(6), dtype=F64)
+    Z = with_spectrum(torch.logspace(-12, 0, d, dtype=F64), 5)
+    M = torch.randn(d, d, generator=gen(6), dtype=F64)
     M = M @ M.T
     sz = spectrum(Z)
     fit = fit_power(spectrum(M), sz, floor=1e-8)
@@ -152,14 +116,14 @@ def test_fit_matches_numpy_least_squares_on_kept_pairs() -> None:
 
 def test_agreement_does_not_depend_on_the_basis_of_a_null_space() -> None:
     d = 12
-    Q = _orth(d, 9)
+    Q = random_orthogonal(d, 9)
     z = torch.cat([torch.zeros(4, dtype=F64), torch.linspace(1, 2, d - 4, dtype=F64)])
-    M = torch.randn(d, d, generator=_gen(10), dtype=F64)
+    M = torch.randn(d, d, generator=gen(10), dtype=F64)
     M = M @ M.T
     agreements = []
     for seed in (1, 2):
         R = torch.eye(d, dtype=F64)
-        R[:4, :4] = _orth(4, seed)  # another basis of the same null space
+        R[:4, :4] = random_orthogonal(4, seed)  # another basis of the same null space
         Z = Q @ R @ torch.diag(z) @ R.T @ Q.T
         agreements.append(fit_power(spectrum(M), spectrum(Z)).agreement)
     assert agreements[0] == pytest.approx(agreements[1], rel=1e-12)
@@ -168,8 +132,8 @@ def test_agreement_does_not_depend_on_the_basis_of_a_null_space() -> None:
 def test_bootstrap_interval_brackets_noisy_truth_and_is_seeded() -> None:
     d, kappa = 200, 1.3
     z = torch.logspace(-3, 0, d, dtype=F64)
-    noise = 0.05 * torch.randn(d, generator=_gen(7), dtype=F64)
-    Q = _orth(d, 8)
+    noise = 0.05 * torch.randn(d, generator=gen(7), dtype=F64)
+    Q = random_orthogonal(d, 8)
     Z = (Q * z) @ Q.T
     M = (Q * (z**kappa * torch.exp(noise))) @ Q.T
     sm, sz = spectrum(M), spectrum(Z)
@@ -196,18 +160,18 @@ def test_deep_linear_network_consistency_shifts_are_one() -> None:
     widths = [10, 14, 12, 8]
     n = 400
     Ws = [
-        torch.randn(widths[i + 1], widths[i], generator=_gen(10 + i), dtype=F64)
+        torch.randn(widths[i + 1], widths[i], generator=gen(10 + i), dtype=F64)
         for i in range(len(widths) - 1)
     ]
-    X = torch.randn(n, widths[0], generator=_gen(20), dtype=F64) * torch.linspace(0.3, 3, 10)
+    X = torch.randn(n, widths[0], generator=gen(20), dtype=F64) * torch.linspace(0.3, 3, 10)
     acts = [X]
     for W in Ws:
         acts.append(acts[-1] @ W.T)
-    grads = [torch.randn(n, widths[-1], generator=_gen(21), dtype=F64)]  # g_b of last layer
+    grads = [torch.randn(n, widths[-1], generator=gen(21), dtype=F64)]  # g_b of last layer
     for W in reversed(Ws):
         grads.insert(0, grads[0] @ W)  # g_a = Wᵀ g_b, the previous layer's g_b
     for i, W in enumerate(Ws):
-        m = _from_activations(W, acts[i], grads[i + 1])
+        m = layer_from_activations(W, acts[i], grads[i + 1])
         assert torch.allclose(m.H_b, acts[i + 1].T @ acts[i + 1] / n)
         res = powers(m, bootstrap=20)
         assert res.consistency.h_shift == pytest.approx(1.0, abs=1e-6)
@@ -219,7 +183,8 @@ def test_deep_linear_network_consistency_shifts_are_one() -> None:
 def test_nearest_phase_end_to_end_and_table() -> None:
     # H_a = Z_a and G_b = Z_b with raw identities give H_b = Z_b², G_a = Z_a²: RWA/GWA.
     d = 9
-    W = (_orth(d, 30) * torch.logspace(-0.5, 0.5, d, dtype=F64)) @ _orth(d, 31).T
+    sigma = torch.logspace(-0.5, 0.5, d, dtype=F64)
+    W = (random_orthogonal(d, 30) * sigma) @ random_orthogonal(d, 31).T
     Z_a, Z_b = W.T @ W, W @ W.T
     zeros = torch.zeros(d, d, dtype=F64)
     m = LayerMatrices(
@@ -250,10 +215,10 @@ def test_nearest_phase_end_to_end_and_table() -> None:
 @pytest.mark.parametrize("metric", ["pearson", "cosine"])
 def test_power_scan_matches_dense_powers(metric: str) -> None:
     d = 10
-    Q = _orth(d, 40)
+    Q = random_orthogonal(d, 40)
     z = torch.cat([torch.logspace(-2, 1, 7, dtype=F64), torch.zeros(3, dtype=F64)])
     Z = (Q * z) @ Q.T  # rank 7: powers live on the kept support
-    M = torch.randn(d, d, generator=_gen(41), dtype=F64)
+    M = torch.randn(d, d, generator=gen(41), dtype=F64)
     M = M @ M.T + 0.5
     sz = spectrum(Z)
     fast = scan_alignments(M, sz, metric=metric)
@@ -266,7 +231,7 @@ def test_power_scan_matches_dense_powers(metric: str) -> None:
 
 def test_power_scan_finds_planted_exponent() -> None:
     d = 20
-    Q = _orth(d, 42)
+    Q = random_orthogonal(d, 42)
     z = torch.logspace(-1, 1, d, dtype=F64)
     Z = (Q * z) @ Q.T
     M = (Q * z**0.75) @ Q.T
@@ -280,11 +245,11 @@ def test_power_scan_finds_planted_exponent() -> None:
 def test_unrelated_matrices_have_low_eigenbasis_agreement() -> None:
     d = 64
     lam = 1.0 / torch.arange(1, d + 1, dtype=F64) ** 2
-    M = (_orth(d, 50) * lam) @ _orth(d, 50).T
-    Z = (_orth(d, 51) * lam.flip(0)) @ _orth(d, 51).T
+    M = with_spectrum(lam, 50)
+    Z = with_spectrum(lam.flip(0), 51)
     fit = fit_power(spectrum(M), spectrum(Z))
     assert fit.agreement is not None and fit.agreement < 0.2
-    same = fit_power(spectrum((_orth(d, 51) * lam) @ _orth(d, 51).T), spectrum(Z))
+    same = fit_power(spectrum(with_spectrum(lam, 51)), spectrum(Z))
     assert same.agreement == pytest.approx(1.0, abs=1e-10)
 
 
@@ -306,7 +271,7 @@ def test_agreement_in_random_basis_matches_haar_expectation() -> None:
 def test_degenerate_inputs_give_reasons_not_nan() -> None:
     d = 6
     eye = spectrum(torch.eye(d, dtype=F64))
-    M = spectrum((_orth(d, 60) * torch.logspace(0, 1, d, dtype=F64)) @ _orth(d, 60).T)
+    M = spectrum(with_spectrum(torch.logspace(0, 1, d, dtype=F64), 60))
     flat = fit_power(M, eye)
     assert flat.kappa is None and "flat" in (flat.reason or "")
     neg = fit_power(M, spectrum(-torch.eye(d, dtype=F64)))
@@ -318,11 +283,11 @@ def test_degenerate_inputs_give_reasons_not_nan() -> None:
     with pytest.raises(UsageError):
         fit_power(M, spectrum(torch.eye(3, dtype=F64)))
 
-    W = torch.randn(4, 6, generator=_gen(61), dtype=F64)
-    m = _from_activations(
+    W = torch.randn(4, 6, generator=gen(61), dtype=F64)
+    m = layer_from_activations(
         W,
-        torch.randn(30, 6, generator=_gen(62), dtype=F64),
-        torch.randn(30, 4, generator=_gen(63), dtype=F64),
+        torch.randn(30, 6, generator=gen(62), dtype=F64),
+        torch.randn(30, 4, generator=gen(63), dtype=F64),
     )
     G_b = m.G_b.clone()
     G_b[0, 0] = float("nan")
@@ -334,15 +299,15 @@ def test_degenerate_inputs_give_reasons_not_nan() -> None:
             assert f.kappa is not None
     assert res.consistency.g_shift is None and res.consistency.h_shift is not None
     assert res.phase.name is None and res.phase.reason
-    assert all(math.isfinite(x) for x in _walk_floats(res))
+    assert all(math.isfinite(x) for x in float_leaves(res))
 
 
 def test_powers_reuses_given_spectra() -> None:
-    W = torch.randn(5, 7, generator=_gen(70), dtype=F64)
-    m = _from_activations(
+    W = torch.randn(5, 7, generator=gen(70), dtype=F64)
+    m = layer_from_activations(
         W,
-        torch.randn(50, 7, generator=_gen(71), dtype=F64),
-        torch.randn(50, 5, generator=_gen(72), dtype=F64),
+        torch.randn(50, 7, generator=gen(71), dtype=F64),
+        torch.randn(50, 5, generator=gen(72), dtype=F64),
     )
     sp = layer_spectra(m)
     assert powers(m, spectra=sp, bootstrap=30) == powers(m, bootstrap=30)
@@ -353,9 +318,9 @@ def test_powers_reuses_given_spectra() -> None:
 @given(st.integers(0, 2**31 - 1), st.floats(1e-8, 1e8), st.floats(-1.0, 2.5))
 def test_kappa_invariant_to_scaling_m(seed: int, scale: float, p: float) -> None:
     d = 8
-    Q = _orth(d, seed % 1000)
+    Q = random_orthogonal(d, seed % 1000)
     z = torch.logspace(-1, 1, d, dtype=F64)
-    noise = 0.1 * torch.randn(d, d, generator=_gen(seed), dtype=F64)
+    noise = 0.1 * torch.randn(d, d, generator=gen(seed), dtype=F64)
     M = (Q * z**p) @ Q.T + noise @ noise.T
     sz = spectrum((Q * z) @ Q.T)
     a = fit_power(spectrum(M), sz, bootstrap=20)

@@ -10,8 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from symtool.activations import FUNCTIONS as ACTIVATIONS
 from symtool.errors import ModelError
-from symtool.inputs.models import ACTIVATIONS, build_model, import_object, load_state, select_layers
+from symtool.inputs.imports import import_object
+from symtool.inputs.models import build_model, load_state, select_layers
 
 DT = torch.float64
 

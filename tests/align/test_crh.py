@@ -21,12 +21,16 @@ from symtool.align.moments import LayerMatrices
 from symtool.align.score import HaarBank, rotation_null
 from symtool.errors import UsageError
 from symtool.linalg import matrix_power, spectrum
+from tests.reference import (
+    float_leaves,
+    gen,
+    layer_from_activations,
+    np_alignment,
+    random_orthogonal,
+    with_spectrum,
+)
 
 F64 = torch.float64
-
-
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def _layer(
@@ -55,43 +59,16 @@ def _layer(
     )
 
 
-def _from_activations(W: torch.Tensor, X: torch.Tensor, Y: torch.Tensor) -> LayerMatrices:
-    """Raw moments of one linear layer from explicit input rows X and output-gradient rows Y."""
-    n = X.shape[0]
-    h_b, g_a = X @ W.T, Y @ W
-    mats = {
-        "H_a": X.T @ X / n,
-        "G_a": g_a.T @ g_a / n,
-        "H_b": h_b.T @ h_b / n,
-        "G_b": Y.T @ Y / n,
-    }
-    return _layer(W, **mats, C_a=X.T @ g_a / n, C_b=Y.T @ h_b / n, raw=dict(mats))
-
-
-def _walk_floats(obj: object) -> list[float]:
-    out: list[float] = []
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        for f in dataclasses.fields(obj):
-            out += _walk_floats(getattr(obj, f.name))
-    elif isinstance(obj, (tuple, list)):
-        for x in obj:
-            out += _walk_floats(x)
-    elif isinstance(obj, float):
-        out.append(obj)
-    return out
-
-
 def _anisotropic(d: int, seed: int) -> torch.Tensor:
-    Q, _ = torch.linalg.qr(torch.randn(d, d, generator=_gen(seed), dtype=F64))
-    return (Q * torch.logspace(0, 2, d, dtype=F64)) @ Q.T
+    return with_spectrum(torch.logspace(0, 2, d, dtype=F64), seed)
 
 
 def test_relation_table_ids_formulas_sides() -> None:
     d_in, d_out = 6, 5
-    W = torch.randn(d_out, d_in, generator=_gen(0), dtype=F64)
-    X = torch.randn(50, d_in, generator=_gen(1), dtype=F64)
-    Y = torch.randn(50, d_out, generator=_gen(2), dtype=F64)
-    res = relations(_from_activations(W, X, Y))
+    W = torch.randn(d_out, d_in, generator=gen(0), dtype=F64)
+    X = torch.randn(50, d_in, generator=gen(1), dtype=F64)
+    Y = torch.randn(50, d_out, generator=gen(2), dtype=F64)
+    res = relations(layer_from_activations(W, X, Y))
     assert isinstance(res, LayerAlignment)
     got = [(r.id, r.formula, r.side) for r in res.relations]
     assert got == [
@@ -113,10 +90,10 @@ def test_relation_table_ids_formulas_sides() -> None:
 
 @pytest.mark.parametrize("metric", ["pearson", "cosine"])
 def test_alpha_matches_brute_force_numpy(metric: str) -> None:
-    W = torch.randn(4, 7, generator=_gen(3), dtype=F64)
-    X = torch.randn(40, 7, generator=_gen(4), dtype=F64) * torch.linspace(0.2, 3, 7, dtype=F64)
-    Y = torch.randn(40, 4, generator=_gen(5), dtype=F64)
-    m = _from_activations(W, X, Y)
+    W = torch.randn(4, 7, generator=gen(3), dtype=F64)
+    X = torch.randn(40, 7, generator=gen(4), dtype=F64) * torch.linspace(0.2, 3, 7, dtype=F64)
+    Y = torch.randn(40, 4, generator=gen(5), dtype=F64)
+    m = layer_from_activations(W, X, Y)
     res = relations(m, metric=metric)
     Wn = W.numpy()
     dense = {
@@ -129,9 +106,7 @@ def test_alpha_matches_brute_force_numpy(metric: str) -> None:
     }
 
     def ref(A: np.ndarray, B: np.ndarray) -> float:
-        if metric == "pearson":
-            return float(np.corrcoef(A.ravel(), B.ravel())[0, 1])
-        return float((A * B).sum() / np.linalg.norm(A) / np.linalg.norm(B))
+        return np_alignment(A, B, metric)
 
     for rel, (_, first, second, _) in zip(res.relations, RELATIONS, strict=True):
         assert rel.alpha == pytest.approx(ref(dense[first], dense[second]), abs=1e-12)
@@ -141,7 +116,7 @@ def test_alpha_matches_brute_force_numpy(metric: str) -> None:
 
 def test_planted_crh_holds_and_unrelated_does_not() -> None:
     d = 24
-    W = torch.randn(d, d, generator=_gen(6), dtype=F64)
+    W = torch.randn(d, d, generator=gen(6), dtype=F64)
     Z_a = W.T @ W
     noise_h = _anisotropic(d, 7)
     noise_g = _anisotropic(d, 8)
@@ -154,7 +129,7 @@ def test_planted_crh_holds_and_unrelated_does_not() -> None:
         assert r.z is not None and r.z > 3.0 and r.holds is True and r.reason is None
     for rid in ("b-RGA", "b-GWA", "b-RWA"):
         assert by_id[rid].holds is False
-    assert _walk_floats(res) and all(math.isfinite(x) for x in _walk_floats(res))
+    assert float_leaves(res) and all(math.isfinite(x) for x in float_leaves(res))
 
 
 def test_null_exposes_spurious_alignment_of_near_isotropic_matrices() -> None:
@@ -162,7 +137,7 @@ def test_null_exposes_spurious_alignment_of_near_isotropic_matrices() -> None:
     # as high: the null z stays small and the relation does not hold.
     d = 16
     eye = torch.eye(d, dtype=F64)
-    W = torch.linalg.qr(torch.randn(d, d, generator=_gen(9), dtype=F64))[0]  # Z = I
+    W = random_orthogonal(d, 9)  # Z = I
     A = eye + 0.05 * _anisotropic(d, 10) / 100
     B = eye + 0.05 * _anisotropic(d, 11) / 100
     m = _layer(W, H_a=A, G_a=B, H_b=A, G_b=B)
@@ -173,10 +148,10 @@ def test_null_exposes_spurious_alignment_of_near_isotropic_matrices() -> None:
 
 
 def test_nulls_come_from_the_shared_bank() -> None:
-    W = torch.randn(5, 8, generator=_gen(12), dtype=F64)
-    X = torch.randn(60, 8, generator=_gen(13), dtype=F64)
-    Y = torch.randn(60, 5, generator=_gen(14), dtype=F64)
-    m = _from_activations(W, X, Y)
+    W = torch.randn(5, 8, generator=gen(12), dtype=F64)
+    X = torch.randn(60, 8, generator=gen(13), dtype=F64)
+    Y = torch.randn(60, 5, generator=gen(14), dtype=F64)
+    m = layer_from_activations(W, X, Y)
     bank = HaarBank(seed=4)
     res = relations(m, bank=bank, null_samples=10)
     sp = layer_spectra(m)
@@ -197,7 +172,7 @@ def test_nulls_come_from_the_shared_bank() -> None:
 
 def test_thresholds_decide_holds() -> None:
     d = 12
-    W = torch.randn(d, d, generator=_gen(15), dtype=F64)
+    W = torch.randn(d, d, generator=gen(15), dtype=F64)
     Z = W.T @ W
     H = Z + 0.3 * _anisotropic(d, 16) / 100 * float(Z.norm())
     m = _layer(W, H_a=H, G_a=Z, H_b=W @ W.T, G_b=W @ W.T)
@@ -220,9 +195,9 @@ def test_thresholds_decide_holds() -> None:
 def test_cross_term_planted_weight_decay_stationarity() -> None:
     # At a stationary point with L2 coefficient γ: −sym E[g_b h_bᵀ] = γ Z_b.
     d_in, d_out, gamma = 7, 9, 0.01
-    W = torch.randn(d_out, d_in, generator=_gen(17), dtype=F64)
-    S_a = torch.randn(d_in, d_in, generator=_gen(18), dtype=F64)
-    S_b = torch.randn(d_out, d_out, generator=_gen(19), dtype=F64)
+    W = torch.randn(d_out, d_in, generator=gen(17), dtype=F64)
+    S_a = torch.randn(d_in, d_in, generator=gen(18), dtype=F64)
+    S_b = torch.randn(d_out, d_out, generator=gen(19), dtype=F64)
     C_a = -gamma * (W.T @ W) + (S_a - S_a.T)  # skew parts are removed by sym
     C_b = -gamma * (W @ W.T) + (S_b - S_b.T)
     eye_a, eye_b = torch.eye(d_in, dtype=F64), torch.eye(d_out, dtype=F64)
@@ -235,10 +210,10 @@ def test_cross_term_planted_weight_decay_stationarity() -> None:
 
 
 def test_nonfinite_matrices_fail_with_reason_and_no_nan() -> None:
-    W = torch.randn(4, 6, generator=_gen(20), dtype=F64)
-    X = torch.randn(30, 6, generator=_gen(21), dtype=F64)
-    Y = torch.randn(30, 4, generator=_gen(22), dtype=F64)
-    m = _from_activations(W, X, Y)
+    W = torch.randn(4, 6, generator=gen(20), dtype=F64)
+    X = torch.randn(30, 6, generator=gen(21), dtype=F64)
+    Y = torch.randn(30, 4, generator=gen(22), dtype=F64)
+    m = layer_from_activations(W, X, Y)
     H_a = m.H_a.clone()
     H_a[0, 0] = float("nan")
     res = relations(dataclasses.replace(m, H_a=H_a))
@@ -255,14 +230,14 @@ def test_nonfinite_matrices_fail_with_reason_and_no_nan() -> None:
         if "Z_" in r.formula:
             assert r.alpha is None and "W has non-finite" in (r.reason or "")
     for rec in (res, res_w):
-        assert all(math.isfinite(x) for x in _walk_floats(rec))
+        assert all(math.isfinite(x) for x in float_leaves(rec))
 
 
 def test_verify_exact_for_raw_chain_and_reports_errors() -> None:
-    W = torch.randn(5, 8, generator=_gen(23), dtype=F64)
-    X = torch.randn(70, 8, generator=_gen(24), dtype=F64)
-    Y = torch.randn(70, 5, generator=_gen(25), dtype=F64)
-    m = _from_activations(W, X, Y)
+    W = torch.randn(5, 8, generator=gen(23), dtype=F64)
+    X = torch.randn(70, 8, generator=gen(24), dtype=F64)
+    Y = torch.randn(70, 5, generator=gen(25), dtype=F64)
+    m = layer_from_activations(W, X, Y)
     v = verify(m)
     assert v.reason is None
     assert v.h_b_error is not None and v.h_b_error < 1e-13
@@ -282,10 +257,10 @@ def test_verify_exact_for_raw_chain_and_reports_errors() -> None:
 
 
 def test_layer_spectra_one_per_matrix_and_shared_with_power() -> None:
-    W = torch.randn(3, 5, generator=_gen(26), dtype=F64)
-    X = torch.randn(20, 5, generator=_gen(27), dtype=F64)
-    Y = torch.randn(20, 3, generator=_gen(28), dtype=F64)
-    m = _from_activations(W, X, Y)
+    W = torch.randn(3, 5, generator=gen(26), dtype=F64)
+    X = torch.randn(20, 5, generator=gen(27), dtype=F64)
+    Y = torch.randn(20, 3, generator=gen(28), dtype=F64)
+    m = layer_from_activations(W, X, Y)
     sp = layer_spectra(m)
     assert sp.reasons == ()
     Z_a = sp.get("Z_a")

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from symtool.align.moments import VECTORS, LayerAccumulator
 from symtool.errors import AnalysisError
+from tests.reference import rel_err, second_moment
 
 Tensor = torch.Tensor
 DT = torch.float64
@@ -25,20 +26,8 @@ def _rows(n: int = 40, d_in: int = 5, d_out: int = 3, seed: int = 0) -> dict[str
     return {"W": W, "h_a": h_a, "h_b": h_a @ W.T, "g_b": g_b, "g_a": g_b @ W}
 
 
-def _dense(x: Tensor, recipe: str) -> Tensor:
-    if recipe == "raw":
-        return sum(torch.outer(r, r) for r in x) / x.shape[0]
-    kept = [r / r.norm() for r in x if r.norm() > 0]
-    mean = sum(kept) / len(kept)
-    return sum(torch.outer(r - mean, r - mean) for r in kept) / len(kept)
-
-
 def _add(acc: LayerAccumulator, r: dict[str, Tensor], sl: slice = slice(None)) -> None:
     acc.add(r["h_a"][sl], r["h_b"][sl], r["g_b"][sl], r["g_a"][sl])
-
-
-def _rel(a: Tensor, b: Tensor) -> float:
-    return float((a - b).norm() / b.norm())
 
 
 @pytest.mark.parametrize("recipe", ["paper", "raw"])
@@ -49,11 +38,11 @@ def test_finish_matches_dense_formulas(recipe: str) -> None:
     m = acc.finish(r["W"])
     n = r["h_a"].shape[0]
     for v in VECTORS:
-        assert _rel(getattr(m, NAMES[v]), _dense(r[v], recipe)) < 1e-12
-        assert m.raw is not None and _rel(m.raw[NAMES[v]], _dense(r[v], "raw")) < 1e-12
+        assert rel_err(getattr(m, NAMES[v]), second_moment(r[v], recipe)[0]) < 1e-12
+        assert m.raw is not None and rel_err(m.raw[NAMES[v]], second_moment(r[v], "raw")[0]) < 1e-12
     c_b = sum(torch.outer(gb, hb) for gb, hb in zip(r["g_b"], r["h_b"], strict=True)) / n
     c_a = sum(torch.outer(ha, ga) for ha, ga in zip(r["h_a"], r["g_a"], strict=True)) / n
-    assert _rel(m.C_b, c_b) < 1e-12 and _rel(m.C_a, c_a) < 1e-12
+    assert rel_err(m.C_b, c_b) < 1e-12 and rel_err(m.C_a, c_a) < 1e-12
     assert m.n == n and m.recipe == recipe
     assert m.skipped_rows == dict.fromkeys(VECTORS, 0)
     assert torch.equal(m.W, r["W"]) and m.W.data_ptr() != r["W"].data_ptr()
@@ -85,7 +74,7 @@ def test_zero_norm_rows_are_skipped_and_counted() -> None:
     assert m.skipped_rows == {"h_a": 3, "g_a": 2, "h_b": 3, "g_b": 2}
     assert m.n == 12
     for v in VECTORS:
-        assert _rel(getattr(m, NAMES[v]), _dense(r[v], "paper")) < 1e-12
+        assert rel_err(getattr(m, NAMES[v]), second_moment(r[v], "paper")[0]) < 1e-12
     raw = LayerAccumulator("raw")
     _add(raw, r)
     assert raw.finish(r["W"]).skipped_rows == dict.fromkeys(VECTORS, 0)
@@ -117,7 +106,7 @@ def test_merge_and_flat_sums_round_trip(recipe: str) -> None:
     a.merge(LayerAccumulator(recipe, raw_too=True))  # an empty shard changes nothing
     want, got = full.finish(r["W"]), a.finish(r["W"])
     for key in ("H_a", "G_a", "H_b", "G_b", "C_a", "C_b"):
-        assert _rel(getattr(got, key), getattr(want, key)) < 1e-12
+        assert rel_err(getattr(got, key), getattr(want, key)) < 1e-12
     assert got.n == 20
     # restoring the flat list into a freshly allocated accumulator reproduces it exactly
     c = LayerAccumulator(recipe, raw_too=True)
@@ -129,7 +118,7 @@ def test_merge_and_flat_sums_round_trip(recipe: str) -> None:
     for t in c.sums():
         t += t.clone()
     assert c.n == 40
-    assert _rel(c.finish(r["W"]).H_a, got.H_a) < 1e-12
+    assert rel_err(c.finish(r["W"]).H_a, got.H_a) < 1e-12
 
 
 def test_merge_rejects_other_settings() -> None:
@@ -147,7 +136,7 @@ def test_float32_gemm_close_to_float64() -> None:
     m64, m32 = a64.finish(r["W"]), a32.finish(r["W"])
     assert m32.H_a.dtype == DT
     for key in ("H_a", "G_a", "H_b", "G_b", "C_a", "C_b"):
-        assert _rel(getattr(m32, key), getattr(m64, key)) < 1e-5
+        assert rel_err(getattr(m32, key), getattr(m64, key)) < 1e-5
 
 
 def test_inputs_untouched_unless_owned() -> None:
@@ -239,7 +228,16 @@ def test_sums_from_both_gram_paths_merge(monkeypatch: pytest.MonkeyPatch) -> Non
     a.merge(b)
     got = a.finish(r["W"])
     for key in ("H_a", "G_a", "H_b", "G_b", "C_a", "C_b"):
-        assert _rel(getattr(got, key), getattr(want, key)) < 1e-12
+        assert rel_err(getattr(got, key), getattr(want, key)) < 1e-12
     assert got.raw is not None and want.raw is not None
-    assert _rel(got.raw["H_a"], want.raw["H_a"]) < 1e-12
+    assert rel_err(got.raw["H_a"], want.raw["H_a"]) < 1e-12
     assert torch.equal(got.H_a, got.H_a.T)  # finished matrices are exactly symmetric
+
+
+def test_layer_bytes_counts_sums_and_finished_matrices() -> None:
+    from symtool.align.moments import layer_bytes
+
+    # sums 2a²+2b²+ab, finished 3a²+3b²+ab (H, G, C per side and W), 8 bytes each
+    a, b = 6, 10
+    assert layer_bytes(a, b) == 8 * (5 * (a * a + b * b) + 2 * a * b)
+    assert layer_bytes(a, b, raw_too=True) == layer_bytes(a, b) + 8 * 4 * (a * a + b * b)

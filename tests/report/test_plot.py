@@ -16,7 +16,7 @@ from symtool.report import figure_parts, figures_align, plot, schema
 
 pytest.importorskip("matplotlib")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FIX = ROOT / "fixtures"
 runner = CliRunner()
 

@@ -17,6 +17,7 @@ from symtool.align.capture import _im2col, capture
 from symtool.errors import ProbeError
 from symtool.inputs.models import select_layers
 from symtool.inputs.probes import Batch, cross_entropy_sum, mse_sum
+from tests.reference import rel_err, second_moment
 
 Tensor = torch.Tensor
 DT = torch.float64
@@ -80,17 +81,6 @@ CASES = {"mlp": _mlp, "cnn": _cnn, "tokens": _tokens}
 
 
 # --------------------------------------------------------------------------- reference
-def _dense(rows: Tensor, recipe: str) -> tuple[Tensor, int]:
-    """Second moment of stored rows by the textbook formula; returns (matrix, skipped)."""
-    if recipe == "raw":
-        return rows.T @ rows / rows.shape[0], 0
-    norms = rows.norm(dim=1)
-    kept = rows[norms > 0] / norms[norms > 0][:, None]
-    mean = kept.mean(0)
-    centred = kept - mean
-    return centred.T @ centred / kept.shape[0], int((norms == 0).sum())
-
-
 def _reference(model: nn.Module, x: Tensor, y: Tensor, mask: Tensor | None, loss_fn, recipe):
     """Per-layer matrices from stored activations and vmap-ed per-sample gradients."""
     model.eval()
@@ -136,14 +126,9 @@ def _reference(model: nn.Module, x: Tensor, y: Tensor, mask: Tensor | None, loss
         n = h_a.shape[0]
         mats = {"W": W, "C_b": g_b.T @ h_b / n, "C_a": h_a.T @ g_a / n, "n": n}
         for key, rows in (("H_a", h_a), ("G_a", g_a), ("H_b", h_b), ("G_b", g_b)):
-            mats[key], mats["skip_" + key] = _dense(rows, recipe)
+            mats[key], mats["skip_" + key] = second_moment(rows, recipe)
         out[name] = mats
     return out
-
-
-def _rel(a: Tensor, b: Tensor) -> float:
-    a, b = a.detach(), b.detach()
-    return float((a - b).norm() / b.norm().clamp_min(1e-300))
 
 
 def _batches(x, y, mask, size):
@@ -171,7 +156,7 @@ def test_matches_brute_force(case: str, recipe: str) -> None:
         assert got.n == mats["n"]
         assert torch.equal(got.W, mats["W"])
         for key in MATS:
-            assert _rel(getattr(got, key), mats[key]) < 1e-6, (name, key)
+            assert rel_err(getattr(got, key), mats[key]) < 1e-6, (name, key)
         for key in ("H_a", "G_a", "H_b", "G_b"):
             assert got.skipped_rows[key[0].lower() + key[1:]] == mats["skip_" + key]
 
@@ -184,8 +169,8 @@ def test_raw_identities_exact(case: str) -> None:
         for got in res.layers.values():
             raw, W = got.raw, got.W
             assert raw is not None
-            assert _rel(W @ raw["H_a"] @ W.T, raw["H_b"]) < 1e-10
-            assert _rel(W.T @ raw["G_b"] @ W, raw["G_a"]) < 1e-10
+            assert rel_err(W @ raw["H_a"] @ W.T, raw["H_b"]) < 1e-10
+            assert rel_err(W.T @ raw["G_b"] @ W, raw["G_a"]) < 1e-10
             if recipe == "raw":
                 assert raw["H_a"] is got.H_a
 
@@ -205,7 +190,7 @@ def test_batch_size_and_merge_do_not_change_result(case: str) -> None:
             want = full.layers[name]
             assert got.n == want.n and got.skipped_rows == want.skipped_rows
             for key in MATS:
-                assert _rel(getattr(got, key), getattr(want, key)) < 1e-12, (name, key)
+                assert rel_err(getattr(got, key), getattr(want, key)) < 1e-12, (name, key)
 
 
 def test_model_state_restored_and_hooks_removed() -> None:
@@ -238,7 +223,7 @@ def test_zero_norm_rows_skipped_and_counted() -> None:
     ref = _reference(model, x, y, None, cross_entropy_sum, "paper")
     first = res.layers["0"]
     assert first.skipped_rows["h_a"] == 5 == ref["0"]["skip_H_a"]
-    assert _rel(first.H_a, ref["0"]["H_a"]) < 1e-10
+    assert rel_err(first.H_a, ref["0"]["H_a"]) < 1e-10
 
 
 def test_non_finite_layer_fails_alone() -> None:
@@ -278,7 +263,7 @@ def test_unused_output_gets_zero_gradient() -> None:
     x, y = torch.randn(6, 4, dtype=DT), torch.randint(0, 3, (6,))
     raw = _run(model, x, y, None, size=3, recipe="raw")
     assert torch.count_nonzero(raw.layers["aux"].G_b) == 0
-    assert _rel(raw.layers["aux"].H_a, x.T @ x / 6) < 1e-12
+    assert rel_err(raw.layers["aux"].H_a, x.T @ x / 6) < 1e-12
     paper = _run(model, x, y, None, size=3)
     assert "zero norm" in paper.failed["aux"]
 
@@ -301,12 +286,12 @@ def test_layer_called_twice_gets_both_rows() -> None:
     lin = model.shared
     h1 = torch.tanh(lin(x))
     rows_a = torch.cat([x, h1])
-    assert _rel(got.H_a, rows_a.T @ rows_a / 10) < 1e-12
+    assert rel_err(got.H_a, rows_a.T @ rows_a / 10) < 1e-12
     # gradients by hand: out = lin(tanh(lin(x))); loss = Σ (out − y)²
     g2 = 2 * (lin(h1) - y)
     g1 = (g2 @ lin.weight) * (1 - h1**2)
     g = torch.cat([g1, g2]).detach()
-    assert _rel(got.G_b, g.T @ g / 10) < 1e-12
+    assert rel_err(got.G_b, g.T @ g / 10) < 1e-12
 
 
 def test_never_called_layer_is_reported() -> None:
@@ -345,7 +330,7 @@ def test_im2col_rows_reproduce_conv(conv: nn.Module) -> None:
         out = conv(x) - conv.bias.view(-1, *([1] * nd))
     W = conv.weight.reshape(conv.out_channels, -1)
     rows = _im2col(conv, x).reshape(-1, W.shape[1])
-    assert _rel(rows @ W.T, out.movedim(1, -1).reshape(-1, W.shape[0])) < 1e-13
+    assert rel_err(rows @ W.T, out.movedim(1, -1).reshape(-1, W.shape[0])) < 1e-13
 
 
 def test_conv_layers_all_dims_identity() -> None:
@@ -365,8 +350,8 @@ def test_conv_layers_all_dims_identity() -> None:
     assert not res.failed and set(res.layers) == {"0", "3", "6"}
     for got in res.layers.values():
         W = got.W
-        assert _rel(W @ got.H_a @ W.T, got.H_b) < 1e-10
-        assert _rel(W.T @ got.G_b @ W, got.G_a) < 1e-10
+        assert rel_err(W @ got.H_a @ W.T, got.H_b) < 1e-10
+        assert rel_err(W.T @ got.G_b @ W, got.G_a) < 1e-10
 
 
 def test_float32_model_and_gemm() -> None:
@@ -378,7 +363,7 @@ def test_float32_model_and_gemm() -> None:
         for name, got in res.layers.items():
             assert got.H_a.dtype == torch.float64
             for key in MATS:
-                assert _rel(getattr(got, key), getattr(ref.layers[name], key)) < 1e-4
+                assert rel_err(getattr(got, key), getattr(ref.layers[name], key)) < 1e-4
 
 
 def test_mask_fits_pooled_layer_and_mismatch_fails() -> None:
@@ -412,7 +397,7 @@ def test_sample_mask_broadcasts_over_tokens() -> None:
     for name, got in res.layers.items():
         assert got.n == ref[name]["n"] == int(keep.sum()) * 5
         for key in MATS:
-            assert _rel(getattr(got, key), ref[name][key]) < 1e-10
+            assert rel_err(getattr(got, key), ref[name][key]) < 1e-10
 
 
 def test_no_grad_and_in_place_input_fail_with_reasons() -> None:

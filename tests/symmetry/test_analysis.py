@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import pytest
 import torch
 
-from symtool.errors import UsageError
 from symtool.symmetry.analysis import (
     analyse_rank,
     analyse_symmetry,
@@ -17,6 +15,7 @@ from symtool.symmetry.analysis import (
     symmetry_subspaces,
 )
 from symtool.symmetry.records import SymmetrySettings
+from tests.reference import finite_everywhere
 
 
 def _planted(m: int, n: int, sigma: list[float], seed: int = 0,
@@ -168,17 +167,6 @@ def _mlp_planted() -> dict[str, torch.Tensor]:
             "fc3.weight": w3, "fc3.bias": torch.zeros(5)}
 
 
-def _finite_everywhere(obj: object) -> bool:
-    """No NaN or inf anywhere in a nested record."""
-    if isinstance(obj, float):
-        return math.isfinite(obj)
-    if dataclasses.is_dataclass(obj):
-        return all(_finite_everywhere(getattr(obj, f.name)) for f in dataclasses.fields(obj))
-    if isinstance(obj, (tuple, list)):
-        return all(_finite_everywhere(x) for x in obj)
-    return True
-
-
 def test_whole_checkpoint_recovers_planted_structure():
     res = analyse_symmetry(_mlp_planted())
     fc1 = res.units[0]
@@ -187,7 +175,7 @@ def test_whole_checkpoint_recovers_planted_structure():
     assert _ranks(res.layers[2]) == {1e-1: 3, 3e-2: 3, 1e-2: 3, 1e-3: 3}
     assert res.softmax.layer == "fc3" and res.softmax.classes == 5
     assert res.settings == SymmetrySettings()
-    assert _finite_everywhere(res)
+    assert finite_everywhere(res)
 
 
 def test_non_finite_weights_are_recorded_not_raised():
@@ -197,13 +185,5 @@ def test_non_finite_weights_are_recorded_not_raised():
     assert res.layers[1].reason == "non-finite weights" and res.layers[1].ranks == ()
     assert [u.reason for u in res.units] == ["non-finite weights", "non-finite weights"]
     assert res.layers[0].reason is None
-    assert _finite_everywhere(res)
+    assert finite_everywhere(res)
     assert "fc2.in.broken" not in symmetry_subspaces(sd)
-
-
-def test_settings_validate_all_at_once():
-    with pytest.raises(UsageError) as err:
-        SymmetrySettings(rank_taus=(2.0,), dup_tau=0.5, activation="swish", block=0)
-    msg = str(err.value)
-    assert all(s in msg for s in ("rank_taus", "dup_taus", "swish", "block"))
-    assert SymmetrySettings().to_dict()["dead_tau"] == 1e-2

@@ -18,7 +18,7 @@ from symtool.report import schema
 from symtool.report.files import SCHEMA_VERSION, dumps
 from symtool.report.sink import Sink
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 
 

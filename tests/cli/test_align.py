@@ -204,35 +204,6 @@ def test_fixture_runs_with_no_flags(fixtures_dir: Path, tmp_path: Path) -> None:
 # ------------------------------------------------------------- layer partitioning
 
 
-def test_layer_bytes_counts_sums_and_finished_matrices() -> None:
-    from symtool.align.moments import layer_bytes
-
-    # sums 2a²+2b²+ab, finished 3a²+3b²+ab (H, G, C per side and W), 8 bytes each
-    a, b = 6, 10
-    assert layer_bytes(a, b) == 8 * (5 * (a * a + b * b) + 2 * a * b)
-    assert layer_bytes(a, b, raw_too=True) == layer_bytes(a, b) + 8 * 4 * (a * a + b * b)
-
-
-def test_partition_is_greedy_in_model_order() -> None:
-    from symtool.align.moments import layer_bytes
-    from symtool.align.run import partition_layers
-    from symtool.inputs.models import LayerRef
-
-    refs = [
-        LayerRef(
-            name=str(i), module=torch.nn.Linear(d_in, d_out), kind="linear", d_in=d_in, d_out=d_out
-        )
-        for i, (d_in, d_out) in enumerate([(6, 10), (10, 8), (8, 3), (3, 3)])
-    ]
-    sizes = [layer_bytes(r.d_in, r.d_out) for r in refs]
-    assert partition_layers(refs, None) == [refs]
-    groups = partition_layers(refs, sizes[0] + sizes[1])
-    assert groups == [refs[:2], refs[2:]]
-    for g in partition_layers(refs, max(sizes)):
-        assert sum(layer_bytes(r.d_in, r.d_out) for r in g) <= max(sizes)
-    assert [len(g) for g in partition_layers(refs, 1)] == [1, 1, 1, 1]
-
-
 def test_max_memory_passes_give_the_same_numbers(run_dir: Path, tmp_path: Path) -> None:
     one, split = tmp_path / "one.json", tmp_path / "split.json"
     assert _align(run_dir, "--verify", "--out", one).exit_code == 0
