@@ -136,15 +136,16 @@ def singular(shape: tuple[int, int]) -> str:
     )
 
 
-def dup_costs() -> list[str]:
-    """``duplicate_search`` on 3072 units of 1537 numbers: the screen on all columns
-    against the partial screen (default), on random units and on correlated ones (rank 8
-    plus noise, where the partial bound clears few blocks and they are screened again)."""
+def dup_costs(n: int = 3072, p: int = 1537) -> list[str]:
+    """``duplicate_search`` on ``n`` units of ``p`` numbers (default 3072 × 1537): the screen
+    on all columns against the partial screen (default), on random units and on correlated
+    ones (rank 8 plus noise, where the partial bound clears few blocks and they are screened
+    again)."""
     g = torch.Generator().manual_seed(0)
-    rand = torch.randn(3072, 1537, generator=g, dtype=torch.float64) * 0.02
-    low = torch.randn(3072, 8, generator=g, dtype=torch.float64) @ torch.randn(
-        8, 1537, generator=g, dtype=torch.float64)
-    corr = low + 0.3 * torch.randn(3072, 1537, generator=g, dtype=torch.float64)
+    rand = torch.randn(n, p, generator=g, dtype=torch.float64) * 0.02
+    low = torch.randn(n, 8, generator=g, dtype=torch.float64) @ torch.randn(
+        8, p, generator=g, dtype=torch.float64)
+    corr = low + 0.3 * torch.randn(n, p, generator=g, dtype=torch.float64)
     lines = []
     for name, x in (("random", rand), ("rank 8 + noise", corr)):
         full = duplicate_search(x, (0.1, 0.01), 0.01, screen=x.shape[1])
@@ -152,7 +153,7 @@ def dup_costs() -> list[str]:
         same = full.at == part.at and full.pairs == part.pairs
         t_full = ms(lambda x=x: duplicate_search(x, (0.1, 0.01), 0.01, screen=x.shape[1]), 3)
         t_part = ms(lambda x=x: duplicate_search(x, (0.1, 0.01), 0.01), 3)
-        lines.append(f"duplicate_search 3072×1537 {name}: all columns {t_full:.0f} ms, "
+        lines.append(f"duplicate_search {n}×{p} {name}: all columns {t_full:.0f} ms, "
                      f"partial screen {t_part:.0f} ms ({'same pairs' if same else 'DIFFERENT'}; "
                      f"{full.at[0].pairs} pairs below 0.1)")
     return lines
@@ -163,18 +164,21 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--null-samples", type=int, default=16)
+    ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
     args = ap.parse_args(argv)
+    dims, rows = ((64, 128), 128) if args.quick else ((512, 1024), 1024)
+    shapes = ((96, 96), (384, 96)) if args.quick else ((768, 768), (3072, 768))
     set_threads(args.threads)
     print(f"# analysis step costs; {machine()}; torch threads {torch.get_num_threads()}")
-    for d in (512, 1024):
+    for d in dims:
         for line in decompositions(d):
             print(line)
-    for d in (512, 1024):
+    for d in dims:
         print(nulls(d, args.null_samples))
-    print(second_moment(512, 1024))
-    for shape in ((768, 768), (3072, 768)):
+    print(second_moment(dims[0], rows))
+    for shape in shapes:
         print(singular(shape))
-    for line in dup_costs():
+    for line in dup_costs(384, 193) if args.quick else dup_costs():
         print(line)
     return 0
 

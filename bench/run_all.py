@@ -1,7 +1,7 @@
 """Run every benchmark of bench/ in turn and print all ratios at the end.
 
     python bench/run_all.py              # full sizes (about 25 minutes on 2 cores, 1 thread)
-    python bench/run_all.py --quick      # smoke run of every script (a few minutes)
+    python bench/run_all.py --quick      # smoke run of every script, small sizes (CI runs it)
     python bench/run_all.py --threads 2  # torch threads for every script
 
 Each script runs in its own process; its output is shown as it comes, and its
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     plan = [
         ("align_floor.py", [*q, *t, "--device", args.device], None),
-        ("analysis_costs.py", t, None),
+        ("analysis_costs.py", [*q, *t], None),
         ("align_bruteforce.py", [*q, *t], None),
         ("align_memory.py", [*q, *t], None),
         ("symmetry_gpt2.py", [*q, *t, *ww], native),

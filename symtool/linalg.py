@@ -510,26 +510,3 @@ def kept_support(values: Tensor, floor: float) -> Tensor:
     if vmax <= 0.0 or vmax <= noise:
         return torch.zeros_like(values, dtype=torch.bool)
     return values > floor * vmax
-
-
-def matrix_power(s: Spectrum, p: float, *, floor: float = 1e-8) -> Tensor:
-    """Fractional power ``Σ_{i kept} z_i^p v_i v_iᵀ`` of a PSD matrix on its kept support.
-
-    Kept eigenpairs have ``z_i > floor · max z`` (docs/theory.md §4, see
-    :func:`kept_support`); the rest, including any negative eigenvalues, contribute zero, so
-    negative ``p`` is a pseudo-inverse power.
-
-    Args:
-        s: the matrix's spectrum.
-        p: the exponent (any real).
-        floor: relative eigenvalue floor ``ε``.
-
-    Returns:
-        The dense ``d × d`` float64 matrix (all zeros when no eigenvalue is positive).
-    """
-    z = s.values
-    V = s.vectors
-    keep = kept_support(z, floor)
-    zp = torch.zeros_like(z)
-    zp[keep] = z[keep] ** p
-    return (V * zp) @ V.T

@@ -33,9 +33,6 @@ def stability_function(z: complex | np.ndarray, stages: int) -> complex | np.nda
     return complex(out) if np.ndim(out) == 0 else out
 
 
-def in_stability_region(z: complex, stages: int, tol: float = 1e-12) -> bool:
-    """Whether ``|R_s(z)| ≤ 1`` (up to ``tol``)."""
-    return bool(abs(stability_function(z, stages)) <= 1.0 + tol)
 
 
 def rk_rate(mu: complex, stages: int) -> complex:

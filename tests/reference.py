@@ -14,6 +14,8 @@ import numpy as np
 import torch
 
 from symtool.align.moments import LayerMatrices
+from symtool.linalg import Spectrum, kept_support
+from symtool.stability import stability_function
 
 F64 = torch.float64
 Tensor = torch.Tensor
@@ -142,3 +144,34 @@ def assert_plain_record(obj: object, path: str = "report") -> None:
         assert type(obj) is float and math.isfinite(obj), path
     else:
         assert obj is None or type(obj) in (bool, int, str), (path, type(obj))
+
+
+# ------------------------------------------------ references moved out of the package
+
+
+def matrix_power(s: Spectrum, p: float, *, floor: float = 1e-8) -> Tensor:
+    """Fractional power ``Σ_{i kept} z_i^p v_i v_iᵀ`` of a PSD matrix on its kept support.
+
+    Kept eigenpairs have ``z_i > floor · max z`` (docs/theory.md §4, see
+    :func:`kept_support`); the rest, including any negative eigenvalues, contribute zero, so
+    negative ``p`` is a pseudo-inverse power.
+
+    Args:
+        s: the matrix's spectrum.
+        p: the exponent (any real).
+        floor: relative eigenvalue floor ``ε``.
+
+    Returns:
+        The dense ``d × d`` float64 matrix (all zeros when no eigenvalue is positive).
+    """
+    z = s.values
+    V = s.vectors
+    keep = kept_support(z, floor)
+    zp = torch.zeros_like(z)
+    zp[keep] = z[keep] ** p
+    return (V * zp) @ V.T
+
+
+def in_stability_region(z: complex, stages: int, tol: float = 1e-12) -> bool:
+    """Whether ``|R_s(z)| ≤ 1`` (up to ``tol``)."""
+    return bool(abs(stability_function(z, stages)) <= 1.0 + tol)

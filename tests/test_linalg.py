@@ -11,8 +11,8 @@ import torch
 
 from symtool.align.score import HaarBank
 from symtool.errors import AnalysisError
-from symtool.linalg import all_finite, eigvalsh, gram, gram_pair, matrix_power, spectrum, sym
-from tests.reference import psd
+from symtool.linalg import all_finite, eigvalsh, gram, gram_pair, spectrum, sym
+from tests.reference import matrix_power, psd
 
 # --- spectrum / sym ---------------------------------------------------------------------
 

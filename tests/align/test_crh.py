@@ -20,11 +20,12 @@ from symtool.align.crh import (
 from symtool.align.moments import LayerMatrices
 from symtool.align.score import HaarBank, rotation_null
 from symtool.errors import UsageError
-from symtool.linalg import matrix_power, spectrum
+from symtool.linalg import spectrum
 from tests.reference import (
     float_leaves,
     gen,
     layer_from_activations,
+    matrix_power,
     np_alignment,
     random_orthogonal,
     with_spectrum,

@@ -26,11 +26,12 @@ from symtool.align.pah import (
 )
 from symtool.align.score import HaarBank, alignment
 from symtool.errors import UsageError
-from symtool.linalg import matrix_power, spectrum
+from symtool.linalg import spectrum
 from tests.reference import (
     float_leaves,
     gen,
     layer_from_activations,
+    matrix_power,
     random_orthogonal,
     with_spectrum,
 )
