@@ -41,7 +41,13 @@ from symtool.ode.linearization import (
     step_size,
     weight_diagnostics,
 )
-from symtool.ode.lyapunov import LyapunovResult, default_warmup, lyapunov_result, trajectory_pass
+from symtool.ode.lyapunov import (
+    LyapunovResult,
+    default_warmup,
+    interval_evidence,
+    lyapunov_result,
+    trajectory_pass,
+)
 
 Tensor = torch.Tensor
 
@@ -66,8 +72,14 @@ class OdeSettings:
         drive_batch: ``B`` of the synthetic drive.
         jacobian_points: full Jacobians averaged along the trajectory for the "along"
             ODE reading (0 disables it).
-        marginal_band: ``|λ_1|`` (or ``|ln ρ|`` at rest) below this is "marginal".
+        marginal_band: the least half-width of ``λ_1``'s interval (numerical resolution),
+            and the band on ``ln ρ(J_rest)`` in the weights-only verdict.
         max_modes: per-mode tuples in records keep the leading modes by modulus only.
+        lyapunov_frames: starting frames for ``λ_1``'s frame spread (the first is the
+            reported one; docs/ode.md "Verdict").
+        confidence: coverage of the t-interval on ``λ_1`` across sequences.
+        single_sequence_band: the least half-width of ``λ_1``'s interval when a single
+            sequence drives the cell (no standard error).
     """
 
     nonlinearity: str = "tanh"
@@ -83,6 +95,9 @@ class OdeSettings:
     jacobian_points: int = 16
     marginal_band: float = 1e-3
     max_modes: int = 32
+    lyapunov_frames: int = 3
+    confidence: float = 0.95
+    single_sequence_band: float = 0.1
 
     def __post_init__(self) -> None:
         problems = []
@@ -104,6 +119,12 @@ class OdeSettings:
             problems.append("jacobian_points must be ≥ 0 and max_modes ≥ 1")
         if not (math.isfinite(self.marginal_band) and self.marginal_band >= 0):
             problems.append("marginal_band must be ≥ 0")
+        if self.lyapunov_frames < 1:
+            problems.append("lyapunov_frames must be ≥ 1")
+        if not (0 < self.confidence < 1):
+            problems.append("confidence must be in (0, 1)")
+        if not (math.isfinite(self.single_sequence_band) and self.single_sequence_band >= 0):
+            problems.append("single_sequence_band must be ≥ 0")
         if problems:
             raise UsageError("ode settings: " + "; ".join(problems))
 
@@ -114,14 +135,20 @@ class OdeSettings:
 
 @dataclass(frozen=True)
 class Verdict:
-    """Contracting / marginal / expanding, with the number and rule behind it.
+    """Contracting / marginal / expanding, with the interval and rule behind it.
+
+    The interval is ``value ± band``: ``contracting`` when it lies below 0, ``expanding``
+    above, ``marginal`` when it holds 0 (``|value| ≤ band``).
 
     Attributes:
         label: ``contracting``, ``marginal`` or ``expanding``.
         basis: ``lambda_1`` (probe data) or ``log_radius_at_rest`` (``ln ρ(J_rest)``).
         value: the number compared (``None``: ``-∞``).
-        band: the marginal band.
+        band: the interval's half-width: ``λ_1``'s (standard error, frame spread, floor)
+            or, at rest, ``marginal_band``.
         rule: the comparison in words.
+        evidence: what the verdict rests on, in words (probe sequences and frames, a
+            single sequence, or the weights only and why).
     """
 
     label: str
@@ -129,6 +156,7 @@ class Verdict:
     value: float | None
     band: float
     rule: str
+    evidence: str | None = None
 
 
 @dataclass(frozen=True)
@@ -193,11 +221,16 @@ def verdict(
     lambda_1: float | None = None,
     rest_radius: float | None = None,
     use_lyapunov: bool = True,
+    interval: tuple[float, float] | None = None,
+    evidence: str | None = None,
 ) -> Verdict:
-    """Contracting / marginal / expanding from ``λ_1`` or, failing that, ``ln ρ(J_rest)``.
+    """Contracting / marginal / expanding from an interval around ``x``.
 
-    ``x < −band``: contracting; ``|x| ≤ band``: marginal; ``x > band``: expanding, with
-    ``x = λ_1`` (per step, natural log) or ``x = ln ρ`` (``-∞`` counts as contracting).
+    ``x = λ_1`` (per step, natural log) with its ``interval`` (``x ± band``, as computed;
+    ``band`` is its half-width), or, failing that, ``x = ln ρ(J_rest)`` with ``x ± band``
+    (``band = marginal_band``).
+    The interval below 0: contracting; holding 0: marginal; above 0: expanding.
+    ``x = -∞`` counts as contracting.
     """
     if use_lyapunov:
         basis, value, sym = "lambda_1", lambda_1, "λ_1"
@@ -206,15 +239,18 @@ def verdict(
             raise ValueError("verdict needs lambda_1 or rest_radius")
         basis, sym = "log_radius_at_rest", "ln ρ(J_rest)"
         value = math.log(rest_radius) if rest_radius > 0 else None
-    x = -math.inf if value is None else value
-    if x < -band:
-        label, rel = "contracting", f"< -{band:g}"
-    elif x > band:
-        label, rel = "expanding", f"> {band:g}"
+        interval = None
+    if value is None:
+        return Verdict("contracting", basis, None, band, f"{sym} = -inf → contracting", evidence)
+    low, high = interval if interval is not None else (value - band, value + band)
+    if high < 0:
+        label, rel = "contracting", "below 0"
+    elif low > 0:
+        label, rel = "expanding", "above 0"
     else:
-        label, rel = "marginal", f"within ±{band:g}"
-    shown = "-inf" if value is None else f"{value:.6g}"
-    return Verdict(label, basis, value, band, f"{sym} = {shown} {rel} → {label}")
+        label, rel = "marginal", "holds 0"
+    text = f"{sym} = {value:.6g} ± {band:.3g} = [{low:.6g}, {high:.6g}] {rel} → {label}"
+    return Verdict(label, basis, value, band, text, evidence)
 
 
 # --------------------------------------------------------------------- entry points
@@ -467,7 +503,7 @@ def _finish(
         )
     rest = read_jacobian(jac, step_size(kind, gate, settings.dt), max_modes=settings.max_modes)
     label, inputs = drive
-    lyap = along = None
+    lyap = along = interval = None
     if inputs is not None:
         steps = inputs.shape[0]
         warmup = default_warmup(steps) if settings.warmup is None else settings.warmup
@@ -481,9 +517,18 @@ def _finish(
             warmup=warmup,
             seed=settings.seed,
             jacobian_points=settings.jacobian_points,
+            frames=settings.lyapunov_frames,
         )
-        lyap = lyapunov_result(
-            stats, drive=label, steps=steps, warmup=warmup, k=k, state_size=fmap.state_size
+        lyap, interval = lyapunov_result(
+            stats,
+            drive=label,
+            steps=steps,
+            warmup=warmup,
+            k=k,
+            state_size=fmap.state_size,
+            confidence=settings.confidence,
+            floor=settings.marginal_band,
+            single_floor=settings.single_sequence_band,
         )
         if (
             stats.reason is None
@@ -503,13 +548,33 @@ def _finish(
                 samples=stats.jacobian_n,
                 max_modes=settings.max_modes,
             )
-    use_lyap = label == "data" and lyap is not None and lyap.reason is None
+    # λ_1's interval exists when every sequence has a finite λ_1 (lower exponents may be −∞)
+    iv = interval if label == "data" else None
     v = verdict(
-        settings.marginal_band,
-        lambda_1=lyap.lambda_1 if use_lyap else None,
+        settings.marginal_band if iv is None else iv.half_width,
+        lambda_1=None if iv is None else iv.center,
         rest_radius=rest.spectral_radius,
-        use_lyapunov=use_lyap,
+        use_lyapunov=iv is not None,
+        interval=None if iv is None else (iv.low, iv.high),
+        evidence=_fallback(label, lyap, notes)
+        if iv is None or lyap is None
+        else interval_evidence(lyap, settings.confidence, settings.single_sequence_band),
     )
     return RecurrentLayerReport(
         **base, weights=weights, rest=rest, along=along, lyapunov=lyap, verdict=v, notes=notes
     )
+
+
+def _fallback(label: str, lyap: LyapunovResult | None, notes: tuple[str, ...]) -> str:
+    """Why a verdict rests on the rest Jacobian (weights only)."""
+    if label == "data" and lyap is not None:
+        why = f"the probe run gave no λ_1 interval ({lyap.reason or 'λ_1 is undefined'})"
+    elif label == "data":
+        why = "no probe run"
+    elif label == "none" and any("probe width" in n for n in notes):
+        why = "the probe sequences do not fit this stack"
+    elif label == "none":
+        why = "no probe data and no drive"
+    else:
+        why = f"no probe data (a {label} drive is synthetic, so λ_1 is not used)"
+    return f"weights only: ln ρ(J_rest) ± marginal_band; {why}"

@@ -6,6 +6,12 @@ docs/theory.md §6 ("Lyapunov spectrum"). QR method: start from an orthonormal
 per step). ``J_k Q`` comes from Jacobian-vector products (``torch.func.jvp`` vmapped over
 the ``k`` columns; closed form for vanilla RNNs), never from a full ``J``. Sums and
 counts are streamed in float64 and divided at the end (docs/theory.md §7).
+
+``λ_1`` comes with an interval (:func:`lambda_interval`, docs/ode.md "Verdict"): the
+standard error across sequences and the spread over independently drawn starting frames.
+Extra frames carry one vector each: Gram–Schmidt never touches the first column of ``Q``,
+so ``λ_1`` of a ``k``-column run is the growth rate of one vector, ``ln ‖J v‖`` with ``v``
+renormalised every step.
 """
 
 from __future__ import annotations
@@ -42,6 +48,14 @@ class LyapunovResult:
             hidden output ``h`` after warm-up, or ``None`` with ``participation_reason``.
         reason: why numbers are missing (the run stopped early on a non-finite state, or
             exponents are −∞), else ``None``.
+        lambda_1_se: standard error of ``λ_1`` across sequences, ``sd(ddof=1)/√B`` of the
+            per-sequence leading exponents (``None`` for ``B = 1``).
+        frame_lambda_1: ``λ_1`` from each starting frame, the reported frame first (so
+            ``frame_lambda_1[0] == lambda_1``); ``None`` for a frame whose vector collapsed.
+        frame_range: ``max − min`` of ``frame_lambda_1`` (``None`` with fewer than two).
+        lambda_1_low, lambda_1_high: the interval ``λ_1 ∓ half-width``
+            (:func:`lambda_interval`), ``None`` when ``λ_1`` is.
+        interval_rule: the interval's formula with its numbers.
     """
 
     drive: str
@@ -59,6 +73,26 @@ class LyapunovResult:
     participation_ratio: float | None
     participation_reason: str | None
     reason: str | None = None
+    lambda_1_se: float | None = None
+    frame_lambda_1: tuple[float | None, ...] = ()
+    frame_range: float | None = None
+    lambda_1_low: float | None = None
+    lambda_1_high: float | None = None
+    interval_rule: str | None = None
+
+
+@dataclass(frozen=True)
+class LambdaInterval:
+    """``λ_1 ± half_width`` and what the half-width is made of (:func:`lambda_interval`)."""
+
+    center: float
+    se: float | None
+    frame_range: float | None
+    t: float | None
+    half_width: float
+    low: float
+    high: float
+    rule: str
 
 
 @dataclass(frozen=True)
@@ -67,6 +101,8 @@ class TrajectoryStats:
 
     Attributes:
         exponents: ``(B, k)`` per-sequence exponents, sorted, ``-inf`` for collapsed ones.
+        frame_exponents: ``(B, frames − 1)`` per-sequence growth rates of the extra
+            starting vectors (``-inf`` for collapsed ones), ``None`` when the run stopped.
         hidden_n, hidden_sum, hidden_outer: streamed moments of ``h`` after warm-up.
         gate_n, gate_sum, gate_log_sum: count, ``Σ(1 − g)`` and ``Σ ln g`` of the step gate.
         jacobian_sum, jacobian_n: sum and count of full Jacobians at sampled points.
@@ -83,6 +119,7 @@ class TrajectoryStats:
     jacobian_sum: Tensor | None
     jacobian_n: int
     reason: str | None
+    frame_exponents: Tensor | None = None
 
 
 def default_warmup(steps: int) -> int:
@@ -98,6 +135,7 @@ def trajectory_pass(
     warmup: int,
     seed: int = 0,
     jacobian_points: int = 0,
+    frames: int = 1,
 ) -> TrajectoryStats:
     """Drive the map from the zero state and gather exponents, moments and Jacobians.
 
@@ -109,14 +147,24 @@ def trajectory_pass(
         seed: seeds the random orthonormal ``Q_0``.
         jacobian_points: full Jacobians to average at evenly spaced (step, sample) points
             after warm-up (0: none).
+        frames: starting frames (``≥ 1``). The first is ``Q_0``; each further one is a
+            random unit vector drawn after ``Q_0`` from the same seeded generator, carried
+            alongside ``Q`` in the same Jacobian-vector products and renormalised alone.
     """
     steps, batch = inputs.shape[0], inputs.shape[1]
     d, h = fmap.state_size, fmap.out_size
-    if not (1 <= k <= d and 0 <= warmup < steps):
-        raise ValueError(f"need 1 ≤ k ≤ {d} and 0 ≤ warmup < {steps}, got k={k}, warmup={warmup}")
+    if not (1 <= k <= d and 0 <= warmup < steps and frames >= 1):
+        raise ValueError(
+            f"need 1 ≤ k ≤ {d}, 0 ≤ warmup < {steps} and frames ≥ 1, "
+            f"got k={k}, warmup={warmup}, frames={frames}"
+        )
     gen = torch.Generator().manual_seed(seed)
     q0 = torch.linalg.qr(torch.randn(d, k, generator=gen, dtype=torch.float64))[0]
     q = q0.expand(batch, d, k).clone()
+    v0 = torch.randn(d, frames - 1, generator=gen, dtype=torch.float64)
+    v = (v0 / torch.linalg.vector_norm(v0, dim=0)).expand(batch, d, frames - 1).clone()
+    v_log = torch.zeros(batch, frames - 1, dtype=torch.float64)
+    v_collapsed = torch.zeros(batch, frames - 1, dtype=torch.bool)
     s = torch.zeros(batch, d, dtype=torch.float64)
     log_sum = torch.zeros(batch, k, dtype=torch.float64)
     collapsed = torch.zeros(batch, k, dtype=torch.bool)
@@ -140,12 +188,18 @@ def trajectory_pass(
             rows = [b for b in range(batch) if (t - warmup) * batch + b in picks]
             if rows:
                 j_sum += fmap.jacobian(s[rows], x[rows]).detach().sum(0)
-        z = fmap.tangent(s, x, q).detach()
+        z = fmap.tangent(s, x, torch.cat([q, v], dim=2) if frames > 1 else q).detach()
+        z, w = z[..., :k], z[..., k:]
         with torch.no_grad():
             s = fmap.step(s, x)
-        if not (torch.isfinite(s).all() and torch.isfinite(z).all()):
+        if not (torch.isfinite(s).all() and torch.isfinite(z).all() and torch.isfinite(w).all()):
             reason = f"state became non-finite at step {t}"
             break
+        growth = torch.linalg.vector_norm(w, dim=1)
+        v = w / growth.clamp_min(1e-300).unsqueeze(1)
+        if counted:
+            v_collapsed |= growth == 0
+            v_log += torch.log(growth.clamp_min(1e-300))
         q, r = torch.linalg.qr(z)
         diag = torch.diagonal(r, dim1=-2, dim2=-1)
         sign = torch.where(diag < 0, -1.0, 1.0).to(torch.float64)
@@ -158,10 +212,11 @@ def trajectory_pass(
             h_sum += hs.sum(0)
             h_outer += hs.T @ hs
     n_counted = steps - warmup
-    exps = None
+    exps = v_exps = None
     if reason is None:
         exps = torch.where(collapsed, -math.inf, log_sum / n_counted)
         exps = exps.sort(dim=1, descending=True).values
+        v_exps = torch.where(v_collapsed, -math.inf, v_log / n_counted)
     return TrajectoryStats(
         exponents=exps,
         hidden_n=n_counted * batch if reason is None else 0,
@@ -173,6 +228,7 @@ def trajectory_pass(
         jacobian_sum=j_sum,
         jacobian_n=len(picks),
         reason=reason,
+        frame_exponents=v_exps,
     )
 
 
@@ -228,10 +284,95 @@ def state_participation_ratio(states: Tensor) -> tuple[float | None, str | None]
     return participation_ratio(torch.linalg.eigvalsh(cov))
 
 
+def lambda_interval(
+    per_sequence: np.ndarray,
+    frame_values: list[float | None],
+    *,
+    confidence: float = 0.95,
+    floor: float = 1e-3,
+    single_floor: float = 0.1,
+) -> LambdaInterval | None:
+    """The interval ``λ_1 ± h`` around ``λ_1 = mean_b λ_1^(b)`` (docs/ode.md "Verdict").
+
+    With ``B ≥ 2`` sequences ``h = max(t·SE + R_F, floor)``: ``SE = sd(λ_1^(b))/√B``
+    (``ddof = 1``), ``t`` the two-sided ``confidence`` quantile of Student's t with
+    ``B − 1`` degrees of freedom, and ``R_F`` the range (max − min) of ``λ_1`` over the
+    starting frames (0 with one frame). The frames shift every sequence alike, so their
+    spread is not in ``SE`` and is added to it, whole. With one sequence there is no SE:
+    ``h = max(R_F, single_floor)``.
+
+    Args:
+        per_sequence: ``λ_1`` of each sequence in the reported frame.
+        frame_values: ``λ_1`` of each starting frame, the reported one first; ``None``
+            entries (collapsed vectors) are left out of ``R_F``.
+        confidence: coverage of the t-interval, in ``(0, 1)``.
+        floor: the least half-width with ``B ≥ 2`` (numerical resolution).
+        single_floor: the least half-width with ``B = 1``.
+
+    Returns:
+        The interval, or ``None`` when a per-sequence value is not finite.
+    """
+    e = np.asarray(per_sequence, dtype=np.float64)
+    if e.size == 0 or not np.isfinite(e).all():
+        return None
+    center = float(e.mean())
+    finite = [f for f in frame_values if f is not None and math.isfinite(f)]
+    spread = float(max(finite) - min(finite)) if len(finite) > 1 else None
+    r_f = spread or 0.0
+    frames = f"range over {len(finite)} frames R_F = {r_f:.3g}" if spread is not None else (
+        "one frame: R_F = 0")
+    if e.size > 1:
+        from scipy.stats import t as student_t
+
+        se = float(e.std(ddof=1)) / math.sqrt(e.size)
+        t = float(student_t.ppf(0.5 + confidence / 2, e.size - 1))
+        half = max(t * se + r_f, floor)
+        rule = (
+            f"λ_1 ± max(t·SE + R_F, {floor:g}) with t = t_{0.5 + confidence / 2:g},{e.size - 1} "
+            f"= {t:.4g}, SE = {se:.3g} over {e.size} sequences, {frames} → ±{half:.3g}"
+        )
+    else:
+        se = t = None
+        half = max(r_f, single_floor)
+        rule = (
+            f"one sequence, no standard error: λ_1 ± max(R_F, {single_floor:g}) "
+            f"(single-sequence band), {frames} → ±{half:.3g}"
+        )
+    return LambdaInterval(center, se, spread, t, half, center - half, center + half, rule)
+
+
+def interval_evidence(lyap: LyapunovResult, confidence: float, single_floor: float) -> str:
+    """What a verdict from ``λ_1``'s interval rests on, in words."""
+    frames = sum(f is not None for f in lyap.frame_lambda_1)
+    if lyap.sequences > 1:
+        return (
+            f"λ_1 along {lyap.sequences} probe sequences, {frames} starting frame(s): "
+            f"{confidence:g} t-interval over the sequences widened by the frame range"
+        )
+    return (
+        f"λ_1 along one probe sequence, {frames} starting frame(s): no standard error, so "
+        f"the interval is the frame range, at least the single-sequence band {single_floor:g}"
+    )
+
+
 def lyapunov_result(
-    stats: TrajectoryStats, *, drive: str, steps: int, warmup: int, k: int, state_size: int
-) -> LyapunovResult:
-    """Average per-sequence exponents and finish the moments into a record."""
+    stats: TrajectoryStats,
+    *,
+    drive: str,
+    steps: int,
+    warmup: int,
+    k: int,
+    state_size: int,
+    confidence: float = 0.95,
+    floor: float = 1e-3,
+    single_floor: float = 0.1,
+) -> tuple[LyapunovResult, LambdaInterval | None]:
+    """Average per-sequence exponents and finish the moments into a record.
+
+    ``confidence``, ``floor`` and ``single_floor`` set ``λ_1``'s interval
+    (:func:`lambda_interval`), returned too (``None`` without ``λ_1``) so a verdict can
+    use its exact half-width.
+    """
     batch = 0 if stats.exponents is None else stats.exponents.shape[0]
     if stats.exponents is None:
         return LyapunovResult(
@@ -250,7 +391,7 @@ def lyapunov_result(
             None,
             "no states",
             stats.reason,
-        )
+        ), None
     e = stats.exponents.numpy()
     means: list[float | None] = []
     spread: list[float | None] = []
@@ -270,13 +411,20 @@ def lyapunov_result(
         pr, pr_reason = participation_ratio(torch.linalg.eigvalsh((cov + cov.T) / 2))
     else:
         pr, pr_reason = None, "hidden-state moments overflowed"
+    frame_values: list[float | None] = [means[0]]
+    if stats.frame_exponents is not None:
+        for col in stats.frame_exponents.numpy().T:
+            frame_values.append(float(col.mean()) if np.isfinite(col).all() else None)
+    iv = lambda_interval(
+        e[:, 0], frame_values, confidence=confidence, floor=floor, single_floor=single_floor
+    )
     missing = sum(m is None for m in means)
     total = None if missing else float(sum(means))  # type: ignore[arg-type]
     why = stats.reason
     if why is None and missing:
         why = (f"{missing} of {len(means)} exponents are −∞ in some sequence: the tangent "
                "directions collapsed (the Jacobian product lost rank)")
-    return LyapunovResult(
+    result = LyapunovResult(
         drive=drive,
         sequences=batch,
         steps=steps,
@@ -292,4 +440,11 @@ def lyapunov_result(
         participation_ratio=pr,
         participation_reason=pr_reason,
         reason=why,
+        lambda_1_se=None if iv is None else iv.se,
+        frame_lambda_1=tuple(frame_values),
+        frame_range=None if iv is None else iv.frame_range,
+        lambda_1_low=None if iv is None else iv.low,
+        lambda_1_high=None if iv is None else iv.high,
+        interval_rule=None if iv is None else iv.rule,
     )
+    return result, iv

@@ -95,8 +95,20 @@ def ode_lyapunov(fig: Any, report: Mapping[str, Any], options: PlotOptions) -> N
                 linestyle=style,
                 label=f"ln ρ(J_{point})",
             )
-        band = next(((r.get("verdict") or {}).get("band") for r in recs if r.get("verdict")), 0)
-        ax.axhspan(-(band or 0), band or 0, color="0.7", alpha=0.5, label="marginal band")
+        low = [as_float((r.get("lyapunov") or {}).get("lambda_1_low")) for r in recs]
+        high = [as_float((r.get("lyapunov") or {}).get("lambda_1_high")) for r in recs]
+        if any(math.isfinite(v) for v in low + high):
+            ax.fill_between(
+                xs, low, high, color="#1f77b4", alpha=0.2, linewidth=0,
+                label="λ_1 interval (t·SE + frame range): marginal where it holds 0",
+            )
+        rests = [r for r in recs if (r.get("verdict") or {}).get("basis") == "log_radius_at_rest"]
+        bands = [(r.get("verdict") or {}).get("band") for r in rests]
+        if bands and (band := max(b or 0.0 for b in bands)) > 0:  # weights-only verdicts
+            ax.axhspan(-band, band, color="0.7", alpha=0.5, label="marginal band of ln ρ(J_rest)")
+        elif not any(math.isfinite(v) for v in low + high):  # reports before the interval
+            band = next(((r.get("verdict") or {}).get("band") for r in recs if r.get("verdict")), 0)
+            ax.axhspan(-(band or 0), band or 0, color="0.7", alpha=0.5, label="marginal band")
         ax.axhline(0, color="black", linewidth=0.5)
         ax.grid(True, linewidth=0.3, alpha=0.5)
         ax.set_title(f"{name} ({recs[-1].get('kind')})")
@@ -104,5 +116,6 @@ def ode_lyapunov(fig: Any, report: Mapping[str, Any], options: PlotOptions) -> N
         step_axis(ax, xs, label=True)
     fig.suptitle(
         "Largest Lyapunov exponent and Jacobian spectral radii over training"
-        f"{source_label(options)}\nbelow 0: contracting, above: expanding"
+        f"{source_label(options)}\nverdict: interval below 0 contracting, holding 0 marginal, "
+        "above 0 expanding"
     )

@@ -22,11 +22,14 @@ def ode_table(report: dict[str, Any], out: Console) -> None:
             title_justify="left",
             caption="ρ(W): largest spectral radius of W_hh's gate blocks; ρ(J), δ = ‖J − I‖₂: "
             "one-step Jacobian at rest; Δt: gate-derived step; λ₁: leading Lyapunov exponent "
-            "per step ± spread over sequences; KY: Kaplan–Yorke dimension",
+            "per step; interval: λ₁ ± (t·SE over sequences + range over starting frames), "
+            "the verdict's evidence (contracting below 0, marginal across 0, expanding above); "
+            "SE: standard error of λ₁; KY: Kaplan–Yorke dimension; (rest): verdict from "
+            "ln ρ(J) at rest, without probe data",
             caption_justify="left",
         )
         t.add_column("layer", no_wrap=True)
-        for col in ("cell", "(n,t)", "ρ(W)", "ρ(J)", "δ", "Δt", "λ₁", "KY"):
+        for col in ("cell", "(n,t)", "ρ(W)", "ρ(J)", "δ", "Δt", "λ₁", "interval", "SE", "KY"):
             t.add_column(col, justify="left" if col == "cell" else "right", no_wrap=True)
         t.add_column("verdict", no_wrap=True)
         for layer in e["layers"]:
@@ -40,12 +43,16 @@ def ode_table(report: dict[str, Any], out: Console) -> None:
             ]
             rest = layer.get("rest") or {}
             ly = layer.get("lyapunov") or {}
-            lam = ly.get("lambda_1")
-            spread = (ly.get("spread") or [None])[0] if ly.get("spread") else None
+            low, high = ly.get("lambda_1_low"), ly.get("lambda_1_high")
+            lam = fmt_num(ly.get("lambda_1"))
+            spread = (ly.get("spread") or [None])[0]
+            if "lambda_1_low" not in ly and spread is not None:  # a report before the interval
+                lam = f"{lam}±{fmt_num(spread, 2)}"
             v = layer.get("verdict") or {}
             colour = {"contracting": "green", "marginal": "yellow", "expanding": "red"}.get(
                 v.get("label", ""), "white"
             )
+            at_rest = " (rest)" if v.get("basis") == "log_radius_at_rest" else ""
             t.add_row(
                 layer["name"],
                 layer["kind"],
@@ -54,9 +61,11 @@ def ode_table(report: dict[str, Any], out: Console) -> None:
                 fmt_num(rest.get("spectral_radius")),
                 fmt_num(rest.get("delta")),
                 fmt_num((rest.get("step") or {}).get("dt")),
-                f"{fmt_num(lam)}±{fmt_num(spread, 2)}" if spread is not None else fmt_num(lam),
+                lam,
+                "—" if low is None or high is None else f"[{fmt_num(low)}, {fmt_num(high)}]",
+                fmt_num(ly.get("lambda_1_se"), 2),
                 fmt_num(ly.get("kaplan_yorke"), 2),
-                f"[{colour}]{v.get('label', '—')}[/{colour}]",
+                f"[{colour}]{v.get('label', '—')}{at_rest}[/{colour}]",
             )
         out.print(t)
 
@@ -98,11 +107,16 @@ def ode_rows(report: dict[str, Any]) -> tuple[list[str], Iterable[dict[str, Any]
             ly = layer.get("lyapunov") or {}
             for i, x in enumerate(ly.get("exponents") or []):
                 values[f"lyapunov.{i + 1}"] = x
+            for k in ("lambda_1_se", "frame_range", "lambda_1_low", "lambda_1_high"):
+                if k in ly:
+                    values[f"lyapunov.{k}"] = ly[k]
             for k in ("kaplan_yorke", "participation_ratio"):
                 values[k] = ly.get(k)
             v = layer.get("verdict") or {}
             values["verdict"] = v.get("label")
+            values["verdict.basis"] = v.get("basis")
             values["verdict.value"] = v.get("value")
+            values["verdict.band"] = v.get("band")
             for q, val in values.items():
                 yield {**lb, "quantity": q, "value": val}
 

@@ -6,11 +6,13 @@ import json
 import math
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from symtool.cli.app import app
+from symtool.report import metric_names, schema
 
 runner = CliRunner()
 
@@ -111,3 +113,70 @@ def test_custom_cell_through_model(tmp_path: Path) -> None:
     assert layer["name"] == "Cell"
     assert math.isclose(layer["rest"]["spectral_radius"], 0.9, rel_tol=1e-7)  # float32 file
     assert layer["verdict"]["label"] == "contracting"
+
+
+# ------------------------------------------------------------ λ_1's interval in reports
+
+NEW_LYAPUNOV = ("lambda_1_se", "frame_lambda_1", "frame_range", "lambda_1_low",
+                "lambda_1_high", "interval_rule")
+NEW_SETTINGS = ("lyapunov_frames", "confidence", "single_sequence_band")
+
+
+@pytest.fixture(scope="module")
+def ode_json(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    folder = tmp_path_factory.mktemp("ode")
+    gen = torch.Generator().manual_seed(0)
+    rnn = {"weight_ih_l0": torch.randn(6, 2, generator=gen),
+           "weight_hh_l0": 0.5 * torch.eye(6), "bias_ih_l0": torch.zeros(6),
+           "bias_hh_l0": torch.zeros(6)}
+    save_file({f"rnn.{k}": v for k, v in rnn.items()}, str(folder / "step_1.safetensors"))
+    save_file({"x": torch.randn(4, 30, 2, generator=gen)}, str(folder / "probe.safetensors"))
+    res = _invoke("ode", folder / "step_1.safetensors", "--data", folder / "probe.safetensors",
+                  "--batch-first", "--nonlinearity", "linear", "-f", "json")
+    assert res.exit_code == 0, res.output
+    (folder / "ode.json").write_text(res.stdout)
+    return folder, json.loads(res.stdout)
+
+
+def test_report_fields_check_and_older_reports(ode_json: tuple[Path, dict]) -> None:
+    folder, rep = ode_json
+    layer = rep["checkpoints"][0]["layers"][0]
+    ly = layer["lyapunov"]
+    assert ly["lambda_1"] == pytest.approx(math.log(0.5), abs=1e-6)
+    assert ly["lambda_1_high"] < 0 and layer["verdict"]["label"] == "contracting"
+    assert rep["provenance"]["settings"]["lyapunov_frames"] == 3
+    for metric, path in (("lambda_1_se", ("lyapunov", "lambda_1_se")),
+                         ("lambda_1_high", ("lyapunov", "lambda_1_high")),
+                         ("frame_lambda_1.2", ("lyapunov", "frame_lambda_1", "2"))):
+        assert metric_names.resolve(rep, metric).paths == (path,)
+    res = _invoke("check", folder / "ode.json", "-r", "lambda_1_se < 1e-6", "-r",
+                  "lambda_1_high < 0", "-r", "verdict.band <= 0.001")
+    assert res.exit_code == 0, res.output
+    old = json.loads(json.dumps(rep))  # a version-3 report made before the interval
+    for key in NEW_SETTINGS:
+        del old["provenance"]["settings"][key]
+    for lay in old["checkpoints"][0]["layers"]:
+        for key in NEW_LYAPUNOV:
+            del lay["lyapunov"][key]
+        del lay["verdict"]["evidence"]
+    assert schema.validate(old) == "ode"
+    broken = json.loads(json.dumps(rep))
+    broken["checkpoints"][0]["layers"][0]["lyapunov"]["lambda_1_se"] = "small"
+    with pytest.raises(Exception, match="lambda_1_se"):
+        schema.validate(broken)
+
+
+def test_table_and_csv_show_the_interval(ode_json: tuple[Path, dict]) -> None:
+    folder, _ = ode_json
+    table = _invoke("ode", folder / "step_1.safetensors", "--nonlinearity", "linear",
+                    "-f", "table", "--data", folder / "probe.safetensors", "--batch-first")
+    assert table.exit_code == 0, table.output
+    assert "interval" in table.output and "[-0.694, -0.692]" in table.output
+    rest = _invoke("ode", folder / "step_1.safetensors", "--nonlinearity", "linear",
+                   "-f", "table")
+    assert "contracting (rest)" in rest.output
+    csv = _invoke("ode", folder / "step_1.safetensors", "--nonlinearity", "linear", "-f", "csv",
+                  "--data", folder / "probe.safetensors", "--batch-first")
+    quantities = {line.split(",")[4] for line in csv.stdout.splitlines()[1:]}
+    assert {"lyapunov.lambda_1_se", "lyapunov.lambda_1_low", "lyapunov.lambda_1_high",
+            "lyapunov.frame_range", "verdict.band", "verdict.basis"} <= quantities

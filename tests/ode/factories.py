@@ -62,3 +62,20 @@ def linear_sd(w: torch.Tensor, d_in: int = 2) -> dict[str, torch.Tensor]:
         "bias_ih_l0": torch.zeros(h, dtype=F64),
         "bias_hh_l0": torch.zeros(h, dtype=F64),
     }
+
+
+def assert_interval_verdict(layer) -> None:
+    """A verdict read from λ_1's interval: the label is the interval's place relative to 0,
+    the band its half-width (docs/ode.md "Verdict")."""
+    ly, v = layer.lyapunov, layer.verdict
+    assert v.basis == "lambda_1" and v.value == ly.lambda_1
+    low, high = ly.lambda_1_low, ly.lambda_1_high
+    assert low <= ly.lambda_1 <= high
+    assert abs(v.band - (high - low) / 2) <= 1e-12 * max(v.band, 1e-300)
+    assert v.label == ("contracting" if high < 0 else "expanding" if low > 0 else "marginal")
+
+
+def sequences(steps: int, batch: int, d_in: int = 2, seed: int = 1) -> torch.Tensor:
+    """Seeded float64 probe sequences ``(T, B, d_in)``."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(steps, batch, d_in, generator=gen, dtype=F64)

@@ -5,10 +5,12 @@ rest points through a stack, and reports that are deterministic and clean.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from symtool.errors import ProbeError, UsageError
 from symtool.ode.analysis import (
@@ -19,7 +21,14 @@ from symtool.ode.analysis import (
     verdict,
 )
 from symtool.ode.cells import cell_step, discover_cells, load_cell
-from tests.ode.factories import F64, MODULES, linear_sd, make_module
+from tests.ode.factories import (
+    F64,
+    MODULES,
+    assert_interval_verdict,
+    linear_sd,
+    make_module,
+    sequences,
+)
 from tests.reference import assert_plain_record, random_orthogonal
 
 
@@ -59,7 +68,10 @@ def test_custom_step_agrees_with_builtin_cell() -> None:
     np.testing.assert_allclose(custom.rest.eigenvalues, built.rest.eigenvalues, atol=1e-12)
     np.testing.assert_allclose(custom.lyapunov.exponents, built.lyapunov.exponents, atol=1e-10)
     assert custom.along.spectral_radius == pytest.approx(built.along.spectral_radius, abs=1e-12)
-    assert custom.verdict == built.verdict
+    # the band is now λ_1's interval half-width, computed from the exponents: equal to rounding
+    assert (custom.verdict.label, custom.verdict.basis) == (built.verdict.label, "lambda_1")
+    assert custom.verdict.value == pytest.approx(built.verdict.value, abs=1e-10)
+    assert custom.verdict.band == pytest.approx(built.verdict.band, abs=1e-10)
 
 
 def test_full_report_is_deterministic_and_clean() -> None:
@@ -145,3 +157,110 @@ def test_rest_point_runs_through_the_stack() -> None:
     with pytest.raises(ProbeError):
         analyze_state_dict(small, rest_input=torch.zeros(7))
 
+
+# ------------------------------------------------------------ verdicts from λ_1's interval
+
+LINEAR = OdeSettings(nonlinearity="linear", jacobian_points=0)
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
+
+
+@pytest.mark.parametrize(
+    ("name", "w", "exponent", "label"),
+    [
+        ("0.5·I", 0.5 * torch.eye(8, dtype=F64), math.log(0.5), "contracting"),
+        ("orthogonal", random_orthogonal(8, 0), 0.0, "marginal"),
+        ("1.2·orthogonal", 1.2 * random_orthogonal(8, 2), math.log(1.2), "expanding"),
+    ],
+)
+def test_planted_linear_recurrences(name: str, w: torch.Tensor, exponent: float,
+                                    label: str) -> None:
+    """J = W_hh at every step: every sequence and frame has λ_1 = ln ρ exactly, so the
+    standard error and the frame range vanish (to rounding) and the interval is the floor
+    ``marginal_band`` around the exact exponent."""
+    layer = analyze_state_dict(linear_sd(w), LINEAR, sequences=sequences(80, 6)).layers[0]
+    ly = layer.lyapunov
+    assert ly.lambda_1 == pytest.approx(exponent, abs=1e-12), name
+    assert ly.lambda_1_se < 1e-13 and ly.frame_range < 1e-13
+    assert len(ly.frame_lambda_1) == 3 and ly.frame_lambda_1[0] == ly.lambda_1
+    assert ly.frame_lambda_1 == pytest.approx([exponent] * 3, abs=1e-12)
+    assert ly.lambda_1_high - ly.lambda_1 == pytest.approx(LINEAR.marginal_band, rel=1e-9)
+    assert layer.verdict.label == label
+    assert layer.verdict.evidence.startswith("λ_1 along 6 probe sequences, 3 starting frame")
+    assert_interval_verdict(layer)
+    if label != "marginal":  # the whole interval is on one side of 0
+        assert (ly.lambda_1_high < 0) if label == "contracting" else (ly.lambda_1_low > 0)
+    one = analyze_state_dict(linear_sd(w), LINEAR, sequences=sequences(80, 1)).layers[0]
+    assert one.verdict.label == label and one.lyapunov.lambda_1_se is None
+    assert one.lyapunov.lambda_1_high - one.lyapunov.lambda_1 == pytest.approx(
+        LINEAR.single_sequence_band, rel=1e-9)
+
+
+def test_collapsed_lower_exponents_keep_the_lambda_1_verdict() -> None:
+    """A rank-2 recurrence: exponents 3..6 are −∞ (null, with the reason), λ_1 = ln 0.9 is
+    finite in every sequence, so the verdict still rests on its interval."""
+    w = torch.zeros(6, 6, dtype=F64)
+    w[0, 0], w[1, 1] = 0.9, 0.5
+    layer = analyze_state_dict(linear_sd(w), LINEAR, sequences=sequences(60, 4)).layers[0]
+    assert "4 of 6 exponents are −∞" in layer.lyapunov.reason
+    assert layer.lyapunov.lambda_1 == pytest.approx(math.log(0.9), abs=1e-12)
+    assert layer.verdict.label == "contracting"
+    assert_interval_verdict(layer)
+    grow = analyze_state_dict(linear_sd(60 * random_orthogonal(6, 0)), LINEAR,
+                              sequences=sequences(300, 2))
+    v = grow.layers[0].verdict  # the state overflows: no λ_1, the rest point decides
+    assert v.basis == "log_radius_at_rest" and v.label == "expanding"
+    assert "no λ_1 interval (state became non-finite at step" in v.evidence
+
+
+def test_weights_only_fallback_says_so() -> None:
+    sd = linear_sd(1.5 * random_orthogonal(6, 0))
+    for settings, why in ((OdeSettings(drive="none"), "no probe data and no drive"),
+                          (OdeSettings(drive_steps=30), "synthetic")):
+        layer = analyze_state_dict(sd, settings).layers[0]
+        v = layer.verdict
+        assert v.basis == "log_radius_at_rest" and v.label == "expanding"
+        assert v.band == settings.marginal_band and v.value == pytest.approx(math.log(1.5))
+        assert v.evidence.startswith("weights only") and why in v.evidence
+    synthetic = analyze_state_dict(sd, OdeSettings(drive_steps=30)).layers[0].lyapunov
+    assert synthetic.lambda_1_low is not None  # the interval is reported; the verdict skips it
+
+
+def test_settings_are_validated() -> None:
+    for bad in ({"lyapunov_frames": 0}, {"confidence": 1.0}, {"single_sequence_band": -1.0}):
+        with pytest.raises(UsageError):
+            OdeSettings(**bad)
+
+
+def test_same_seed_same_numbers_other_seed_other_frames() -> None:
+    gen = torch.Generator().manual_seed(5)
+    sd = linear_sd(1.3 * random_orthogonal(10, 0))  # made tanh (the default), biased, non-normal
+    sd["bias_ih_l0"] = 0.5 * torch.randn(10, generator=gen, dtype=F64)
+    sd["weight_hh_l0"] = sd["weight_hh_l0"] + 0.3 * torch.randn(10, 10, generator=gen, dtype=F64)
+    x = sequences(50, 8)
+    a = analyze_state_dict(sd, OdeSettings(seed=3), sequences=x)
+    b = analyze_state_dict(sd, OdeSettings(seed=3), sequences=x)
+    assert a == b
+    c = analyze_state_dict(sd, OdeSettings(seed=4), sequences=x)
+    assert a.layers[0].lyapunov.frame_lambda_1 != c.layers[0].lyapunov.frame_lambda_1
+
+
+def _fixture_labels(name: str, step: str, seeds: range) -> dict[str, set[str]]:
+    folder = FIXTURES / name
+    x = load_file(str(folder / "probe.safetensors"))["x"]
+    sd = load_file(str(folder / f"step_{step}.safetensors"))
+    labels: dict[str, set[str]] = {}
+    for seed in seeds:
+        settings = OdeSettings(seed=seed, batch_first=True)
+        for layer in analyze_state_dict(sd, settings, sequences=x).layers:
+            assert_interval_verdict(layer)
+            labels.setdefault(layer.name, set()).add(layer.verdict.label)
+    return labels
+
+
+@pytest.mark.parametrize(("name", "step"), [("rnn", "000000"), ("rnn", "000400"),
+                                            ("gru", "000100"), ("gru", "000400")])
+def test_fixture_verdicts_do_not_depend_on_the_seed(name: str, step: str) -> None:
+    """Seeds 0–4 move λ_1 by up to 0.02 (gru step 100) through the starting frame; every
+    interval stays below 0 (docs/ode.md lists all fixtures)."""
+    labels = _fixture_labels(name, step, range(5))
+    assert labels == {"rnn.l0": {"contracting"}}
