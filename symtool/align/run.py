@@ -103,6 +103,8 @@ class AlignSettings:
         """The settings as recorded in reports (paths as given, no machine-local folder)."""
         d = asdict(self)
         d.pop("base_dir")
+        if self.strip_prefix is None:  # recorded only when given: reports stay as before
+            d.pop("strip_prefix")
         d["data"] = None if self.data is None else str(self.data)
         d["layers"] = list(self.layers)
         return d
@@ -266,12 +268,13 @@ class _Analyzer:
                 if self.keep_matrices:
                     self._keep(c, ref.name, m)
             del result  # free this group's sums before the next pass
+        stripped = models.join_prefixes(loaded.stripped_prefix, prefix)
         return {
             "samples": n_samples,
             "passes": len(self.groups),
             "layers": [done[ref.name] for ref in self.layers],
             "skipped_layers": list(self.skipped),
-            "prefix_stripped": models.join_prefixes(loaded.stripped_prefix, prefix),
+            **({"prefix_stripped": stripped} if stripped else {}),
         }
 
     def _capture(self, model: torch.nn.Module, group: list[models.LayerRef]) -> cap.CaptureResult:

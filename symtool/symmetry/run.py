@@ -40,8 +40,8 @@ class SymmetryRun:
             "classifier": self.classifier,
             "model": self.factory,
             "model_args": self.model_args,
-            "strip_prefix": self.strip_prefix,
             "trust_pickle": self.trust_pickle,
+            **({"strip_prefix": self.strip_prefix} if self.strip_prefix else {}),
         }
 
 
@@ -114,7 +114,9 @@ def run_symmetry(
         results[str(c.path)] = result
         body = to_jsonable(result)
         body.pop("settings")  # recorded once, in the provenance
-        body["prefix_stripped"] = models.join_prefixes(loaded.stripped_prefix, prefix)
+        stripped = models.join_prefixes(loaded.stripped_prefix, prefix)
+        if stripped:  # recorded only when something was removed: reports stay as before
+            body["prefix_stripped"] = stripped
         if run.save_subspaces is not None:
             bases = sym.symmetry_subspaces(tensors, tau=run.settings.rank_tau)
             target = targets[str(c.path)]

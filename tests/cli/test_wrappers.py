@@ -88,7 +88,8 @@ def test_align_with_a_model_strips_the_wrapper_prefix(tmp_path: Path, prefix: st
     assert e["status"] == "ok" and e["step"] == 10
     assert e["prefix_stripped"] == prefix
     assert [la["name"] for la in e["layers"]] == ["0", "2"]  # the model's names
-    assert plain["checkpoints"][0]["prefix_stripped"] is None
+    assert "prefix_stripped" not in plain["checkpoints"][0]  # only when one was removed
+    assert "strip_prefix" not in plain["provenance"]["settings"]
     assert _relations(e) == _relations(plain["checkpoints"][0])
 
 
@@ -126,10 +127,11 @@ def test_without_a_model_the_checkpoint_names_are_kept(tmp_path: Path) -> None:
     rep = _json(_invoke("align", tmp_path / "step_10.ckpt", "--data", probe, *FAST, "-f", "json"))
     (e,) = rep["checkpoints"]
     assert [la["name"] for la in e["layers"]] == ["model.0", "model.2"]
-    assert e["prefix_stripped"] is None
+    assert "prefix_stripped" not in e
     sym = _json(_invoke("symmetry", tmp_path / "step_10.ckpt", "-f", "json"))
     (s,) = sym["checkpoints"]
     assert [la["name"] for la in s["layers"]] == ["model.0", "model.2"]
+    assert "prefix_stripped" not in s and "strip_prefix" not in sym["provenance"]["settings"]
     assert [(u["incoming"], u["outgoing"]) for u in s["units"]] == [("model.0", "model.2")]
 
 
