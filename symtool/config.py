@@ -31,6 +31,7 @@ KEYS: dict[str, dict[str, tuple[type, ...]]] = {
         "factory": (str,),
         "args": (dict,),
         "activation": (str,),
+        "strip_prefix": (str,),
     },
     "data": {
         "path": (str,),

@@ -37,6 +37,7 @@ class AlignSettings:
 
     factory: str | None = None
     model_args: dict[str, Any] = field(default_factory=dict)
+    strip_prefix: str | None = None
     activation: str = "relu"
     dtype: str | None = None
     trust_pickle: bool = False
@@ -78,7 +79,8 @@ class AlignSettings:
         if self.data is None and self.source is None:
             problems.append(
                 "no probe data: give --data FILE or --data module:function "
-                "(or [data] path/source in symtool.toml)"
+                "(or [data] path/source in symtool.toml, or put probe.safetensors, "
+                "probe.pt or probe.npz beside the checkpoints)"
             )
         for name in ("null_samples", "bootstrap"):
             if getattr(self, name) < 0:
@@ -101,6 +103,8 @@ class AlignSettings:
         """The settings as recorded in reports (paths as given, no machine-local folder)."""
         d = asdict(self)
         d.pop("base_dir")
+        if self.strip_prefix is None:  # recorded only when given: reports stay as before
+            d.pop("strip_prefix")
         d["data"] = None if self.data is None else str(self.data)
         d["layers"] = list(self.layers)
         return d
@@ -129,10 +133,14 @@ class AlignLayer:
 
 
 class _Probe:
-    """Probe batches, from a file (loaded once) or a user function (called per pass)."""
+    """Probe batches, from a file (loaded once) or a user function (called per pass).
 
-    def __init__(self, s: AlignSettings) -> None:
+    ``found`` says how a file nobody named was found (``beside the checkpoints``).
+    """
+
+    def __init__(self, s: AlignSettings, found: str | None = None) -> None:
         self.s = s
+        self.found = found
         self.data = None
         if s.data is not None:
             self.data = probes.load_probe(
@@ -147,6 +155,7 @@ class _Probe:
                 "samples": self.data.n,
                 "inputs": self.s.inputs,
                 "targets": self.s.targets,
+                **({"found": self.found} if self.found else {}),
             }
         return {"source": self.s.source, "sha256": None, "samples": self.s.samples}
 
@@ -216,8 +225,16 @@ class _Analyzer:
 
     def __call__(self, c: ck.Checkpoint, loaded: ck.LoadedCheckpoint) -> dict[str, Any]:
         s = self.s
-        model = self._ensure_model(loaded.tensors)
-        models.load_state(model, loaded.tensors, source=c.path)
+        sd, prefix = models.prepare_state(
+            loaded.tensors,
+            strip_prefix=s.strip_prefix,
+            name_single=s.factory is None,
+            source=c.path,
+        )
+        model = self._ensure_model(sd)
+        if s.factory is not None and s.strip_prefix is None:
+            sd, prefix = models.fit_prefix(model, sd)
+        models.load_state(model, sd, source=c.path)
         if s.dtype is not None:
             model.to(DTYPES[s.dtype])
         bad_weights = [
@@ -251,11 +268,13 @@ class _Analyzer:
                 if self.keep_matrices:
                     self._keep(c, ref.name, m)
             del result  # free this group's sums before the next pass
+        stripped = models.join_prefixes(loaded.stripped_prefix, prefix)
         return {
             "samples": n_samples,
             "passes": len(self.groups),
             "layers": [done[ref.name] for ref in self.layers],
             "skipped_layers": list(self.skipped),
+            **({"prefix_stripped": stripped} if stripped else {}),
         }
 
     def _capture(self, model: torch.nn.Module, group: list[models.LayerRef]) -> cap.CaptureResult:
@@ -389,6 +408,7 @@ def run_align(
     progress: Progress | None = None,
     save_matrices: Path | None = None,
     world: distributed.World | None = None,
+    probe_found: str | None = None,
 ) -> dict[str, Any]:
     """The ``align`` report over a checkpoint sequence (see docs/reports.md).
 
@@ -401,9 +421,11 @@ def run_align(
         save_matrices: also keep every layer's matrices, for the caller to save.
         world: the torch.distributed world (one process when None); only rank 0's return
             value is the whole report.
+        probe_found: how the probe file was found when nobody named it (recorded as the
+            probe's ``found``), e.g. ``beside the checkpoints``.
     """
     world = world or distributed.World()
-    probe = _Probe(settings)
+    probe = _Probe(settings, probe_found)
     analyzer = _Analyzer(settings, probe, world)
     analyzer.keep_matrices = save_matrices is not None
     report = run_report(

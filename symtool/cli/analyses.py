@@ -31,6 +31,7 @@ from symtool.cli.common import (
     parse_model_args,
     report_exit_code,
     run_with_resume,
+    say,
 )
 from symtool.config import RunConfig, find_config, pick, resolve
 from symtool.errors import UsageError
@@ -71,6 +72,7 @@ def inspect(
 
 ALIGN_KEYS: dict[str, str | tuple[str, ...] | None] = {
     "factory": "model.factory",
+    "strip_prefix": "model.strip_prefix",
     "activation": "model.activation",
     "dtype": None,
     "trust_pickle": "checkpoints.trust_pickle",
@@ -84,6 +86,7 @@ ALIGN_KEYS: dict[str, str | tuple[str, ...] | None] = {
 
 RUN_KEYS: dict[str, str | tuple[str, ...] | None] = {
     "factory": "model.factory",
+    "strip_prefix": "model.strip_prefix",
     "trust_pickle": "checkpoints.trust_pickle",
     "inputs": "data.inputs",
     "samples": "data.samples",
@@ -114,6 +117,16 @@ def _data_option(data: str | None, config: RunConfig) -> tuple[Path | None, str 
     return config.path_value("data", "path"), config.get("data", "source")
 
 
+StripPrefixOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--strip-prefix",
+        help="Analyse only the keys under this prefix, without it (e.g. model., student.). "
+        "With --model, a prefix every key shares is found without it.",
+    ),
+]
+
+
 @command
 def align(
     paths: Paths,
@@ -124,6 +137,7 @@ def align(
         ),
     ] = None,
     model_arg: ModelArgOpt = None,
+    strip_prefix: StripPrefixOpt = None,
     activation: Annotated[
         str | None,
         typer.Option("--activation", help="Auto-MLP activation (relu, tanh, gelu, ...)."),
@@ -219,8 +233,15 @@ def align(
     data_path, source = _data_option(data, config)
     # checkpoints first, so an empty folder says "no checkpoints", not "no probe data"
     ckpts = checkpoints_from(paths, config, steps=steps, every=every, last=last)
+    probe_found = None
+    if data_path is None and source is None:  # no --data, and the config names none
+        from symtool.inputs.probes import FOUND_BESIDE, probe_beside
+
+        data_path = probe_beside([c.path for c in ckpts])
+        probe_found = FOUND_BESIDE if data_path is not None else None
     flags = {
         "factory": local_spec(model),
+        "strip_prefix": strip_prefix,
         "activation": activation,
         "dtype": dtype,
         "trust_pickle": trust_pickle,
@@ -255,6 +276,8 @@ def align(
         base_dir=config.base_dir,
     )
     world = distributed.from_env(parallel, settings.device)
+    if probe_found and world.is_main:
+        say(f"using probe data {data_path} (found {probe_found})")
     try:
         report = run_with_resume(
             lambda previous, on_partial, progress: run_align(
@@ -265,6 +288,7 @@ def align(
                 progress=progress,
                 save_matrices=save_matrices,
                 world=world,
+                probe_found=probe_found,
             ),
             sink,
             resume=resume,
@@ -420,6 +444,7 @@ def symmetry(
         typer.Option("--model", help="Factory pkg.module:fn: unit pairs from the module graph."),
     ] = None,
     model_arg: ModelArgOpt = None,
+    strip_prefix: StripPrefixOpt = None,
     save_subspaces: Annotated[
         Path | None,
         typer.Option(
@@ -458,7 +483,7 @@ def symmetry(
     run = resolve(
         SymmetryRun,
         {"heads": heads, "classifier": classifier, "factory": local_spec(model),
-         "trust_pickle": trust_pickle},
+         "strip_prefix": strip_prefix, "trust_pickle": trust_pickle},
         config,
         "symmetry",
         keys=RUN_KEYS,

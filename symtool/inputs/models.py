@@ -7,6 +7,11 @@ parameters is recorded as skipped with a reason, never silently dropped.
 Without a ``--model`` factory, a checkpoint that is a plain chain of linear layers is
 rebuilt as an MLP whose state-dict keys are exactly the checkpoint's keys, so strict
 loading works and reports use the checkpoint's layer names.
+
+Before that, :func:`prepare_state` takes the keys under an explicit ``--strip-prefix`` and
+names a single module's bare ``weight``/``bias`` :data:`SINGLE_MODULE`; with a factory,
+:func:`fit_prefix` removes a wrapper prefix (Lightning's ``model.``, ``net.``, ...) that
+every key shares when the keys then fit the model exactly (docs/checkpoints.md).
 """
 
 from __future__ import annotations
@@ -34,9 +39,100 @@ _CONV_KINDS: dict[type[nn.Module], str] = {
 }
 _LIST_LIMIT = 10
 
+SINGLE_MODULE = "layer"
+"""Layer name given to a single module's state dict (bare ``weight``/``bias`` keys)."""
 
 
+# --------------------------------------------------------------------------- key prefixes
+def normalize_prefix(prefix: str) -> str:
+    """``model`` or ``model.`` → ``model.`` (a prefix is whole module-path components)."""
+    prefix = prefix.strip()
+    if not prefix.strip("."):
+        raise ModelError(f"--strip-prefix {prefix!r}: give a module path such as model.")
+    return prefix if prefix.endswith(".") else prefix + "."
 
+
+def join_prefixes(*parts: str | None) -> str | None:
+    """Prefixes removed one after the other, as one string (None when none was)."""
+    joined = "".join(p for p in parts if p)
+    return joined or None
+
+
+def prepare_state(
+    state_dict: Mapping[str, Tensor],
+    *,
+    strip_prefix: str | None = None,
+    name_single: bool = True,
+    source: object = None,
+) -> tuple[dict[str, Tensor], str | None]:
+    """The state dict an analysis reads, and the prefix taken off its keys.
+
+    Args:
+        state_dict: the checkpoint's tensors (``module.``/``_orig_mod.`` already removed by
+            :func:`symtool.inputs.checkpoints.load`).
+        strip_prefix: ``--strip-prefix``: keep only the keys under this prefix, without it
+            (``student.`` of a distillation checkpoint; keys outside it are left out).
+        name_single: name a single module's bare ``weight``/``bias`` keys
+            ``layer.weight``/``layer.bias`` (:data:`SINGLE_MODULE`); off when a ``--model``
+            factory's own keys are bare.
+        source: the checkpoint path, named in errors.
+
+    Raises:
+        ModelError: no key starts with ``strip_prefix``.
+    """
+    out = dict(state_dict)
+    prefix = None
+    if strip_prefix is not None:
+        prefix = normalize_prefix(strip_prefix)
+        out = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        if not out:
+            raise ModelError(
+                f"--strip-prefix {strip_prefix!r}: no key starts with {prefix!r}; keys: "
+                + _listing(list(state_dict)),
+                path=source,
+            )
+    if name_single:
+        out = name_single_module(out)
+    return out, prefix
+
+
+def name_single_module(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """``{weight, bias}`` of one module (``torch.save(nn.Linear(8, 4).state_dict())``) as
+    ``layer.weight``/``layer.bias``; any other state dict unchanged."""
+    keys = set(state_dict)
+    if "weight" in keys and keys <= {"weight", "bias"}:
+        return {f"{SINGLE_MODULE}.{k}": v for k, v in state_dict.items()}
+    return dict(state_dict)
+
+
+def fit_prefix(
+    model: nn.Module, state_dict: Mapping[str, Tensor]
+) -> tuple[dict[str, Tensor], str | None]:
+    """Remove the leading module path every key shares when the rest fits ``model``.
+
+    Lightning saves ``model.layer1.0.conv1.weight`` for a ``LightningModule`` holding the
+    network as ``self.model``; other wrappers use ``net.``, ``student.``, .... The keys
+    fit when, without the prefix, they are exactly the model's state-dict keys (shapes are
+    checked by :func:`load_state`). Prefixes of one or more components are tried, shortest
+    first.
+
+    Returns:
+        The state dict (unchanged when it fits already, or when no prefix makes it fit)
+        and the prefix removed, or None.
+    """
+    expected = set(model.state_dict())
+    keys = list(state_dict)
+    if not keys or set(keys) == expected:
+        return dict(state_dict), None
+    prefix = ""
+    while all(k.startswith(prefix) and "." in k[len(prefix) :] for k in keys):
+        heads = {k[len(prefix) :].split(".", 1)[0] for k in keys}
+        if len(heads) != 1:
+            break
+        prefix += heads.pop() + "."
+        if {k[len(prefix) :] for k in keys} == expected:
+            return {k[len(prefix) :]: v for k, v in state_dict.items()}, prefix
+    return dict(state_dict), None
 
 
 # --------------------------------------------------------------------------- building
@@ -140,6 +236,13 @@ def _chain_problem(state_dict: Mapping[str, Tensor]) -> str:
     return ""
 
 
+def _run_dtype(w: Tensor) -> torch.dtype:
+    """The dtype an auto-MLP layer runs in: float32 for half-precision weights (bfloat16,
+    float16: the storage format of LLM checkpoints, not a precision to compute in),
+    else the weights' own. ``--dtype`` may still change it."""
+    return w.dtype if w.dtype in (torch.float32, torch.float64) else torch.float32
+
+
 class _AutoMLP(nn.Module):
     """Linear layers at the checkpoint's own module paths, applied in key order.
 
@@ -161,7 +264,7 @@ class _AutoMLP(nn.Module):
                     child = nn.Module()
                     parent.add_module(part, child)
                 parent = child
-            layer = nn.Linear(w.shape[1], w.shape[0], bias=b is not None, dtype=w.dtype)
+            layer = nn.Linear(w.shape[1], w.shape[0], bias=b is not None, dtype=_run_dtype(w))
             parent.add_module(leaf, layer)
             self._chain.append(layer)
 
@@ -231,13 +334,18 @@ def _listing(items: list[str], noun: str = "key") -> str:
 
 
 def _prefix_hint(missing: list[str], unexpected: list[str]) -> str:
-    """Suggest the wrapper prefix (DDP ``module.``, ``torch.compile``) that explains a mismatch."""
+    """Name the wrapper prefix (DDP ``module.``, Lightning ``model.``, ...) that explains a
+    mismatch, and the option that selects the keys under it."""
     if not missing or not unexpected:
         return ""
-    for prefix in ("module.", "_orig_mod.", "model."):
-        if all(k.startswith(prefix) for k in unexpected):
-            if {k[len(prefix) :] for k in unexpected} & set(missing):
-                return f" (checkpoint keys carry a {prefix!r} prefix)"
+    heads = {k.split(".", 1)[0] for k in unexpected if "." in k}
+    for prefix in ("module.", "_orig_mod.", "model.", *sorted(h + "." for h in heads)):
+        under = [k[len(prefix) :] for k in unexpected if k.startswith(prefix)]
+        if under and set(under) & set(missing):
+            return (
+                f" (checkpoint keys carry a {prefix!r} prefix; "
+                f"--strip-prefix {prefix} keeps only the keys under it)"
+            )
     return ""
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import re
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -27,6 +28,11 @@ Inputs = Tensor | tuple[Tensor, ...] | dict[str, Tensor]
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 PROBE_SUFFIXES = (".safetensors", ".pt", ".pth", ".npz")
+PROBE_FILES = tuple(f"probe{suffix}" for suffix in PROBE_SUFFIXES)
+"""Names a probe file beside the checkpoints may have (:func:`probe_beside`)."""
+FOUND_BESIDE = "beside the checkpoints"
+"""How a probe file found by :func:`probe_beside` is described in reports."""
+_STEP_FOLDER = re.compile(r"checkpoint[-_]\d+", re.IGNORECASE)
 
 
 # --------------------------------------------------------------------------- records
@@ -126,6 +132,51 @@ def load_probe(
     if m is not None:
         m = _as_bool_mask(m, f"mask {mask!r}", path)
     return ProbeData(path, _sha256(path), x, y, m, keys)
+
+
+def probe_beside(checkpoints: Iterable[Path]) -> Path | None:
+    """The probe file beside the checkpoints, when no ``--data`` names one.
+
+    Each checkpoint's folder is searched for :data:`PROBE_FILES` (the folder of a file; a
+    Hugging Face style ``checkpoint-N/`` folder itself, then its parent, where the run's
+    files usually sit). Discovery never takes these names for checkpoints
+    (docs/checkpoints.md).
+
+    Args:
+        checkpoints: the paths of the checkpoints (files or folders).
+
+    Returns:
+        The one file found, or None when there is none.
+
+    Raises:
+        ProbeError: a folder holds several probe files, or checkpoints in different
+            folders have different ones: ``--data`` must choose.
+    """
+    found: dict[Path, Path] = {}
+    for ckpt in checkpoints:
+        folder = ckpt if ckpt.is_dir() else ckpt.parent
+        places = [folder]
+        if ckpt.is_dir() or _STEP_FOLDER.fullmatch(folder.name):
+            places.append(folder.parent)
+        for place in places:
+            hits = [place / name for name in PROBE_FILES if (place / name).is_file()]
+            if len(hits) > 1:
+                names = ", ".join(h.name for h in hits)
+                raise ProbeError(
+                    f"several probe files beside the checkpoints ({names}); "
+                    "pass --data to choose one",
+                    path=place,
+                )
+            if hits:
+                found.setdefault(hits[0].resolve(), hits[0])
+                break
+    if len(found) > 1:
+        raise ProbeError(
+            "checkpoints in different folders have different probe files ("
+            + ", ".join(str(p) for p in found.values())
+            + "); pass --data to choose one"
+        )
+    return next(iter(found.values()), None)
 
 
 def _read_tensors(

@@ -8,7 +8,9 @@ of results.
 
 Conventions fixed here where docs/theory.md is silent (user-facing text in docs/symmetry.md):
 
-* numerical rank counts ``σ_k/σ_1 > max(τ, max(m,n)·eps)`` with ``eps`` of the stored dtype;
+* numerical rank counts ``σ_k/σ_1 > max(τ, max(m,n)·eps)`` with ``eps`` of the precision the
+  decomposition runs in (float64, :data:`COMPUTE_DTYPE`), not of the stored dtype: weights
+  stored in bfloat16/float16 are widened first, and their storage rounding is not a floor;
 * excess nullity against a Gaussian uses the Marchenko–Pastur expected rank of a Gaussian
   matrix of the same shape at the same cut (analytic, deterministic; the norm cancels);
 * excess nullity against the reference is ``rank_ref − rank`` per threshold, per layer name.
@@ -126,6 +128,9 @@ def gaussian_rank(m: int, n: int, cut: float) -> float:
     return float(k * max(0.0, 1.0 - below))
 
 
+COMPUTE_DTYPE = torch.float64
+"""Every matrix is widened to this dtype before its decomposition; its ``eps`` sets the floor."""
+
 ENTROPY_TOL = 1e-10
 """Relative error of the effective rank above which ranks use ``svdvals``, not the Gram
 matrix (:func:`symtool.linalg.singular_values`)."""
@@ -144,9 +149,11 @@ def analyse_rank(
     """Rank, effective rank, stable rank and excess nullity of one matrix.
 
     Args:
-        w: ``d_out × d_in`` weight (any float dtype; analysed in float64).
+        w: ``d_out × d_in`` weight (any float dtype; widened to float64 and analysed there).
         name, kind: copied into the record.
-        dtype: the checkpoint dtype whose ``eps`` sets the floor (default ``w.dtype``).
+        dtype: the checkpoint's stored dtype, recorded in the record (default ``w.dtype``).
+            It does not set the floor: that is ``max(m, n)·eps`` of float64, the precision of
+            the decomposition (docs/symmetry.md, "Half-precision checkpoints").
         taus: thresholds on ``σ_k/σ_1``.
         reference: the same layer in the reference checkpoint, for excess nullity.
         keep_vectors: store all singular values.
@@ -156,10 +163,10 @@ def analyse_rank(
     """
     dtype = dtype or w.dtype
     m, n = int(w.shape[0]), int(w.shape[1])
-    floor = max(m, n) * float(torch.finfo(dtype).eps)
+    floor = max(m, n) * float(torch.finfo(COMPUTE_DTYPE).eps)
     head = dict(name=name, shape=(m, n), kind=kind, dtype=str(dtype).replace("torch.", ""),
                 floor=floor)
-    w = w.detach().to(device="cpu", dtype=torch.float64)
+    w = w.detach().to(device="cpu", dtype=COMPUTE_DTYPE)
     if not all_finite(w):
         return LayerRank(**head, sigma_max=None, frobenius=None, ranks=(), effective_rank=None,
                          stable_rank=None, reason="non-finite weights")
@@ -226,8 +233,9 @@ def softmax_translation(w: Tensor, bias: Tensor | None = None, *, layer: str = "
 
 
 def _eps(lm: LinearMap) -> float:
-    """Machine epsilon of the layer's stored dtype."""
-    return float(torch.finfo(lm.dtype).eps)
+    """Machine epsilon of the precision the layer is analysed in (float64, whatever it was
+    stored in: :func:`layer_matrix` widens it, and bfloat16 rounding is not structure)."""
+    return float(torch.finfo(COMPUTE_DTYPE).eps)
 
 
 def analyse_symmetry(

@@ -26,6 +26,7 @@ class SymmetryRun:
     classifier: str | None = None
     factory: str | None = None
     model_args: dict[str, Any] = field(default_factory=dict)
+    strip_prefix: str | None = None
     base_dir: Path = field(default_factory=Path.cwd)
     trust_pickle: bool = False
     save_subspaces: Path | None = None
@@ -40,6 +41,7 @@ class SymmetryRun:
             "model": self.factory,
             "model_args": self.model_args,
             "trust_pickle": self.trust_pickle,
+            **({"strip_prefix": self.strip_prefix} if self.strip_prefix else {}),
         }
 
 
@@ -81,17 +83,26 @@ def run_symmetry(
     targets = {} if run.save_subspaces is None else subspace_paths(run.save_subspaces, ckpts)
     first: list[Any] = []
     pairs_box: list[tuple[tuple[str, ...], ...] | None] = [run.pairs]
+    model_box: list[Any] = []
 
     def analyze(c: ck.Checkpoint, loaded: ck.LoadedCheckpoint) -> dict[str, Any]:
-        if run.factory is not None and pairs_box[0] is None:
-            model = models.build_model(
-                run.factory, run.model_args, loaded.tensors, base_dir=run.base_dir
-            )
-            models.load_state(model, loaded.tensors, source=c.path)
-            pairs_box[0] = tuple(models.graph_pairs(model))
+        tensors, prefix = models.prepare_state(
+            loaded.tensors, strip_prefix=run.strip_prefix, name_single=False, source=c.path
+        )
+        if run.factory is not None:
+            if not model_box:
+                model_box.append(
+                    models.build_model(run.factory, run.model_args, tensors, base_dir=run.base_dir)
+                )
+            if run.strip_prefix is None:  # the model's names, as align reports them
+                tensors, prefix = models.fit_prefix(model_box[0], tensors)
+            if pairs_box[0] is None:
+                models.load_state(model_box[0], tensors, source=c.path)
+                pairs_box[0] = tuple(models.graph_pairs(model_box[0]))
+        tensors = models.name_single_module(tensors)
         is_first = c.path == ckpts[0].path
         result = sym.analyse_symmetry(
-            loaded.tensors,
+            tensors,
             run.settings,
             pairs=pairs_box[0],
             heads=run.heads,
@@ -103,8 +114,11 @@ def run_symmetry(
         results[str(c.path)] = result
         body = to_jsonable(result)
         body.pop("settings")  # recorded once, in the provenance
+        stripped = models.join_prefixes(loaded.stripped_prefix, prefix)
+        if stripped:  # recorded only when something was removed: reports stay as before
+            body["prefix_stripped"] = stripped
         if run.save_subspaces is not None:
-            bases = sym.symmetry_subspaces(loaded.tensors, tau=run.settings.rank_tau)
+            bases = sym.symmetry_subspaces(tensors, tau=run.settings.rank_tau)
             target = targets[str(c.path)]
             save_tensors_atomic(target, {k: v.contiguous() for k, v in bases.items()})
             body["subspaces"] = str(target)

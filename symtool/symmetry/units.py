@@ -448,7 +448,8 @@ def linear_pair(
     Args:
         inc: ``h × ·`` incoming parts ``[w_i, b_i]`` (rows of ``A``), float64.
         out: ``h × ·`` outgoing parts ``u_i`` (columns of ``B``), float64.
-        eps: machine epsilon of the checkpoint dtype (rank floor).
+        eps: machine epsilon of the precision the ranks are computed in (float64; the
+            stored dtype, e.g. bfloat16, does not set the floor).
         taus: thresholds on ``σ_k/σ_1``.
         block: rows of ``AAᵀ`` and ``BᵀB`` formed at a time.
 
@@ -493,7 +494,8 @@ def analyse_units(
         activation: decides balancing (positively homogeneous) and sign (odd), and
             whether the pair is linear.
         settings: thresholds.
-        eps: machine epsilon of the checkpoint dtype (floor of the linear pair's ranks).
+        eps: machine epsilon of the precision the linear pair's ranks are computed in
+            (float64; the floor of its ranks).
 
     Returns:
         The record; ``reason`` set (and numbers empty) for non-finite or all-zero weights.

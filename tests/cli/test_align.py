@@ -184,8 +184,10 @@ def test_save_matrices(run_dir: Path, tmp_path_factory) -> None:
 
 
 def test_no_probe_data_is_a_usage_error(run_dir: Path) -> None:
+    (run_dir / "probe.safetensors").rename(run_dir / "val_probe.safetensors")  # not "beside"
     res = _invoke("align", run_dir)
     assert res.exit_code == 2 and "no probe data" in res.stderr
+    assert "beside the checkpoints" in res.stderr
 
 
 def test_missing_probe_keys_listed(run_dir: Path) -> None:

@@ -13,7 +13,17 @@ from torch import nn
 from symtool.activations import FUNCTIONS as ACTIVATIONS
 from symtool.errors import ModelError
 from symtool.inputs.imports import import_object
-from symtool.inputs.models import build_model, load_state, select_layers
+from symtool.inputs.models import (
+    SINGLE_MODULE,
+    build_model,
+    fit_prefix,
+    join_prefixes,
+    load_state,
+    name_single_module,
+    normalize_prefix,
+    prepare_state,
+    select_layers,
+)
 
 DT = torch.float64
 
@@ -176,6 +186,107 @@ def test_load_state_loads_values() -> None:
     sd = {"weight": torch.ones(2, 3, dtype=DT), "bias": torch.zeros(2, dtype=DT)}
     load_state(model, sd, source="x")
     assert torch.equal(model.weight, sd["weight"])
+
+
+# --------------------------------------------------------------------------- prefixes
+class _Block(nn.Module):
+    """A small ResNet-ish module with buffers (BatchNorm) and nesting."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3)
+        self.bn1 = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4, 2)
+
+
+@pytest.mark.parametrize("prefix", ["model.", "net.", "student.", "model.backbone."])
+def test_fit_prefix_strips_a_wrapper_prefix_only_when_the_keys_then_fit(prefix: str) -> None:
+    model = _Block()
+    wrapped = {prefix + k: v for k, v in model.state_dict().items()}  # Lightning: model.
+    fitted, stripped = fit_prefix(model, wrapped)
+    assert stripped == prefix
+    assert list(fitted) == list(model.state_dict())  # order kept, buffers included
+    assert all(fitted[k] is wrapped[prefix + k] for k in fitted)
+    load_state(model, fitted, source="lightning.ckpt")  # strict
+
+
+def test_fit_prefix_leaves_keys_that_fit_or_that_no_prefix_explains() -> None:
+    model = _Block()
+    sd = dict(model.state_dict())
+    assert fit_prefix(model, sd) == (sd, None)  # fits already
+    extra = {**{f"model.{k}": v for k, v in sd.items()}, "loss.weight": torch.ones(2)}
+    assert fit_prefix(model, extra) == (extra, None)  # not one common prefix
+    partial = {f"model.{k}": v for k, v in sd.items() if k != "fc.bias"}
+    assert fit_prefix(model, partial)[1] is None  # stripped keys would not fit exactly
+    assert fit_prefix(model, {})[1] is None
+
+
+def test_load_state_hints_the_prefix_and_the_option() -> None:
+    model = _Block()
+    sd = {f"model.{k}": v for k, v in model.state_dict().items()}
+    sd["loss.weight"] = torch.ones(2)  # a Lightning module's other parameters
+    assert fit_prefix(model, sd)[1] is None
+    with pytest.raises(ModelError) as info:
+        load_state(model, sd, source="x.ckpt")
+    msg = str(info.value)
+    assert "carry a 'model.' prefix" in msg and "--strip-prefix model." in msg
+    kept, prefix = prepare_state(sd, strip_prefix="model")
+    assert prefix == "model." and set(kept) == set(model.state_dict())
+    load_state(model, kept, source="x.ckpt")
+
+
+def test_prepare_state_explicit_prefix_keeps_only_the_keys_under_it() -> None:
+    sd = {"student.fc.weight": torch.ones(2, 3), "teacher.fc.weight": torch.zeros(2, 3)}
+    kept, prefix = prepare_state(sd, strip_prefix="student.")
+    assert prefix == "student." and list(kept) == ["fc.weight"]
+    assert torch.equal(kept["fc.weight"], torch.ones(2, 3))
+    with pytest.raises(ModelError, match=r"no key starts with 'stu\.'") as info:
+        prepare_state(sd, strip_prefix="stu")
+    assert "student.fc.weight" in str(info.value)
+    with pytest.raises(ModelError, match="module path"):
+        normalize_prefix(" . ")
+    assert prepare_state(sd) == (sd, None)
+
+
+def test_single_module_state_dict_is_one_layer_named_layer() -> None:
+    lin = nn.Linear(8, 4)
+    sd = dict(lin.state_dict())  # torch.save(nn.Linear(8, 4).state_dict(), "lin.pt")
+    named = name_single_module(sd)
+    assert SINGLE_MODULE == "layer" and list(named) == ["layer.weight", "layer.bias"]
+    assert name_single_module({"weight": sd["weight"]}) == {"layer.weight": sd["weight"]}
+    for other in ({"bias": sd["bias"]}, {"weight": sd["weight"], "scale": sd["bias"]},
+                  {"fc.weight": sd["weight"]}):
+        assert name_single_module(other) == other
+    kept, prefix = prepare_state(sd)
+    model = build_model(None, None, kept)
+    load_state(model, kept, source="lin.pt")
+    layers, skipped = select_layers(model)
+    assert [ref.name for ref in layers] == ["layer"] and not skipped
+    x = torch.randn(5, 8)
+    assert torch.allclose(model(x), lin(x)) and prefix is None
+    # a factory whose own keys are bare keeps them
+    assert prepare_state(sd, name_single=False) == (sd, None)
+
+
+def test_join_prefixes() -> None:
+    assert join_prefixes("module.", "model.") == "module.model."
+    assert join_prefixes(None, "net.") == "net."
+    assert join_prefixes(None, None) is None
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_auto_mlp_runs_half_precision_weights_in_float32(dtype: torch.dtype) -> None:
+    sd32 = {k: v.float() for k, v in _chain(["a", "b"], [6, 5, 3]).items()}
+    half = {k: v.to(dtype) for k, v in sd32.items()}
+    model = build_model(None, None, half)
+    load_state(model, half, source="x")
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert all(torch.equal(p, half[k].float()) for k, p in model.state_dict().items())
+    ref = build_model(None, None, sd32)
+    load_state(ref, {k: v.float() for k, v in half.items()}, source="x")
+    x = torch.randn(4, 6)
+    assert torch.equal(model(x), ref(x))
+    assert build_model(None, None, _chain(["a"], [2, 2])).a.weight.dtype == torch.float64
 
 
 # --------------------------------------------------------------------------- layers

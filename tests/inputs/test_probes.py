@@ -12,11 +12,14 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from symtool.errors import ProbeError
+from symtool.inputs import checkpoints as ck
 from symtool.inputs.probes import (
     LOSSES,
+    PROBE_FILES,
     Batch,
     iter_batches,
     load_probe,
+    probe_beside,
     resolve_loss,
     source_batches,
 )
@@ -204,3 +207,57 @@ def test_user_loss_and_errors(tmp_path: Path) -> None:
         resolve_loss("losses.py:not_callable", base_dir=tmp_path)
     with pytest.raises(ProbeError, match="no such Python file"):
         resolve_loss("nope.py:f", base_dir=tmp_path)
+
+
+# --------------------------------------------------------------------------- beside
+def _run(folder: Path, probe: str | None, *, hf: bool = False) -> list[Path]:
+    """Two checkpoints (files, or checkpoint-N/ folders) and maybe a probe file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sd = {"fc.weight": torch.zeros(2, 3)}
+    for step in (100, 200):
+        if hf:
+            (folder / f"checkpoint-{step}").mkdir()
+            save_file(sd, str(folder / f"checkpoint-{step}" / "model.safetensors"))
+        else:
+            save_file(sd, str(folder / f"step_{step}.safetensors"))
+    if probe is not None:
+        save_file({"x": torch.zeros(4, 3), "y": torch.zeros(4)}, str(folder / probe))
+    return [c.path for c in ck.discover([folder])]
+
+
+@pytest.mark.parametrize("name", PROBE_FILES)
+def test_probe_beside_the_checkpoints_is_found_and_never_a_checkpoint(
+    tmp_path: Path, name: str
+) -> None:
+    paths = _run(tmp_path / "run", name)
+    assert [p.name for p in paths] == ["step_100.safetensors", "step_200.safetensors"]
+    assert probe_beside(paths) == tmp_path / "run" / name
+
+
+def test_probe_beside_checkpoint_folders_is_in_their_parent(tmp_path: Path) -> None:
+    paths = _run(tmp_path / "run", "probe.safetensors", hf=True)
+    assert [p.name for p in paths] == ["checkpoint-100", "checkpoint-200"]
+    assert probe_beside(paths) == tmp_path / "run" / "probe.safetensors"
+    assert probe_beside(paths[:1]) == tmp_path / "run" / "probe.safetensors"
+    index = paths[0] / "model.safetensors"  # a file inside checkpoint-N/ given directly
+    assert probe_beside([index]) == tmp_path / "run" / "probe.safetensors"
+    save_file({"x": torch.zeros(1)}, str(paths[0] / "probe.safetensors"))  # closest wins
+    assert probe_beside(paths[:1]) == paths[0] / "probe.safetensors"
+
+
+def test_no_probe_beside_and_ambiguous_ones(tmp_path: Path) -> None:
+    assert probe_beside(_run(tmp_path / "none", None)) is None
+    assert probe_beside([]) is None
+    # a plain folder's parent is not searched (only checkpoint-N/ folders look up)
+    nested = _run(tmp_path / "outer" / "inner", None)
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "outer" / "probe.safetensors"))
+    assert probe_beside(nested) is None
+    two = _run(tmp_path / "two", "probe.safetensors")
+    np.savez(tmp_path / "two" / "probe.npz", x=np.zeros(1))
+    with pytest.raises(ProbeError, match=r"several probe files .*probe\.safetensors, probe\.npz"):
+        probe_beside(two)
+    a = _run(tmp_path / "a", "probe.pt")
+    b = _run(tmp_path / "b", "probe.pt")
+    with pytest.raises(ProbeError, match="different probe files"):
+        probe_beside(a + b)
+    assert probe_beside(a + _run(tmp_path / "c", None)) == tmp_path / "a" / "probe.pt"
