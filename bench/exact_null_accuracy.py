@@ -1,6 +1,6 @@
-"""Accuracy and cost of the exact Haar null (symtool/exactnull.py, docs/exact_null.md).
+"""Accuracy and cost of the exact Haar null (symtool/align/null.py, docs/exact_null.md).
 
-1. For a grid of side lengths and matrix kinds (the factory of tests/test_exactnull.py),
+1. For a grid of side lengths and matrix kinds (the factory of tests/align/test_null.py),
    the exact null's mean and std beside a large brute-force Haar null (Q from the QR of a
    Gaussian matrix with the sign fix), and their differences in units of the Monte Carlo
    standard error (mean: s/√n; std: sd((x − x̄)²)/(2 s √n)).
