@@ -16,10 +16,11 @@ from dataclasses import dataclass
 
 import torch
 
+from symtool.align.bases import gram_pair_range, moment_spectrum
 from symtool.align.moments import LayerMatrices
 from symtool.align.score import HaarBank, NullStats, alignment, check_metric, rotation_nulls
 from symtool.errors import AnalysisError, UsageError
-from symtool.linalg import Spectrum, all_finite, gram_pair, spectrum
+from symtool.linalg import Spectrum, all_finite, spectrum
 
 Tensor = torch.Tensor
 
@@ -111,7 +112,10 @@ def layer_spectra(m: LayerMatrices, *, cross: bool = True, metric: str = "pearso
     reasons: list[tuple[str, str]] = []
     for name, M in dense.items():
         try:
-            out[name] = spectrum(M, vectors=name in _NEED_VECTORS, ones=metric == "pearson")
+            if name in _NEED_VECTORS:  # the range's eigenvectors: all PAH reads
+                out[name] = moment_spectrum(M, (m.factors or {}).get(name))
+            else:
+                out[name] = spectrum(M, vectors=False, ones=metric == "pearson")
         except AnalysisError as exc:
             out[name] = None
             reasons.append((name, f"{_LABEL.get(name, name)}: {exc.message}"))
@@ -120,7 +124,7 @@ def layer_spectra(m: LayerMatrices, *, cross: bool = True, metric: str = "pearso
         reasons += [("Z_a", "W has non-finite entries"), ("Z_b", "W has non-finite entries")]
     else:
         try:
-            out["Z_a"], out["Z_b"] = gram_pair(W)
+            out["Z_a"], out["Z_b"] = gram_pair_range(W)
         except AnalysisError as exc:
             reasons += [("Z_a", f"Z_a: {exc.message}"), ("Z_b", f"Z_b: {exc.message}")]
     return LayerSpectra(**out, reasons=tuple(reasons))
