@@ -552,10 +552,10 @@ def powers(
         spectra = layer_spectra(m, cross=False, metric=metric)
     fits = []
     for target, reference, side in FITS:
-        M, Z = spectra.get(target), spectra.get(reference)
+        M, Z = spectra.matrix(target), spectra.get(reference)
         if M is None or Z is None:
             why = [w for nm in (target, reference) if (w := spectra.reason(nm)) is not None]
-            d = Z.dim if Z is not None else (M.dim if M is not None else 0)
+            d = Z.dim if Z is not None else (int(M.shape[0]) if M is not None else 0)
             fits.append(_failed(target, reference, side, d, "failed: " + "; ".join(why)))
             continue
         fits.append(
