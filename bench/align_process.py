@@ -11,8 +11,9 @@ separate fresh processes in one run (interleaved repeats, medians):
 * **align**: ``python -m symtool align CKPTS --model … --data probe -o report.json`` at
   its default settings (every layer, PAH with 200 bootstrap resamples),
 
-and reports wall seconds, the ratio align/floor and each process's peak resident set size
-(``ru_maxrss`` from ``wait4``). Cases:
+and reports wall seconds, the ratio align/floor, the same for CPU seconds (user + system
+from ``wait4``: at one thread the steadier figure on a shared machine) and each process's
+peak resident set size (``ru_maxrss``). Cases:
 
 * ``resnet18``: torchvision's ResNet-18 layout (``bench/resnet.py``, 21 conv/linear layers),
   CIFAR-sized 3×32×32 inputs, 297 probe images, batch 256, one checkpoint (random init
@@ -171,8 +172,11 @@ def floor_main(argv: list[str]) -> int:
 
 
 # --------------------------------------------------------------------------- timing
-def run_timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float, int]:
-    """Run one process; (wall seconds, peak RSS in GiB, exit code)."""
+def run_timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float, float, int]:
+    """Run one process; (wall seconds, CPU seconds, peak RSS in GiB, exit code).
+
+    CPU seconds (user + system, ``wait4``) are the steadier figure on a shared machine:
+    at one thread they are the wall time the process would take alone."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -181,7 +185,8 @@ def run_timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float, int]:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:
         print(out[-4000:], file=sys.stderr)
-    return wall, usage.ru_maxrss / 2**20, proc.returncode
+    cpu = usage.ru_utime + usage.ru_stime
+    return wall, cpu, usage.ru_maxrss / 2**20, proc.returncode
 
 
 def child_env(threads: int) -> dict[str, str]:
@@ -219,19 +224,22 @@ def bench_case(
         "-f", "json", "-o", str(folder / "report.json"), *args.align_args,
     ]  # fmt: skip
     times: dict[str, list[float]] = {"floor": [], "align": []}
+    cpu: dict[str, list[float]] = {"floor": [], "align": []}
     rss: dict[str, float] = {"floor": 0.0, "align": 0.0}
     cmds = {"floor": floor_cmd, "align": align_cmd}
     for rep in range(args.repeats):
         for kind in (["floor", "align"] if rep % 2 == 0 else ["align", "floor"]):
-            wall, peak, code = run_timed(cmds[kind], env)
+            wall, secs, peak, code = run_timed(cmds[kind], env)
             if code:
                 raise SystemExit(f"{name}: the {kind} process exited {code}")
             times[kind].append(wall)
+            cpu[kind].append(secs)
             rss[kind] = max(rss[kind], peak)
     report = json.loads((folder / "report.json").read_text())
     layers = [lay for e in report["checkpoints"] for lay in e.get("layers") or []]
     failed = [f"{lay['name']}: {lay.get('reason')}" for lay in layers if lay["status"] != "ok"]
     med = {k: statistics.median(v) for k, v in times.items()}
+    med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
     return {
         "case": name,
         "model_args": case.args,
@@ -244,6 +252,9 @@ def bench_case(
         "times": times,
         "median": med,
         "ratio": med["align"] / med["floor"],
+        "cpu": cpu,
+        "median_cpu": med_cpu,
+        "ratio_cpu": med_cpu["align"] / med_cpu["floor"],
         "peak_rss_gib": rss,
         "failed_layers": failed,
     }
@@ -271,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     cases = plan(args.quick)
     print(f"# whole-process align vs floor; {machine()}; threads {args.threads}")
     print(
-        f"{'case':<10} {'floor s':>8} {'align s':>8} {'ratio':>6} "
+        f"{'case':<10} {'floor s':>8} {'align s':>8} {'ratio':>6} {'cpu ratio':>9} "
         f"{'floor GiB':>9} {'align GiB':>9}"
     )
     out = []
@@ -282,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
             m, g = r["median"], r["peak_rss_gib"]
             print(
                 f"{name:<10} {m['floor']:8.2f} {m['align']:8.2f} {r['ratio']:6.2f} "
-                f"{g['floor']:9.2f} {g['align']:9.2f}   runs {r['times']}",
+                f"{r['ratio_cpu']:9.2f} {g['floor']:9.2f} {g['align']:9.2f}   "
+                f"wall {r['times']} cpu {r['cpu']}",
                 flush=True,
             )
             if r["failed_layers"]:
@@ -294,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
             f"RESULT align-process {name} N={r['samples']} threads={r['threads']} "
             f"device={r['device']} align/floor={r['ratio']:.2f}{tag} (target ≤ {target}) "
             f"floor={r['median']['floor']:.2f}s align={r['median']['align']:.2f}s "
+            f"(cpu: {r['median_cpu']['floor']:.2f}s, {r['median_cpu']['align']:.2f}s, "
+            f"ratio {r['ratio_cpu']:.2f}) "
             f"rss floor={r['peak_rss_gib']['floor']:.2f}GiB "
             f"align={r['peak_rss_gib']['align']:.2f}GiB"
         )
