@@ -51,8 +51,11 @@ _LABEL = {"X_a": "-sym C_a", "X_b": "-sym C_b"}
 
 _DECOMPOSED = frozenset({"H_a", "H_b"})
 """Moments :func:`layer_spectra` decomposes: PAH fits in the bases of Z and H (Z's come from
-:func:`symtool.linalg.gram_pair`). ``G`` and the cross terms are used as matrices only
-(alignment scores, exact nulls, PAH targets); the sampled null decomposes them on demand."""
+:func:`symtool.align.bases.gram_pair_range`). ``G`` and the cross terms are used as matrices
+only (alignment scores, exact nulls, PAH targets); the sampled null decomposes them on
+demand. A ``G`` kept as rows (fewer than its width) is decomposed too: an ``r × r`` problem
+(:func:`symtool.align.bases.moment_spectrum`) whose eigenvalues spare a rotated null's
+``d × d`` product."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -127,17 +130,19 @@ def layer_spectra(m: LayerMatrices, *, cross: bool = True, metric: str = "pearso
     out: dict[str, Spectrum | None] = dict.fromkeys(MATRIX_NAMES)
     dense: dict[str, Tensor] = {}
     reasons: list[tuple[str, str]] = []
+    factors = m.factors or {}
     for name, M in raw.items():
         M64 = sym(M.detach().to(torch.float64))
         if not all_finite(M64):
             reasons.append((name, f"{_LABEL.get(name, name)}: matrix has non-finite entries"))
             continue
-        if name not in _DECOMPOSED:
+        if name not in _DECOMPOSED and name not in factors:
             dense[name] = M64
             continue
         try:
-            # the range's eigenvectors (from the rows when fewer than d): all PAH reads
-            out[name] = moment_spectrum(M64, (m.factors or {}).get(name))
+            # the range's eigenvectors (from the rows when fewer than d, an r × r problem;
+            # a G with a row factor too, whose eigenvalues then cost next to nothing)
+            out[name] = moment_spectrum(M64, factors.get(name))
         except AnalysisError as exc:
             reasons.append((name, f"{_LABEL.get(name, name)}: {exc.message}"))
     if not all_finite(W):
