@@ -27,18 +27,29 @@ import math
 
 import torch
 
+from symtool.errors import AnalysisError
 from symtool.linalg import (
     Spectrum,
     _canonical_ones,
     _canonical_signs,
     _checked,
+    all_finite,
     gram,
     spectrum,
+    sym,
 )
 
 Tensor = torch.Tensor
 
 _EPS = float(torch.finfo(torch.float64).eps)
+
+
+def symmetric64(M: Tensor) -> Tensor:
+    """``sym(M)`` in float64, without a copy when ``M`` is exactly symmetric float64 already
+    (finished moments are: they are mirrored triangles minus ``μμᵀ``). One read of ``M``
+    instead of two ``d × d`` temporaries."""
+    M64 = M.detach().to(torch.float64)
+    return M64 if torch.equal(M64, M64.mT) else sym(M64)
 
 
 def _range(M64: Tensor, small: Spectrum, X: Tensor) -> Spectrum:
@@ -74,26 +85,31 @@ def gram_pair_range(W: Tensor) -> tuple[Spectrum, Spectrum]:
     (the alignment scores use them).
     """
     W64 = W.detach().to(torch.float64)
-    Za, Zb = _checked(gram(W64)), _checked(gram(W64.T))
+    Za, Zb = gram(W64), gram(W64.T)  # exactly symmetric (mirrored triangles)
+    if not (all_finite(Za) and all_finite(Zb)):
+        raise AnalysisError("matrix has non-finite entries")
     a_small = Za.shape[0] <= Zb.shape[0]
     small = spectrum(Za if a_small else Zb)
     big = _range(Zb if a_small else Za, small, W64 if a_small else W64.T)
     return (small, big) if a_small else (big, small)
 
 
-def moment_spectrum(M: Tensor, factor: Tensor | None = None) -> Spectrum:
+def moment_spectrum(
+    M: Tensor, factor: Tensor | None = None, *, checked: bool = False
+) -> Spectrum:
     """The spectrum of a moment ``M``, from its row factor when that is smaller.
 
     Args:
         M: the moment (symmetrised here, float64).
         factor: ``Y`` with ``M = YᵀY`` (``r × d``), or ``None``.
+        checked: ``M`` is already a finite symmetric float64 matrix (no copy is made).
 
     Returns:
         With ``r < d``: eigenvalues (zeros beyond rank ``r``), the range's eigenvectors
         (``d × p``, ``p ≤ r``) and ``c``, from one ``r × r`` ``eigh``; else the full
         :func:`symtool.linalg.spectrum`.
     """
-    M64 = _checked(M)
+    M64 = M if checked else _checked(M)
     if factor is None or factor.shape[0] >= M64.shape[0]:
         return spectrum(M64)
     Y = factor.detach().to(dtype=torch.float64, device=M64.device)

@@ -95,7 +95,7 @@ class CaptureResult:
             return None
         acc = self.sums.pop(name)
         try:
-            return acc.finish(self.weights[name])
+            return acc.finish(self.weights[name], consume=True)
         except AnalysisError as exc:
             self.failed[name] = exc.message
             return None

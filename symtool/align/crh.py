@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from symtool.align.bases import gram_pair_range, moment_spectrum
+from symtool.align.bases import gram_pair_range, moment_spectrum, symmetric64
 from symtool.align.moments import LayerMatrices
 from symtool.align.null import ZERO_SPREAD, ExactNull, Invariants, invariants, null_from_invariants
 from symtool.align.score import HaarBank, NullStats, alignment, check_metric, rotation_nulls
 from symtool.errors import AnalysisError, UsageError
-from symtool.linalg import Spectrum, all_finite, spectrum, sym
+from symtool.linalg import Spectrum, all_finite, spectrum
 
 Tensor = torch.Tensor
 
@@ -132,7 +132,7 @@ def layer_spectra(m: LayerMatrices, *, cross: bool = True, metric: str = "pearso
     reasons: list[tuple[str, str]] = []
     factors = m.factors or {}
     for name, M in raw.items():
-        M64 = sym(M.detach().to(torch.float64))
+        M64 = symmetric64(M)
         if not all_finite(M64):
             reasons.append((name, f"{_LABEL.get(name, name)}: matrix has non-finite entries"))
             continue
@@ -142,7 +142,7 @@ def layer_spectra(m: LayerMatrices, *, cross: bool = True, metric: str = "pearso
         try:
             # the range's eigenvectors (from the rows when fewer than d, an r × r problem;
             # a G with a row factor too, whose eigenvalues then cost next to nothing)
-            out[name] = moment_spectrum(M64, factors.get(name))
+            out[name] = moment_spectrum(M64, factors.get(name), checked=True)
         except AnalysisError as exc:
             reasons.append((name, f"{_LABEL.get(name, name)}: {exc.message}"))
     if not all_finite(W):

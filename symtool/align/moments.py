@@ -292,11 +292,13 @@ class LayerAccumulator:
         """Number of sample rows added so far."""
         return 0 if self._n is None else int(self._n.item())
 
-    def finish(self, W: Tensor) -> LayerMatrices:
+    def finish(self, W: Tensor, *, consume: bool = False) -> LayerMatrices:
         """Divide the sums into :class:`LayerMatrices` (docs/theory.md §2).
 
         Args:
             W: the layer's weight matrix ``d_out × d_in`` (stored as float64).
+            consume: the accumulator is not used again: its ``d × d`` sums become the
+                finished matrices in place (no copies; the same numbers).
 
         Raises:
             AnalysisError: no rows, non-finite activations or gradients, or every row of a
@@ -322,9 +324,15 @@ class LayerAccumulator:
         factors: dict[str, Tensor] = {}
         skipped = dict.fromkeys(VECTORS, 0)
         for v in VECTORS:
-            second = gram(rows[v]) if v in rows else full_from_lower(self._S[v])
+            if v in rows:
+                second = _mirror_(gram(rows[v], mirror=False))
+            elif consume:
+                second = _mirror_(self._S.pop(v))
+            else:
+                second = full_from_lower(self._S[v])
+            # ``second`` is this call's own tensor: divided and centred in place
             if self.recipe == "raw":
-                mats[v] = second / n
+                mats[v] = second.div_(n)
                 if v in rows:
                     factors[_MATRIX_NAMES[v]] = rows[v] / math.sqrt(n)
                 continue
@@ -333,7 +341,7 @@ class LayerAccumulator:
             if k == 0:
                 raise AnalysisError(f"every {v} row has zero norm ({n} rows)")
             mean = self._s[v] / k
-            mats[v] = second / k - torch.outer(mean, mean)
+            mats[v] = second.div_(k).sub_(torch.outer(mean, mean))
             if v in rows:  # the rows kept (non-zero norm), centred: Σ(x̂ − μ)(x̂ − μ)ᵀ/k
                 X = rows[v]
                 X = X[torch.linalg.vector_norm(X, dim=1) > 0] if k < n else X
@@ -368,6 +376,12 @@ class LayerAccumulator:
             return torch.cat(rows) if len(rows) > 1 else rows[0]
         assert self._D is not None
         return torch.zeros(0, self._width(v), dtype=torch.float64, device=self._D.device)
+
+
+def _mirror_(S: Tensor) -> Tensor:
+    """``full_from_lower(S)`` in place (one ``d × d`` temporary instead of three)."""
+    S.tril_()
+    return S.add_(S.tril(-1).mT)
 
 
 def _finite(t: Tensor) -> bool:

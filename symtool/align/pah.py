@@ -18,12 +18,12 @@ from dataclasses import dataclass
 
 import torch
 
-from symtool.align.bases import kept_product
+from symtool.align.bases import kept_product, symmetric64
 from symtool.align.crh import LayerSpectra, layer_spectra
 from symtool.align.moments import LayerMatrices
 from symtool.align.score import UNDEFINED_REL, check_metric
 from symtool.errors import UsageError
-from symtool.linalg import _CLUSTER_REL, Spectrum, kept_support, sym
+from symtool.linalg import _CLUSTER_REL, Spectrum, kept_support
 
 Tensor = torch.Tensor
 
@@ -398,7 +398,7 @@ def fit_power(
     if bootstrap < 0:
         raise UsageError(f"bootstrap resamples must be ≥ 0, got {bootstrap}")
     d = Z.dim
-    Mm = M.matrix if isinstance(M, Spectrum) else sym(M.detach().to(torch.float64))
+    Mm = M.matrix if isinstance(M, Spectrum) else symmetric64(M)
     if Mm.shape != (d, d):
         raise UsageError(f"{target} is {tuple(Mm.shape)} but {reference} is {d}×{d}")
     z = Z.values
