@@ -102,3 +102,15 @@ def test_lean_pah_equals_the_dense_reference_on_a_rank_deficient_wide_layer() ->
         assert fit.kappa_star == dense.kappa_star and fit.n_kept == dense.n_kept
         for key in ("agreement", "agreement_blocks"):
             assert abs(getattr(fit, key) - getattr(dense, key)) < 1e-9, (fit.formula, key)
+
+
+def test_symmetric64_copies_only_what_is_not_symmetric() -> None:
+    from symtool.align.bases import symmetric64
+    from symtool.linalg import sym
+
+    S = torch.randn(6, 6, generator=gen(5), dtype=F64)
+    S = S + S.T
+    assert symmetric64(S).data_ptr() == S.data_ptr()  # exactly symmetric float64: no copy
+    A = torch.randn(6, 6, generator=gen(6), dtype=F64)
+    assert torch.equal(symmetric64(A), sym(A))
+    assert torch.equal(symmetric64(S.float()), S.float().double())

@@ -287,3 +287,16 @@ def test_kept_rows_become_a_sum_when_they_reach_the_width_or_are_read() -> None:
     assert mf.factors is None and mr.factors is not None
     for v in VECTORS:
         assert rel_err(getattr(mf, NAMES[v]), getattr(mr, NAMES[v])) < 1e-12
+
+
+@pytest.mark.parametrize("recipe", ["paper", "raw"])
+def test_consuming_finish_gives_the_same_matrices_bit_for_bit(recipe: str) -> None:
+    r = _rows(n=50, d_in=9, d_out=4, seed=5)
+    kept, eaten = LayerAccumulator(recipe, raw_too=True), LayerAccumulator(recipe, raw_too=True)
+    for acc in (kept, eaten):
+        _add(acc, r)
+    a, b = kept.finish(r["W"]), eaten.finish(r["W"], consume=True)
+    for key in ("H_a", "G_a", "H_b", "G_b", "C_a", "C_b"):
+        assert torch.equal(getattr(a, key), getattr(b, key))
+        assert torch.equal(getattr(a, key), getattr(a, key).mT) or key.startswith("C")
+    assert torch.equal(kept.finish(r["W"]).H_a, a.H_a)  # the kept sums were not touched
