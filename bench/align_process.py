@@ -189,12 +189,12 @@ def run_timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float, float,
     return wall, cpu, usage.ru_maxrss / 2**20, proc.returncode
 
 
-def child_env(threads: int) -> dict[str, str]:
-    """Both processes get the same thread counts and find this checkout's symtool first."""
+def child_env(threads: int, tree: Path = ROOT) -> dict[str, str]:
+    """Both processes get the same thread counts and find ``tree``'s symtool first."""
     env = dict(os.environ)
     for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[k] = str(threads)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["PYTHONPATH"] = os.pathsep.join([str(tree), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     return env
 
 
@@ -211,7 +211,7 @@ def bench_case(
         make_checkpoints(case, ckpts, spec["checkpoints"])
     x, y = teacher_data(spec["samples"], case.input_shape, case.classes, seed=7)
     probe = save_probe(folder / "probe.safetensors", x, y)
-    env = child_env(args.threads)
+    env = child_env(args.threads, args.tree)
     floor_cmd = [
         sys.executable, str(HERE / "align_process.py"), "floor",
         "--factory", case.factory, "--args", json.dumps(case.args), "--ckpts", str(ckpts),
@@ -272,6 +272,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu", help="cpu | cuda")
     ap.add_argument("--quick", action="store_true", help="tiny models: a smoke run")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument(
+        "--tree", type=Path, default=ROOT,
+        help="symtool source tree to time (default: this checkout), e.g. a worktree of an "
+        "earlier commit for a before/after comparison",
+    )  # fmt: skip
     ap.add_argument(
         "--align-arg", dest="align_args", action="append", default=[],
         help="extra argument for symtool align (repeatable), e.g. --align-arg=--no-pah",
