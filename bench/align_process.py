@@ -172,13 +172,15 @@ def floor_main(argv: list[str]) -> int:
 
 
 # --------------------------------------------------------------------------- timing
-def run_timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float, float, int]:
+def run_timed(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float, float, int]:
     """Run one process; (wall seconds, CPU seconds, peak RSS in GiB, exit code).
 
     CPU seconds (user + system, ``wait4``) are the steadier figure on a shared machine:
     at one thread they are the wall time the process would take alone."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )  # cwd: not a source tree, so ``python -m symtool`` imports the one on PYTHONPATH
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
@@ -229,7 +231,7 @@ def bench_case(
     cmds = {"floor": floor_cmd, "align": align_cmd}
     for rep in range(args.repeats):
         for kind in (["floor", "align"] if rep % 2 == 0 else ["align", "floor"]):
-            wall, secs, peak, code = run_timed(cmds[kind], env)
+            wall, secs, peak, code = run_timed(cmds[kind], env, folder)
             if code:
                 raise SystemExit(f"{name}: the {kind} process exited {code}")
             times[kind].append(wall)
