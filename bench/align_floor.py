@@ -296,8 +296,8 @@ def analysis_breakdown(
     """Seconds of each analysis step of ``align`` for one checkpoint's finished matrices."""
     bank = HaarBank(seed=s.seed, samples=s.null_samples)
     t_bank = 0.0
-    for d in sorted({d for r in refs for d in (r.d_in, r.d_out)}):
-        t, _ = timed(lambda d=d: bank.get(d, device=device), device)
+    for d in sorted({d for r in refs for d in (r.d_in, r.d_out)}) if s.null_samples else ():
+        t, _ = timed(lambda d=d: bank.get(d, device=device), device)  # sampled null only
         t_bank += t
     out = {"haar_bank_draw_once_per_run": t_bank, "eigh": 0.0, "crh_null": 0.0, "pah": 0.0}
     for r in refs:

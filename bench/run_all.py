@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     plan = [
         ("align_floor.py", [*q, *t, "--device", args.device], None),
+        # whole processes; the smoke run times the (tiny) ResNet case only
+        ("align_process.py", [*q, *t, "--device", args.device]
+         + (["--cases", "resnet18"] if args.quick else []), None),
         ("analysis_costs.py", [*q, *t], None),
         ("align_bruteforce.py", [*q, *t], None),
         ("align_memory.py", [*q, *t], None),

@@ -169,6 +169,7 @@ def matrix_power(s: Spectrum, p: float, *, floor: float = 1e-8) -> Tensor:
     keep = kept_support(z, floor)
     zp = torch.zeros_like(z)
     zp[keep] = z[keep] ** p
+    zp = zp[z.shape[0] - V.shape[1] :]  # a range-only spectrum holds the last columns
     return (V * zp) @ V.T
 
 

@@ -82,6 +82,24 @@ class CaptureResult:
             self.recipe,
         )
 
+    def take(self, name: str) -> LayerMatrices | None:
+        """Finish one layer's sums now and drop them (a run with ``finish=False``).
+
+        Returns ``None`` (with the reason in :attr:`failed`) for a failed layer. The layer's
+        accumulator is released, so a caller that analyses and frees each layer in turn
+        holds the sums plus one layer's matrices, never every layer's matrices at once.
+        """
+        if name in self.layers:
+            return self.layers.pop(name)
+        if name in self.failed:
+            return None
+        acc = self.sums.pop(name)
+        try:
+            return acc.finish(self.weights[name], consume=True)
+        except AnalysisError as exc:
+            self.failed[name] = exc.message
+            return None
+
 
 @dataclass(eq=False)
 class _Call:
@@ -119,6 +137,7 @@ def capture(
     raw_too: bool = False,
     device: str | torch.device = "cpu",
     gemm_dtype: torch.dtype = torch.float64,
+    finish: bool = True,
 ) -> CaptureResult:
     """Stream the per-layer moments of docs/theory.md §1-2 over all batches.
 
@@ -133,6 +152,8 @@ def capture(
         raw_too: also accumulate raw second moments (identity checks of ``--verify``).
         device: where the model runs and the sums live.
         gemm_dtype: dtype of the per-batch products (sums are always float64).
+        finish: finish every layer's matrices now; ``False`` leaves that to
+            :meth:`CaptureResult.take`, one layer at a time.
 
     Raises:
         ProbeError: the model cannot run on a batch, or the loss is not a scalar.
@@ -194,10 +215,12 @@ def capture(
     sums = {name: st.acc for name, st in states.items()}
     weights = {ref.name: ref.weight_matrix().to(torch.float64, copy=True) for ref in layers}
     failed = {name: st.failure for name, st in states.items() if st.failure is not None}
-    return _finish(sums, weights, failed, n_samples, n_batches, recipe)
+    return _finish(sums, weights, failed, n_samples, n_batches, recipe, finish=finish)
 
 
-def all_reduce(result: CaptureResult, layers: list[LayerRef], world: Any) -> CaptureResult:
+def all_reduce(
+    result: CaptureResult, layers: list[LayerRef], world: Any, *, finish: bool = True
+) -> CaptureResult:
     """Sum a data-parallel run's sums over all ranks and finish them (torch.distributed).
 
     Every rank calls this with the same layers; ranks that saw no batch contribute zeros.
@@ -220,7 +243,13 @@ def all_reduce(result: CaptureResult, layers: list[LayerRef], world: Any) -> Cap
             for name, why in rank_failed.items():
                 failed.setdefault(name, why)
     return _finish(
-        result.sums, result.weights, failed, int(counts[0]), int(counts[1]), result.recipe
+        result.sums,
+        result.weights,
+        failed,
+        int(counts[0]),
+        int(counts[1]),
+        result.recipe,
+        finish=finish,
     )
 
 
@@ -231,12 +260,15 @@ def _finish(
     n_samples: int,
     n_batches: int,
     recipe: str,
+    *,
+    finish: bool = True,
 ) -> CaptureResult:
-    """Finish every non-failed accumulator; layers whose sums cannot be finished fail."""
+    """Finish every non-failed accumulator (unless ``finish`` is false: then
+    :meth:`CaptureResult.take` does, per layer); layers whose sums cannot be finished fail."""
     done: dict[str, LayerMatrices] = {}
     bad = dict(failed)
     for name, acc in sums.items():
-        if name in bad:
+        if name in bad or not finish:
             continue
         try:
             done[name] = acc.finish(weights[name])

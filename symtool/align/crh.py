@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+from symtool.align.bases import gram_pair_range, moment_spectrum, symmetric64
 from symtool.align.moments import LayerMatrices
 from symtool.align.null import ZERO_SPREAD, ExactNull, Invariants, invariants, null_from_invariants
 from symtool.align.score import HaarBank, NullStats, alignment, check_metric, rotation_nulls
 from symtool.errors import AnalysisError, UsageError
-from symtool.linalg import Spectrum, all_finite, gram_pair, spectrum, sym
+from symtool.linalg import Spectrum, all_finite, spectrum
 
 Tensor = torch.Tensor
 
@@ -50,8 +51,11 @@ _LABEL = {"X_a": "-sym C_a", "X_b": "-sym C_b"}
 
 _DECOMPOSED = frozenset({"H_a", "H_b"})
 """Moments :func:`layer_spectra` decomposes: PAH fits in the bases of Z and H (Z's come from
-:func:`symtool.linalg.gram_pair`). ``G`` and the cross terms are used as matrices only
-(alignment scores, exact nulls, PAH targets); the sampled null decomposes them on demand."""
+:func:`symtool.align.bases.gram_pair_range`). ``G`` and the cross terms are used as matrices
+only (alignment scores, exact nulls, PAH targets); the sampled null decomposes them on
+demand. A ``G`` kept as rows (fewer than its width) is decomposed too: an ``r × r`` problem
+(:func:`symtool.align.bases.moment_spectrum`) whose eigenvalues spare a rotated null's
+``d × d`` product."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -126,23 +130,26 @@ def layer_spectra(m: LayerMatrices, *, cross: bool = True, metric: str = "pearso
     out: dict[str, Spectrum | None] = dict.fromkeys(MATRIX_NAMES)
     dense: dict[str, Tensor] = {}
     reasons: list[tuple[str, str]] = []
+    factors = m.factors or {}
     for name, M in raw.items():
-        M64 = sym(M.detach().to(torch.float64))
+        M64 = symmetric64(M)
         if not all_finite(M64):
             reasons.append((name, f"{_LABEL.get(name, name)}: matrix has non-finite entries"))
             continue
-        if name not in _DECOMPOSED:
+        if name not in _DECOMPOSED and name not in factors:
             dense[name] = M64
             continue
         try:
-            out[name] = spectrum(M64, vectors=True)
+            # the range's eigenvectors (from the rows when fewer than d, an r × r problem;
+            # a G with a row factor too, whose eigenvalues then cost next to nothing)
+            out[name] = moment_spectrum(M64, factors.get(name), checked=True)
         except AnalysisError as exc:
             reasons.append((name, f"{_LABEL.get(name, name)}: {exc.message}"))
     if not all_finite(W):
         reasons += [("Z_a", "W has non-finite entries"), ("Z_b", "W has non-finite entries")]
     else:
         try:
-            out["Z_a"], out["Z_b"] = gram_pair(W)
+            out["Z_a"], out["Z_b"] = gram_pair_range(W)
         except AnalysisError as exc:
             reasons += [("Z_a", f"Z_a: {exc.message}"), ("Z_b", f"Z_b: {exc.message}")]
     return LayerSpectra(**out, reasons=tuple(reasons), dense=dense)

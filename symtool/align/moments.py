@@ -7,12 +7,13 @@ data shards or processes merge exactly.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from symtool.errors import AnalysisError
-from symtool.linalg import add_gram_, add_product_, all_finite, full_from_lower
+from symtool.linalg import add_gram_, add_product_, all_finite, full_from_lower, gram
 
 Tensor = torch.Tensor
 
@@ -34,6 +35,11 @@ class LayerMatrices:
         recipe: ``"paper"`` or ``"raw"``.
         raw: the raw second moments ``{"H_a", "G_a", "H_b", "G_b"}`` when they were
             also accumulated (``--verify`` or recipe ``raw``), else ``None``.
+        factors: for moments whose rows were fewer than their width (kept as rows, see
+            :class:`LayerAccumulator`), ``Y`` (``r × d``, ``r`` < ``d``) with the moment
+            ``= YᵀY`` to round-off: centred normalised rows over ``√k`` (paper) or the rows
+            over ``√n`` (raw). The moment's range is ``Y``'s row space, so its
+            eigenvectors come from the ``r × r`` Gram matrix (:mod:`symtool.align.bases`).
     """
 
     W: Tensor
@@ -47,6 +53,7 @@ class LayerMatrices:
     skipped_rows: dict[str, int]
     recipe: str
     raw: dict[str, Tensor] | None = None
+    factors: dict[str, Tensor] | None = None
 
 
 RECIPES = ("paper", "raw")
@@ -80,6 +87,13 @@ class LayerAccumulator:
     allocated on the first batch, never divided until :meth:`finish`, and merge exactly
     (:meth:`merge`, :meth:`sums`).
 
+    While a vector has seen fewer rows than its width ``d`` (a wide conv's im2col rows on a
+    small probe set), its rows themselves are kept (float64) instead of the ``d × d`` sum:
+    ``r·d`` numbers instead of ``d²``, no per-batch Gram product, and :meth:`finish` gives
+    the moment's factor (:attr:`LayerMatrices.factors`). The sum is formed from the rows
+    (one Gram product, exact) when the count reaches ``d`` and whenever the sums are read
+    (:meth:`sums`, :meth:`merge`).
+
     Args:
         recipe: ``"paper"`` or ``"raw"``.
         raw_too: also keep raw second moments (for the identity check of ``--verify``).
@@ -108,6 +122,7 @@ class LayerAccumulator:
         self._s: dict[str, Tensor] = {}
         self._k: dict[str, Tensor] = {}
         self._R: dict[str, Tensor] = {}
+        self._X: dict[str, list[Tensor]] = {}  # rows of vectors still below their width
         self._D: Tensor | None = None  # Σ g_b h_aᵀ; both cross sums follow from it
         # the Σxxᵀ sums (S, R) hold their lower triangle only (linalg.add_gram_)
 
@@ -131,7 +146,7 @@ class LayerAccumulator:
         self._n = torch.zeros((), dtype=torch.int64, device=device)
         for v in VECTORS:
             d = d_in if v.endswith("_a") else d_out
-            self._S[v] = torch.zeros(d, d, **f64)
+            self._X[v] = []
             if self.recipe == "paper":
                 self._s[v] = torch.zeros(d, **f64)
                 self._k[v] = torch.zeros((), dtype=torch.int64, device=device)
@@ -184,7 +199,7 @@ class LayerAccumulator:
         add_product_(self._D, x["g_b"].T, x["h_a"])
         if self.recipe == "raw":
             for v in VECTORS:
-                add_gram_(self._S[v], x[v])
+                self._add_second(v, x[v], v in own)
             return
         for v in VECTORS:
             xv = x[v]
@@ -196,7 +211,33 @@ class LayerAccumulator:
             xv = xv.mul_(inv[:, None]) if v in own else xv * inv[:, None]
             self._k[v] += keep.sum()
             self._s[v] += xv.sum(dim=0, dtype=torch.float64)
-            add_gram_(self._S[v], xv)
+            self._add_second(v, xv, True)
+
+    def _width(self, v: str) -> int:
+        assert self.d_in is not None and self.d_out is not None
+        return self.d_in if v.endswith("_a") else self.d_out
+
+    def _add_second(self, v: str, x: Tensor, owned: bool) -> None:
+        """``Σ x xᵀ`` of vector ``v``: keep the rows while fewer than the width, else sum."""
+        rows = self._X.get(v)
+        if rows is not None:
+            if sum(r.shape[0] for r in rows) + x.shape[0] < self._width(v):
+                keep = x.to(torch.float64)
+                rows.append(keep.clone() if not owned and keep.data_ptr() == x.data_ptr() else keep)
+                return
+            self._densify(v)
+        add_gram_(self._S[v], x)
+
+    def _densify(self, v: str) -> None:
+        """Turn ``v``'s kept rows into its ``Σ x xᵀ`` sum (lower triangle) and drop them."""
+        rows = self._X.pop(v, None)
+        if rows is None:
+            return
+        assert self._D is not None
+        d = self._width(v)
+        self._S[v] = torch.zeros(d, d, dtype=torch.float64, device=self._D.device)
+        for r in rows:
+            add_gram_(self._S[v], r)
 
     # ----------------------------------------------------------------- merging
     def sums(self) -> list[Tensor]:
@@ -210,6 +251,7 @@ class LayerAccumulator:
         assert self._n is not None and self._D is not None
         out = [self._n, self._D]
         for v in VECTORS:
+            self._densify(v)
             out.append(self._S[v])
             if self.recipe == "paper":
                 out += [self._s[v], self._k[v]]
@@ -250,11 +292,13 @@ class LayerAccumulator:
         """Number of sample rows added so far."""
         return 0 if self._n is None else int(self._n.item())
 
-    def finish(self, W: Tensor) -> LayerMatrices:
+    def finish(self, W: Tensor, *, consume: bool = False) -> LayerMatrices:
         """Divide the sums into :class:`LayerMatrices` (docs/theory.md §2).
 
         Args:
             W: the layer's weight matrix ``d_out × d_in`` (stored as float64).
+            consume: the accumulator is not used again: its ``d × d`` sums become the
+                finished matrices in place (no copies; the same numbers).
 
         Raises:
             AnalysisError: no rows, non-finite activations or gradients, or every row of a
@@ -264,7 +308,12 @@ class LayerAccumulator:
         if n == 0:
             raise AnalysisError("no sample rows reached this layer")
         assert self._D is not None
-        bad = [v for v in VECTORS if not bool(torch.isfinite(self._S[v].diagonal()).all())]
+        rows = {v: self._rows(v) for v in VECTORS if v in self._X}
+        bad = [
+            v
+            for v in VECTORS
+            if not (_finite(rows[v]) if v in rows else _finite(self._S[v].diagonal()))
+        ]
         if self.raw_too:
             bad += [v for v in VECTORS if v not in bad and not _finite(self._R[v].diagonal())]
         if not bad and not _finite(self._D):
@@ -272,17 +321,32 @@ class LayerAccumulator:
         if bad:
             raise AnalysisError(f"non-finite values in {', '.join(bad)} (activations or gradients)")
         mats: dict[str, Tensor] = {}
+        factors: dict[str, Tensor] = {}
         skipped = dict.fromkeys(VECTORS, 0)
         for v in VECTORS:
+            if v in rows:
+                second = _mirror_(gram(rows[v], mirror=False))
+            elif consume:
+                second = _mirror_(self._S.pop(v))
+            else:
+                second = full_from_lower(self._S[v])
+            # ``second`` is this call's own tensor: divided and centred in place
             if self.recipe == "raw":
-                mats[v] = full_from_lower(self._S[v]) / n
+                mats[v] = second.div_(n)
+                if v in rows:
+                    factors[_MATRIX_NAMES[v]] = rows[v] / math.sqrt(n)
                 continue
             k = int(self._k[v].item())
             skipped[v] = n - k
             if k == 0:
                 raise AnalysisError(f"every {v} row has zero norm ({n} rows)")
             mean = self._s[v] / k
-            mats[v] = full_from_lower(self._S[v]) / k - torch.outer(mean, mean)
+            mats[v] = second.div_(k).sub_(torch.outer(mean, mean))
+            if v in rows:  # the rows kept (non-zero norm), centred: Σ(x̂ − μ)(x̂ − μ)ᵀ/k
+                X = rows[v]
+                X = X[torch.linalg.vector_norm(X, dim=1) > 0] if k < n else X
+                factors[_MATRIX_NAMES[v]] = (X - mean) / math.sqrt(k)
+            del second
         raw = None
         if self.recipe == "raw":
             raw = {_MATRIX_NAMES[v]: mats[v] for v in VECTORS}
@@ -302,7 +366,22 @@ class LayerAccumulator:
             skipped_rows=skipped,
             recipe=self.recipe,
             raw=raw,
+            factors=factors or None,
         )
+
+    def _rows(self, v: str) -> Tensor:
+        """The rows kept for ``v`` as one ``r × d`` float64 matrix."""
+        rows = self._X[v]
+        if rows:
+            return torch.cat(rows) if len(rows) > 1 else rows[0]
+        assert self._D is not None
+        return torch.zeros(0, self._width(v), dtype=torch.float64, device=self._D.device)
+
+
+def _mirror_(S: Tensor) -> Tensor:
+    """``full_from_lower(S)`` in place (one ``d × d`` temporary instead of three)."""
+    S.tril_()
+    return S.add_(S.tril(-1).mT)
 
 
 def _finite(t: Tensor) -> bool:

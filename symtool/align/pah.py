@@ -18,11 +18,12 @@ from dataclasses import dataclass
 
 import torch
 
+from symtool.align.bases import kept_product, symmetric64
 from symtool.align.crh import LayerSpectra, layer_spectra
 from symtool.align.moments import LayerMatrices
 from symtool.align.score import UNDEFINED_REL, check_metric
 from symtool.errors import UsageError
-from symtool.linalg import _CLUSTER_REL, Spectrum, kept_support, sym
+from symtool.linalg import _CLUSTER_REL, Spectrum, kept_support
 
 Tensor = torch.Tensor
 
@@ -200,7 +201,8 @@ def scan_alignments(
         ks: exponents.
         floor: relative eigenvalue floor ``ε``.
         metric: ``"pearson"`` or ``"cosine"``.
-        rayleigh: precomputed ``m_i = v_iᵀ M v_i`` (computed here if ``None``).
+        rayleigh: precomputed ``m_i = v_iᵀ M v_i``, for all ``d`` eigenvectors or for the
+            kept ones only (computed here, for the kept ones, if ``None``).
 
     Returns:
         One score per ``k``, ``None`` where undefined.
@@ -212,9 +214,11 @@ def scan_alignments(
         return tuple(None for _ in ks)
     zmax = float(z.max())
     M64 = M.to(dtype=torch.float64, device=z.device)
-    m = Z.rayleigh(M64) if rayleigh is None else rayleigh
+    if rayleigh is None:
+        Vk = _kept_vectors(Z, int(keep.sum()))
+        rayleigh = (kept_product(M64, Vk) * Vk).sum(dim=0)
+    mk = rayleigh[keep] if rayleigh.shape[0] == z.shape[0] else rayleigh
     zr = z[keep] / zmax  # α is invariant to scaling Z^k, so normalise against overflow
-    mk = m[keep]
     ck2 = Z.ones[keep] ** 2
     k = torch.tensor(ks, dtype=torch.float64, device=z.device).unsqueeze(1)
     zk = zr.unsqueeze(0) ** k  # (len(ks), n_kept)
@@ -282,11 +286,19 @@ def _clusters(values: Tensor, kept: Tensor) -> list[Tensor]:
     return groups
 
 
+def _kept_vectors(Z: Spectrum, n_kept: int) -> Tensor:
+    """The eigenvectors of ``Z``'s ``n_kept`` largest eigenvalues (kept ones are a suffix)."""
+    V = Z.vectors
+    if V is None or V.shape[1] < n_kept:
+        raise UsageError("the reference spectrum lacks the eigenvectors of its kept eigenvalues")
+    return V[:, V.shape[1] - n_kept :]
+
+
 def _agreement(
-    M: Tensor, Z: Spectrum, floor: float, norm2: float
+    M: Tensor, Z: Spectrum, floor: float, norm2: float, factor: Tensor | None = None
 ) -> tuple[Tensor, float | None, float | None]:
-    """Rayleigh quotients ``m`` of ``M`` in ``Z``'s basis and the two eigenbasis agreements
-    (docs/theory.md §4 step 5, docs/metrics.md).
+    """Rayleigh quotients ``m`` of ``M`` on ``Z``'s **kept** eigenvectors and the two
+    eigenbasis agreements (docs/theory.md §4 step 5, docs/metrics.md).
 
     The definition ``Σ_i m_i² / ‖M‖_F²`` depends on the basis inside an eigenspace ``E`` of
     ``Z`` of dimension ``k > 1`` (the numerical null space ``z_i ≤ ε·max z`` is one), where
@@ -302,38 +314,45 @@ def _agreement(
     * ``agreement_blocks`` takes the high end, ``Σ_E ‖P_E M P_E‖_F²`` (1 iff ``M`` commutes
       with ``Z``); for the null space this is the rule ``agreement`` followed before.
 
-    The traces come from ``m`` (``tr V_Eᵀ M V_E = Σ_{i∈E} m_i``). One product ``M V`` gives
-    ``m`` and the blocks; when the null space is the bigger part its block comes from
-    ``‖V₀ᵀMV₀‖² = ‖M‖² − 2‖MV₊‖² + ‖V₊ᵀMV₊‖²`` (``V₊``: kept columns).
+    Only the kept vectors ``V₊`` are read (:mod:`symtool.align.bases`): the null space's
+    trace is ``tr M − Σ₊ m_i`` and its block ``‖V₀ᵀMV₀‖² = ‖M‖² − 2‖MV₊‖² + ‖V₊ᵀMV₊‖²``
+    (directly ``V₀ᵀ(MV₀)`` when ``Z`` has all its vectors and the null space is the
+    smaller part). One product ``M V₊`` (through ``M``'s row factor when it has a smaller
+    one) gives ``m`` and the blocks.
     """
-    MV = Z.product(M)
-    V = Z.vectors
-    assert V is not None  # product() checked
+    d = Z.dim
+    kept = kept_support(Z.values, floor)
+    n_kept = int(kept.sum())
+    n_null = d - n_kept
+    off = d - n_kept  # kept eigenvalues are the last n_kept (ascending)
+    V = _kept_vectors(Z, n_kept)
+    MV = kept_product(M, V, factor)
     m = (MV * V).sum(dim=0)
     if norm2 <= 0:
         return m, None, None
-    kept = kept_support(Z.values, floor)
-    single = kept.clone()
+    single = torch.ones(n_kept, dtype=torch.bool, device=m.device)
     low = high = 0.0
     for E in _clusters(Z.values, kept):
+        E = E - off
         single[E] = False
-        mE = m[E]
-        low += float(mE.sum()) ** 2 / E.numel()
+        low += float(m[E].sum()) ** 2 / E.numel()
         block = V[:, E].T @ MV[:, E]
         high += float((block * block).sum())
     ms = m[single]
     low += float((ms * ms).sum())
     high += float((ms * ms).sum())
-    n_kept, n_null = int(kept.sum()), int((~kept).sum())
     if n_null:
-        low += float(m[~kept].sum()) ** 2 / n_null
-        if n_kept >= n_null:
-            block = V[:, ~kept].T @ MV[:, ~kept]
+        full = Z.vectors is not None and Z.vectors.shape[1] == d
+        if full and n_kept >= n_null:
+            assert Z.vectors is not None
+            V0 = Z.vectors[:, :n_null]
+            block = V0.T @ kept_product(M, V0, factor)
+            low += float(block.diagonal().sum()) ** 2 / n_null
             block_sq = float((block * block).sum())
         else:
-            MVk = MV[:, kept]
-            inner = V[:, kept].T @ MVk
-            block_sq = norm2 - 2.0 * float((MVk * MVk).sum()) + float((inner * inner).sum())
+            low += (float(M.diagonal().sum()) - float(m.sum())) ** 2 / n_null
+            inner = V.T @ MV
+            block_sq = norm2 - 2.0 * float((MV * MV).sum()) + float((inner * inner).sum())
         high += max(block_sq, 0.0)
     return m, low / norm2, high / norm2
 
@@ -349,13 +368,19 @@ def fit_power(
     bootstrap: int = 200,
     seed: int = 0,
     metric: str = "pearson",
+    factor: Tensor | None = None,
 ) -> PowerFit:
     """Fit ``M ~ Z^κ`` in ``Z``'s eigenbasis (docs/theory.md §4, steps 1-6).
+
+    Only ``Z``'s kept eigenpairs are read (``z_i > ε·max z``; :func:`_agreement`), and a
+    pair is kept when also ``m_i > ε·max m`` over those: a rule that, unlike a maximum over
+    all ``d`` quotients, does not depend on the basis chosen in ``Z``'s null space.
 
     Args:
         M: the target: its float64 symmetric matrix, or a spectrum (only its matrix is
             used).
-        Z: spectrum of the reference.
+        Z: spectrum of the reference (with the eigenvectors of its kept eigenvalues at
+            least: :mod:`symtool.align.bases`).
         target: name of ``M`` for the record.
         reference: name of ``Z`` for the record.
         side: ``"a"`` or ``"b"`` for the record.
@@ -363,6 +388,7 @@ def fit_power(
         bootstrap: resamples over eigenpairs for the 95% interval (0 disables it).
         seed: seed of the bootstrap generator (each fit uses its own generator).
         metric: alignment metric of the power scan.
+        factor: ``Y`` with ``M = YᵀY`` (rows fewer than ``d``), for cheaper products.
 
     Returns:
         :class:`PowerFit`; undefined numbers are ``None`` with a reason.
@@ -372,12 +398,12 @@ def fit_power(
     if bootstrap < 0:
         raise UsageError(f"bootstrap resamples must be ≥ 0, got {bootstrap}")
     d = Z.dim
-    Mm = M.matrix if isinstance(M, Spectrum) else sym(M.detach().to(torch.float64))
+    Mm = M.matrix if isinstance(M, Spectrum) else symmetric64(M)
     if Mm.shape != (d, d):
         raise UsageError(f"{target} is {tuple(Mm.shape)} but {reference} is {d}×{d}")
     z = Z.values
     norm2 = float((Mm * Mm).sum())
-    m, agreement, agreement_blocks = _agreement(Mm, Z, floor, norm2)
+    m, agreement, agreement_blocks = _agreement(Mm, Z, floor, norm2, factor)
     scan = scan_alignments(Mm, Z, floor=floor, metric=metric, rayleigh=m)
     kappa_star = alpha_star = None
     best = [(a, i) for i, a in enumerate(scan) if a is not None]
@@ -398,7 +424,7 @@ def fit_power(
     none = dict(kappa=None, intercept=None, r2=None, ci_low=None, ci_high=None)
 
     z_keep = kept_support(z, floor)
-    m_keep = kept_support(m, floor)
+    m_keep = kept_support(m, floor)  # m: the kept eigenvectors' quotients only
     if not bool(z_keep.any()):
         return PowerFit(**base, **none, n_kept=0, reason=f"{reference} has no positive eigenvalue")
     if not bool(m_keep.any()):
@@ -408,14 +434,13 @@ def fit_power(
             n_kept=0,
             reason=f"{target} has no positive Rayleigh quotient in {reference}'s basis",
         )
-    keep = z_keep & m_keep
-    n = int(keep.sum())
+    n = int(m_keep.sum())
     if n < _MIN_PAIRS:
         return PowerFit(
             **base, **none, n_kept=n, reason=f"only {n} eigenpairs kept (need {_MIN_PAIRS})"
         )
-    x = torch.log(z[keep])
-    y = torch.log(m[keep])
+    x = torch.log(z[z_keep][m_keep])
+    y = torch.log(m[m_keep])
     slope, sxx = _slopes(x, y)
     if float(sxx) <= n * _FLAT_LOG_STD**2:
         return PowerFit(
@@ -544,6 +569,7 @@ def powers(
                 bootstrap=bootstrap,
                 seed=seed,
                 metric=metric,
+                factor=(m.factors or {}).get(target),
             )
         )
     fits_t = tuple(fits)

@@ -256,7 +256,7 @@ class _Analyzer:
                     "on every pass"
                 )
             for ref in group:
-                m = result.layers.get(ref.name)
+                m = result.take(ref.name)  # finished now; its sums are dropped
                 if m is None:
                     why = _why_failed(ref.name, result.failed, bad_weights)
                     failed = AlignLayer(
@@ -267,6 +267,7 @@ class _Analyzer:
                 done[ref.name] = self._layer(ref, m)
                 if self.keep_matrices:
                     self._keep(c, ref.name, m)
+                del m  # one layer's matrices at a time
             del result  # free this group's sums before the next pass
         stripped = models.join_prefixes(loaded.stripped_prefix, prefix)
         return {
@@ -291,9 +292,10 @@ class _Analyzer:
             raw_too=s.verify,
             device=s.device,
             gemm_dtype=DTYPES[s.gemm_dtype],
+            finish=False,
         )
         if data_parallel:
-            result = cap.all_reduce(result, group, self.world)
+            result = cap.all_reduce(result, group, self.world, finish=False)
         return result
 
     def _layer(self, ref: models.LayerRef, m: Any) -> dict[str, Any]:

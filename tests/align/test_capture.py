@@ -420,3 +420,18 @@ def test_no_grad_and_in_place_input_fail_with_reasons() -> None:
     assert "gradients disabled" in res.failed["frozen"]
     assert "modified in place" in res.failed["fc"]
     assert set(res.layers) == {"head"}
+
+
+def test_finishing_one_layer_at_a_time_gives_the_same_matrices_and_frees_the_sums() -> None:
+    model, x, y, mask = _cnn()  # 10 samples: the last Linear has fewer rows than its width
+    layers, _ = select_layers(model, None)
+    at_once = _run(model, x, y, mask, 4)
+    lazy = _run(model, x, y, mask, 4, finish=False)
+    assert lazy.layers == {} and set(lazy.sums) == set(at_once.layers)
+    for ref in layers:
+        m = lazy.take(ref.name)
+        assert m is not None and ref.name not in lazy.sums  # its sums are released
+        for key in MATS:
+            assert rel_err(getattr(m, key), getattr(at_once.layers[ref.name], key)) < 1e-12
+    assert lazy.sums == {}
+    assert at_once.layers["5"].factors is not None  # 10 rows of width 30: kept as rows

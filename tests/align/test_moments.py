@@ -241,3 +241,62 @@ def test_layer_bytes_counts_sums_and_finished_matrices() -> None:
     a, b = 6, 10
     assert layer_bytes(a, b) == 8 * (5 * (a * a + b * b) + 2 * a * b)
     assert layer_bytes(a, b, raw_too=True) == layer_bytes(a, b) + 8 * 4 * (a * a + b * b)
+
+
+@pytest.mark.parametrize("recipe", ["paper", "raw"])
+def test_rows_fewer_than_the_width_are_kept_and_give_exact_factors(recipe: str) -> None:
+    # 12 rows of width 30 (input side, kept as rows) and 7 (output side, a dense sum):
+    # the finished moments equal the dense formulas, and the factors reproduce them.
+    r = _rows(n=12, d_in=30, d_out=7, seed=3)
+    r["g_a"][4] = 0.0  # a zero-norm row: dropped from the paper factor
+    acc = LayerAccumulator(recipe)
+    for sl in (slice(0, 5), slice(5, 12)):
+        _add(acc, r, sl)
+    assert set(acc._X) == {"h_a", "g_a"}  # h_b, g_b reached their width: summed
+    m = acc.finish(r["W"])
+    for v in VECTORS:
+        assert rel_err(getattr(m, NAMES[v]), second_moment(r[v], recipe)[0]) < 1e-12
+    assert m.factors is not None and set(m.factors) == {"H_a", "G_a"}
+    for name, Y in m.factors.items():
+        assert Y.shape[0] < Y.shape[1]
+        assert rel_err(Y.T @ Y, getattr(m, name)) < 1e-12
+    if recipe == "paper":
+        assert m.factors["G_a"].shape[0] == 11 and m.skipped_rows["g_a"] == 1
+
+
+def test_kept_rows_become_a_sum_when_they_reach_the_width_or_are_read() -> None:
+    r = _rows(n=40, d_in=30, d_out=7, seed=4)
+    rows_then_sum = LayerAccumulator("paper")
+    for i in range(0, 40, 8):  # 8, 16, 24 rows kept; the fourth batch reaches 30
+        _add(rows_then_sum, r, slice(i, i + 8))
+        assert ("h_a" in rows_then_sum._X) == (i + 8 < 30)
+    dense = LayerAccumulator("paper")
+    dense.allocate(30, 7)
+    dense._densify("h_a")
+    _add(dense, r)
+    for a, b in zip(rows_then_sum.sums(), dense.sums(), strict=True):
+        assert rel_err(a.to(DT), b.to(DT)) < 1e-12 if a.is_floating_point() else torch.equal(a, b)
+    few = LayerAccumulator("paper")
+    _add(few, r, slice(0, 6))
+    other = LayerAccumulator("paper")
+    _add(other, r, slice(6, 12))
+    few.merge(other)  # reading the sums turns both into sums: exact
+    ref = LayerAccumulator("paper")
+    _add(ref, r, slice(0, 12))
+    mf, mr = few.finish(r["W"]), ref.finish(r["W"])
+    assert mf.factors is None and mr.factors is not None
+    for v in VECTORS:
+        assert rel_err(getattr(mf, NAMES[v]), getattr(mr, NAMES[v])) < 1e-12
+
+
+@pytest.mark.parametrize("recipe", ["paper", "raw"])
+def test_consuming_finish_gives_the_same_matrices_bit_for_bit(recipe: str) -> None:
+    r = _rows(n=50, d_in=9, d_out=4, seed=5)
+    kept, eaten = LayerAccumulator(recipe, raw_too=True), LayerAccumulator(recipe, raw_too=True)
+    for acc in (kept, eaten):
+        _add(acc, r)
+    a, b = kept.finish(r["W"]), eaten.finish(r["W"], consume=True)
+    for key in ("H_a", "G_a", "H_b", "G_b", "C_a", "C_b"):
+        assert torch.equal(getattr(a, key), getattr(b, key))
+        assert torch.equal(getattr(a, key), getattr(a, key).mT) or key.startswith("C")
+    assert torch.equal(kept.finish(r["W"]).H_a, a.H_a)  # the kept sums were not touched
