@@ -43,6 +43,9 @@ class Spectrum:
             inside a degenerate eigenspace, all of it sits on the space's first vector
             (see :func:`_canonical_ones`).
 
+        note: how the decomposition was obtained when the first solver failed (the
+            fallback driver, or the diagonal shift it needed); ``None`` otherwise.
+
     ``vectors`` is ``None`` for a spectrum computed without them, and ``ones`` too for a
     values-only one (see :func:`spectrum`).
     """
@@ -51,6 +54,7 @@ class Spectrum:
     values: Tensor
     vectors: Tensor | None
     ones: Tensor | None
+    note: str | None = None
 
     @property
     def dim(self) -> int:
@@ -182,10 +186,10 @@ def full_from_lower(S: Tensor) -> Tensor:
     return low + torch.tril(S, -1).mT
 
 
-def _with_vectors(M64: Tensor, values: Tensor, V: Tensor) -> Spectrum:
+def _with_vectors(M64: Tensor, values: Tensor, V: Tensor, note: str | None = None) -> Spectrum:
     """The :class:`Spectrum` of ``M64`` from its eigenpairs, in the canonical signs and ``c``."""
     V = _canonical_signs(V)
-    return Spectrum(M64, values, V, _canonical_ones(values, V.sum(dim=0)))
+    return Spectrum(M64, values, V, _canonical_ones(values, V.sum(dim=0)), note)
 
 
 def _checked(M: Tensor) -> Tensor:
@@ -213,6 +217,12 @@ def spectrum(M: Tensor, *, vectors: bool = True, ones: bool = False) -> Spectrum
     (``syevd``, ``sytrd``, ``stemr``); otherwise in ``torch.linalg`` (``c`` then comes from
     a full ``eigh``).
 
+    Exactly-zero rows (and so columns) are deflated first (:func:`zero_support`): only the
+    block on the other rows is decomposed, and each zero row adds the eigenpair
+    ``(0, e_j)`` — exact, not an approximation, and the case of im2col moments of 3×3
+    kernels on 1×1 maps, where most rows are zero padding (docs/theory.md §7). A solver
+    that fails falls back (:func:`_robust_eigh`); the spectrum's ``note`` says how.
+
     Args:
         M: a square matrix (any float dtype, any device).
         vectors: also compute eigenvectors.
@@ -222,36 +232,187 @@ def spectrum(M: Tensor, *, vectors: bool = True, ones: bool = False) -> Spectrum
         The :class:`Spectrum`, eigenvalues ascending.
 
     Raises:
-        AnalysisError: ``M`` is not square, has non-finite entries, or ``eigh`` fails.
+        AnalysisError: ``M`` is not square, has non-finite entries, or every solver failed
+            (the message names each attempt).
     """
     M64 = _checked(M)
+    support = zero_support(M64)
+    sub = M64 if support is None else M64[support][:, support]
+    values, V, c, note = _decompose(sub, vectors=vectors, ones=ones)
+    if support is not None:
+        values, V, c = _embed(M64.shape[0], support, values, V, c)
+    if V is not None:
+        V = _canonical_signs(V)
+        return Spectrum(M64, values, V, _canonical_ones(values, V.sum(dim=0)), note)
+    if c is not None:
+        return Spectrum(M64, values, None, _canonical_ones(values, c), note)
+    return Spectrum(M64, values, None, None, note)
+
+
+def zero_support(M64: Tensor) -> Tensor | None:
+    """Indices of the rows of a symmetric matrix that are not exactly zero, ascending.
+
+    ``None`` when no row is zero (nothing to deflate). A zero row of a symmetric matrix is
+    a zero column too, so ``e_j`` is an eigenvector with eigenvalue 0 and the rest of the
+    spectrum is that of the block on the other rows.
+    """
+    if M64.shape[0] == 0:
+        return None
+    nonzero = (M64 != 0).any(dim=1)
+    if bool(nonzero.all()):
+        return None
+    return torch.nonzero(nonzero).flatten()
+
+
+def _embed(
+    d: int, support: Tensor, values: Tensor, V: Tensor | None, c: Tensor | None
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """The full spectrum from the block's: each zero row ``j`` adds ``(0, e_j)``, sorted.
+
+    The sort is stable, so the order does not depend on anything but the values.
+    """
+    k = support.shape[0]
+    dev = values.device
+    zero_rows = torch.ones(d, dtype=torch.bool, device=dev)
+    zero_rows[support] = False
+    null = torch.nonzero(zero_rows).flatten()
+    full = torch.cat([values, values.new_zeros(d - k)])
+    order = torch.sort(full, stable=True).indices
+    if V is not None:
+        W = V.new_zeros(d, d)
+        W[support.unsqueeze(1), torch.arange(k, device=dev).unsqueeze(0)] = V
+        W[null, torch.arange(k, d, device=dev)] = 1.0
+        V = W[:, order]
+    if c is not None:
+        c = torch.cat([c, c.new_ones(d - k)])[order]
+    return full[order], V, c
+
+
+def _decompose(
+    M64: Tensor, *, vectors: bool, ones: bool
+) -> tuple[Tensor, Tensor | None, Tensor | None, str | None]:
+    """``(values, vectors, c, note)`` of a finite symmetric float64 matrix, at the depth
+    :func:`spectrum` describes; ``c`` is ``Vᵀ1`` before the canonical ones (or ``None``)."""
     cpu = _host_blas(M64)
-    try:
+    if vectors:
+        w, V, note = _robust_eigh(M64)
+        return w, V, None, note
+    if ones:
+        if cpu:
+            try:
+                w, c = _values_and_ones(M64)
+                return w, None, c, None
+            except (RuntimeError, ValueError, np.linalg.LinAlgError):
+                pass
+        w, V, note = _robust_eigh(M64)
+        return w, None, _canonical_signs(V).sum(dim=0), note
+    w, note = _robust_eigvalsh(M64)
+    return w, None, None, note
+
+
+SHIFT_REL = 1e-12
+"""Size of the last-resort diagonal shift of :func:`_robust_eigh`, relative to ``max|M|``."""
+
+
+def _attempts(M64: Tensor, vectors: bool):
+    """The solvers :func:`_robust_eigh` tries, in order: ``(label, function)``.
+
+    First the usual one (SciPy ``syevd`` on the CPU at one thread, else ``torch.linalg``),
+    then SciPy's LAPACK drivers ``evr`` (MRRR), ``evd`` (divide and conquer) and ``ev``
+    (QL/QR), on a host copy.
+    """
+
+    def scipy_driver(driver: str):
+        def run(A: Tensor):
+            a = A.detach().cpu().numpy()
+            if vectors:
+                w, V = scipy.linalg.eigh(a, driver=driver, check_finite=False)
+                return (
+                    torch.from_numpy(w).to(A.device),
+                    torch.from_numpy(np.ascontiguousarray(V)).to(A.device),
+                )
+            w = scipy.linalg.eigh(a, eigvals_only=True, driver=driver, check_finite=False)
+            return torch.from_numpy(w).to(A.device), None
+
+        return run
+
+    def torch_solver(A: Tensor):
         if vectors:
-            return _with_vectors(M64, *(_eigh_cpu(M64) if cpu else torch.linalg.eigh(M64)))
-        if ones:
-            if cpu:
-                values, c = _values_and_ones(M64)
-            else:
-                values, V = torch.linalg.eigh(M64)
-                c = _canonical_signs(V).sum(dim=0)
-            return Spectrum(M64, values, None, _canonical_ones(values, c))
-        return Spectrum(M64, _eigvalsh_cpu(M64) if cpu else torch.linalg.eigvalsh(M64), None, None)
-    except (RuntimeError, ValueError, np.linalg.LinAlgError) as exc:
-        raise AnalysisError(f"eigh failed: {exc}") from exc
+            return torch.linalg.eigh(A)
+        return torch.linalg.eigvalsh(A), None
+
+    first = ("scipy evd", scipy_driver("evd")) if _host_blas(M64) else ("torch", torch_solver)
+    rest = [(f"scipy {d}", scipy_driver(d)) for d in ("evr", "evd", "ev")]
+    return [first, *(r for r in rest if r[0] != first[0])]
 
 
-def _eigh_cpu(M64: Tensor) -> tuple[Tensor, Tensor]:
-    """``eigh`` of a finite symmetric float64 CPU matrix with LAPACK ``syevd``."""
-    w, V = scipy.linalg.eigh(M64.detach().numpy(), driver="evd", check_finite=False)
-    return torch.from_numpy(w), torch.from_numpy(np.ascontiguousarray(V))
+_SOLVER_ERRORS = (RuntimeError, ValueError, np.linalg.LinAlgError)
 
 
-def _eigvalsh_cpu(M64: Tensor) -> Tensor:
-    """Eigenvalues (ascending) of a finite symmetric float64 CPU matrix."""
-    return torch.from_numpy(
-        scipy.linalg.eigh(M64.detach().numpy(), eigvals_only=True, driver="evd", check_finite=False)
-    )
+def _robust(M64: Tensor, vectors: bool) -> tuple[Tensor, Tensor | None, str | None]:
+    """Eigenvalues (and vectors) from the first solver of :func:`_attempts` that succeeds.
+
+    If all fail, the same solvers run once more on ``M + s·diag(1 + j/d)``, ``s`` =
+    :data:`SHIFT_REL` ``· max|M|``: distinct diagonal entries break the repeated
+    eigenvalues that stall them; every eigenvalue moves by at most ``2s`` (Weyl), which the
+    note reports. Raises AnalysisError naming every attempt when nothing works.
+    """
+    failures: list[str] = []
+    attempts = _attempts(M64, vectors)
+    for i, (label, run) in enumerate(attempts):
+        try:
+            w, V = run(M64)
+        except _SOLVER_ERRORS as exc:
+            failures.append(f"{label}: {_first_line(exc)}")
+            continue
+        if i == 0:
+            return w, V, None
+        return w, V, f"eigh fell back to {label} ({'; '.join(failures)})"
+    d = M64.shape[0]
+    scale = float(M64.abs().max()) if M64.numel() else 0.0
+    s = SHIFT_REL * scale
+    diag = s * (1.0 + torch.arange(d, dtype=torch.float64, device=M64.device) / max(d, 1))
+    shifted = M64 + torch.diag(diag)
+    for label, run in attempts:
+        try:
+            w, V = run(shifted)
+        except _SOLVER_ERRORS as exc:
+            failures.append(f"{label} with shift: {_first_line(exc)}")
+            continue
+        return w, V, (
+            f"eigh needed a diagonal shift of at most {2 * s:.3g} "
+            f"({2 * SHIFT_REL:.0e} of max|M|; eigenvalues off by at most that) "
+            f"after {'; '.join(failures)}"
+        )
+    raise AnalysisError("eigh failed with every solver: " + "; ".join(failures))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:160] if text else type(exc).__name__
+
+
+def _robust_eigh(M64: Tensor) -> tuple[Tensor, Tensor, str | None]:
+    """Eigenpairs of a finite symmetric float64 matrix that never fail silently."""
+    w, V, note = _robust(M64, True)
+    assert V is not None
+    return w, V, note
+
+
+def _robust_eigvalsh(M64: Tensor) -> tuple[Tensor, str | None]:
+    """Eigenvalues of a finite symmetric float64 matrix that never fail silently."""
+    w, _, note = _robust(M64, False)
+    return w, note
+
+
+def values_of(M64: Tensor) -> Tensor:
+    """Eigenvalues (ascending) of a finite symmetric float64 matrix: zero rows deflated
+    (:func:`zero_support`), solvers with fallbacks (:func:`_robust`)."""
+    support = zero_support(M64)
+    if support is None:
+        return _robust_eigvalsh(M64)[0]
+    values, _ = _robust_eigvalsh(M64[support][:, support])
+    return torch.sort(torch.cat([values, values.new_zeros(M64.shape[0] - support.shape[0])])).values
 
 
 def eigvalsh(M: Tensor) -> Tensor:
@@ -259,16 +420,23 @@ def eigvalsh(M: Tensor) -> Tensor:
 
     Only the lower triangle is read (as ``torch.linalg.eigvalsh`` does). Finite CPU input,
     with torch on one thread, runs LAPACK ``syevd`` through SciPy, one matrix at a time
-    (15–20% faster than ``torch.linalg.eigvalsh`` there, docs/performance.md); anything
-    else goes to ``torch.linalg.eigvalsh``, with its behaviour on non-finite input.
+    (15–20% faster than ``torch.linalg.eigvalsh`` there, docs/performance.md), after
+    deflating exactly-zero rows; anything else goes to ``torch.linalg.eigvalsh``, with its
+    behaviour on non-finite input, and where that fails on finite input, one matrix at a
+    time through :func:`values_of` (deflation and the fallback solvers).
     """
-    if not _host_blas(M) or M.dtype != torch.float64 or not all_finite(M):
-        return torch.linalg.eigvalsh(M)
+    host = _host_blas(M) and M.dtype == torch.float64 and all_finite(M)
+    if not host:
+        try:
+            return torch.linalg.eigvalsh(M)
+        except RuntimeError:
+            if M.dtype != torch.float64 or not all_finite(M):
+                raise
     n = M.shape[-1]
     flat = M.reshape(math.prod(M.shape[:-2]), n, n)
-    out = torch.empty(flat.shape[:2], dtype=torch.float64)
+    out = torch.empty(flat.shape[:2], dtype=torch.float64, device=M.device)
     for i in range(flat.shape[0]):
-        out[i] = _eigvalsh_cpu(flat[i].contiguous())
+        out[i] = values_of(full_from_lower(flat[i]))
     return out.reshape(M.shape[:-1])
 
 
@@ -428,7 +596,7 @@ def gram_pair(W: Tensor) -> tuple[Spectrum, Spectrum]:
         U = torch.cat([Q[:, n_keep:], U], dim=1)
     values = torch.zeros(d_big, dtype=torch.float64, device=z.device)
     values[d_big - n_keep :] = z[keep]
-    big = _with_vectors(big_M, values, U.contiguous())
+    big = _with_vectors(big_M, values, U.contiguous(), small.note)
     return (small, big) if a_small else (big, small)
 
 
