@@ -130,6 +130,55 @@ class AlignLayer:
     cross_terms: dict[str, dict[str, Any]] | None = None
     verify: dict[str, Any] | None = None
     pah: dict[str, Any] | None = None
+    warnings: list[dict[str, Any]] | None = None
+
+
+FEW_ROWS_AFFECTS = {
+    "a": ("f-RGA", "f-GWA", "f-RWA", "f-CROSS", "H_a~Z_a", "G_a~Z_a"),
+    "b": ("b-RGA", "b-GWA", "b-RWA", "b-CROSS", "H_b~Z_b", "G_b~Z_b"),
+}
+"""What a side's moments with fewer rows than their dimension affect: its relations,
+cross term and PAH fits (``H``, ``G`` have rank ≤ rows there)."""
+
+
+def layer_warnings(
+    name_rows: int, d_in: int, d_out: int, spectra: crh.LayerSpectra | None = None
+) -> list[dict[str, Any]]:
+    """A layer's warnings (docs/reports.md): fewer probe rows than a side's dimension, and
+    decompositions that needed a fallback solver (the spectrum's ``note``).
+
+    With ``n`` rows, ``H`` and ``G`` of a side of dimension ``d > n`` have rank at most
+    ``n``: their alignment with ``Z`` is measured on an ``n``-dimensional subspace only.
+    """
+    out: list[dict[str, Any]] = []
+    for side, d, label in (("a", d_in, "d_in"), ("b", d_out, "d_out")):
+        if name_rows < d:
+            out.append(
+                {
+                    "kind": "few_rows",
+                    "message": f"{name_rows} probe rows < {label} = {d}: H_{side} and G_{side} "
+                    f"have rank ≤ {name_rows}, so side {side}'s relations and PAH fits see "
+                    "only that subspace (use more probe samples)",
+                    "affects": list(FEW_ROWS_AFFECTS[side]),
+                }
+            )
+    if spectra is not None:
+        for name in crh.MATRIX_NAMES:
+            sp = spectra.get(name)
+            if sp is not None and sp.note:
+                affects = [rid for rid, a, b, _ in (*crh.RELATIONS, *crh.CROSS_TERMS)
+                           if name in (a, b)]
+                out.append({"kind": "solver_fallback", "message": f"{name}: {sp.note}",
+                            "affects": affects})
+    return out
+
+
+def _layer_json(layer: AlignLayer) -> dict[str, Any]:
+    """A layer's report entry; ``warnings`` is written only when there are some."""
+    d = to_jsonable(layer)
+    if not d.get("warnings"):
+        d.pop("warnings", None)
+    return d
 
 
 class _Probe:
@@ -262,7 +311,7 @@ class _Analyzer:
                     failed = AlignLayer(
                         ref.name, ref.kind, ref.d_in, ref.d_out, status="failed", reason=why
                     )
-                    done[ref.name] = to_jsonable(failed)
+                    done[ref.name] = _layer_json(failed)
                     continue
                 done[ref.name] = self._layer(ref, m)
                 if self.keep_matrices:
@@ -317,6 +366,7 @@ class _Analyzer:
             relations={r.id: _relation(r) for r in al.relations},
             cross_terms={r.id: _relation(r) for r in al.cross},
             verify=to_jsonable(crh.verify(m)) if s.verify else None,
+            warnings=layer_warnings(m.n, ref.d_in, ref.d_out, spectra) or None,
         )
         if s.pah:
             pw = pah.powers(
@@ -328,7 +378,7 @@ class _Analyzer:
                 metric=s.metric,
             )
             out = replace(out, pah=_pah(pw))
-        return to_jsonable(out)
+        return _layer_json(out)
 
     def _keep(self, c: ck.Checkpoint, layer: str, m: Any) -> None:
         tag = f"step_{c.step}" if c.step is not None else c.name

@@ -32,6 +32,7 @@ from symtool.cli.common import (
     report_exit_code,
     run_with_resume,
     say,
+    undefined_values,
 )
 from symtool.config import RunConfig, find_config, pick, resolve
 from symtool.errors import UsageError
@@ -304,7 +305,8 @@ def align(
 
         save_tensors_atomic(save_matrices, matrices)
     sink.emit(report)
-    return report_exit_code(report) or (1 if failed_layers(report) else 0)
+    undefined = undefined_values(report)
+    return report_exit_code(report) or (1 if failed_layers(report) or undefined else 0)
 
 
 @command
