@@ -113,3 +113,48 @@ def test_lightning_resnet18_end_to_end_at_one_and_two_threads(run_dir: Path) -> 
             assert va == vb, key  # "holds" verdicts
         elif va is not None:
             assert math.isclose(va, vb, rel_tol=1e-6, abs_tol=1e-8), (key, va, vb)
+
+
+def test_a_value_left_undefined_by_the_solvers_is_named_on_stderr_and_exits_1(
+    run_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When every solver fails on one matrix (here: layer4.1.conv2's H_a, 108×108 with ≤ 12
+    non-zero rows, forced to fail), the other numbers are still there, the undefined ones
+    carry their reason in the report and the table, stderr names them, and the exit is 1."""
+    from symtool import linalg as la
+    from symtool.errors import AnalysisError
+
+    real = la._robust
+    calls: list[int] = []
+
+    def fails_on_12(M, vectors):
+        calls.append(M.shape[0])
+        if len(calls) == 1:  # the first decomposition: H_a on its non-zero rows
+            raise AnalysisError("eigh failed with every solver: forced by the test")
+        return real(M, vectors)
+
+    monkeypatch.setattr(la, "_robust", fails_on_12)
+    res = runner.invoke(
+        app,
+        ["align", str(run_dir), "--model", str(run_dir / "resnet_model.py") + ":resnet18",
+         "--steps", "10", "--layers", "layer4.1.conv2", "--null-samples", "2", "--bootstrap",
+         "0", "-f", "json"],
+    )
+    assert res.exit_code == 1, res.stderr
+    layer = json.loads(res.stdout)["checkpoints"][0]["layers"][0]
+    rel = layer["relations"]
+    assert rel["f-GWA"]["alpha"] is not None and rel["b-RGA"]["alpha"] is not None
+    for rid in ("f-RGA", "f-RWA"):
+        assert rel[rid]["alpha"] is None and "forced by the test" in rel[rid]["reason"]
+    assert "error: step 10 layer layer4.1.conv2: α(f-RGA), α(f-RWA)" in res.stderr
+    assert "forced by the test" in res.stderr
+    calls.clear()
+    table = runner.invoke(
+        app,
+        ["align", str(run_dir), "--model", str(run_dir / "resnet_model.py") + ":resnet18",
+         "--steps", "10", "--layers", "layer4.1.conv2", "--null-samples", "2", "--bootstrap",
+         "0", "-f", "table"],
+        env={"COLUMNS": "250"},
+    )
+    assert table.exit_code == 1
+    assert "undefined: failed: H_a: eigh failed with every solver" in table.stdout
