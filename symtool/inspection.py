@@ -111,9 +111,14 @@ def _dry_run(infos: list[ck.TensorInfo]) -> dict[str, tuple[list[str], list[str]
         for lm in layout.layers:
             add(lm.key, "symmetry", f"rank of {lm.name}")
             add(lm.bias_key, "symmetry", None)
-            if lm.role == "plain" and lm.kind in ("linear", "conv"):
+            # align captures every dense module, q/k/v/o too; not MultiheadAttention's fused
+            # in_proj_weight, a parameter that no Linear module owns
+            if lm.kind in ("linear", "conv", "conv1d") and not lm.key.endswith("in_proj_weight"):
                 add(lm.key, "align", None)
                 add(lm.bias_key, "align", "subtracted from h_b")
+            block = ck.block_role(lm.key)
+            if block is not None:
+                add(lm.key, None, f"{block} projection")
         for pair in layout.pairs:
             note = f"units {pair.incoming}→{pair.outgoing} ({pair.activation})"
             inc, outg = layout.layer(pair.incoming), layout.layer(pair.outgoing)
