@@ -208,6 +208,12 @@ class _Probe:
             }
         return {"source": self.s.source, "sha256": None, "samples": self.s.samples}
 
+    def n_batches(self) -> int | None:
+        """Batches per pass, when known in advance (a probe file)."""
+        if self.data is None:
+            return None
+        return -(-self.data.n // self.s.batch_size)
+
     def batches(self) -> Iterator[probes.Batch]:
         if self.data is not None:
             return probes.iter_batches(self.data, self.s.batch_size)
@@ -236,6 +242,7 @@ class _Analyzer:
         self.skipped: list[dict[str, str]] = []
         self.matrices: dict[str, torch.Tensor] = {}
         self.keep_matrices = False
+        self.stage: Callable[[str], None] = lambda text: None
 
     def _ensure_model(self, sd: dict[str, torch.Tensor]) -> torch.nn.Module:
         if self.model is not None:
@@ -291,8 +298,11 @@ class _Analyzer:
         ]
         done: dict[str, dict[str, Any]] = {}
         n_samples = None
+        n_groups = len(self.groups)
         for i, group in enumerate(self.groups):
-            result = self._capture(model, group)
+            what = f"pass {i + 1}/{n_groups}: " if n_groups > 1 else ""
+            span = group[0].name if len(group) == 1 else f"{group[0].name} … {group[-1].name}"
+            result = self._capture(model, group, f"{what}capture {span}")
             if result.n_samples == 0:
                 what = f"probe source {s.source!r}" if s.source else f"probe data {s.data}"
                 raise ProbeError(f"{what} gave no samples: nothing to capture")
@@ -304,7 +314,10 @@ class _Analyzer:
                     f"{result.n_samples} in pass {i + 1}; --max-memory needs the same data "
                     "on every pass"
                 )
-            for ref in group:
+            for k, ref in enumerate(group):
+                self.stage(
+                    f"{what}layer {k + 1}/{len(group)} {ref.name} ({ref.d_out}×{ref.d_in})"
+                )
                 m = result.layers.get(ref.name)
                 if m is None:
                     why = _why_failed(ref.name, result.failed, bad_weights)
@@ -326,11 +339,13 @@ class _Analyzer:
             **({"prefix_stripped": stripped} if stripped else {}),
         }
 
-    def _capture(self, model: torch.nn.Module, group: list[models.LayerRef]) -> cap.CaptureResult:
+    def _capture(
+        self, model: torch.nn.Module, group: list[models.LayerRef], label: str = "capture"
+    ) -> cap.CaptureResult:
         """One pass over the probe data holding the sums of ``group``'s layers only."""
         s = self.s
         data_parallel = self.world.active and self.world.mode == "data"
-        batches = self.probe.batches()
+        batches = _counted(self.probe.batches(), self.probe.n_batches(), label, self.stage)
         result = cap.capture(
             model,
             group,
@@ -398,6 +413,15 @@ class _Analyzer:
             self.matrices[f"{tag}/{layer}/{k}"] = v.detach().to("cpu", torch.float64).contiguous()
 
 
+def _counted(
+    batches: Iterator[probes.Batch], total: int | None, label: str, stage: Callable[[str], None]
+) -> Iterator[probes.Batch]:
+    """The batches, each announced to ``stage`` as ``label, batch i/total``."""
+    for i, batch in enumerate(batches):
+        stage(f"{label}, batch {i + 1}" + (f"/{total}" if total else ""))
+        yield batch
+
+
 def partition_layers(
     layers: list[models.LayerRef], budget: float | None, *, raw_too: bool = False
 ) -> list[list[models.LayerRef]]:
@@ -449,6 +473,23 @@ def _pah(pw: pah.LayerPowers) -> dict[str, Any]:
     }
 
 
+def _staged(progress: Progress) -> tuple[Progress, Callable[[str], None]]:
+    """A progress callback that remembers the checkpoint it was last told about, and a
+    stage reporter that repeats it with what is being done inside that checkpoint (which
+    pass, batch and layer): ``(i, total, "name: stage")``."""
+    at = [0, 0, ""]
+
+    def per_checkpoint(i: int, total: int, name: str) -> None:
+        at[:] = [i, total, name]
+        progress(i, total, name)
+
+    def stage(text: str) -> None:
+        i, total, name = at
+        progress(int(i), int(total), f"{name}: {text}" if name else text)
+
+    return per_checkpoint, stage
+
+
 def run_align(
     ckpts: list[ck.Checkpoint],
     settings: AlignSettings,
@@ -478,6 +519,8 @@ def run_align(
     probe = _Probe(settings, probe_found)
     analyzer = _Analyzer(settings, probe, world)
     analyzer.keep_matrices = save_matrices is not None
+    if progress is not None:
+        progress, analyzer.stage = _staged(progress)
     report = run_report(
         "symtool/align",
         ckpts,
