@@ -70,7 +70,7 @@ def test_blocks_are_told_apart_by_module_names(name: str, kind: str, role: str |
 
 
 def _plan(infos: list[TensorInfo]) -> dict[str, tuple[list[str], list[str]]]:
-    return _dry_run(infos)
+    return _dry_run(infos)[0]
 
 
 def test_gpt2_mlp_c_proj_is_mlp_and_every_projection_gets_align() -> None:
@@ -102,3 +102,18 @@ def test_llama_q_k_v_o_get_align_and_symmetry() -> None:
             analyses, notes = plan[p + "mlp." + leaf + ".weight"]
             assert analyses == ["symmetry", "align"] and "MLP projection" in notes
     assert plan["model.embed_tokens.weight"][0] == []
+
+
+def test_the_estimate_counts_each_dense_map_once_with_its_shape() -> None:
+    from symtool.align.estimate import layer_cost
+    from symtool.inspection import align_estimate
+
+    _, dense = _dry_run(gpt2_infos())
+    p = "transformer.h.0."
+    assert (p + "attn.c_attn", 3 * E, E) in dense  # Conv1D: weight is in × out
+    assert (p + "mlp.c_fc", F, E) in dense and (p + "mlp.c_proj", E, F) in dense
+    assert len(dense) == 8
+    est = align_estimate(dense)
+    assert est["layers"] == 8
+    assert est["decompose_flops"] == sum(layer_cost(n, i, o).decompose_flops for n, o, i in dense)
+    assert est["sums_bytes"] == sum(layer_cost(n, i, o).sums_bytes for n, o, i in dense)

@@ -8,7 +8,7 @@ sink. No math and no defaults here.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -69,6 +69,25 @@ def inspect(
     output_sink(fmt, out).emit(report)
     return report_exit_code(report)
 
+
+
+def _print_estimate(ckpts: list, settings: Any) -> int:
+    """``align --dry-run``: the estimate per layer and per checkpoint, on stdout."""
+    from symtool.align.estimate import describe, dry_run, human_bytes, human_seconds
+
+    cost = dry_run(ckpts, settings)
+    rate = cost.gemm_gflops * 1e9
+    typer.echo(f"{len(ckpts)} checkpoint(s); estimate for each (docs/performance.md):")
+    for c in cost.layers:
+        rows = "?" if c.rows is None else str(c.rows)
+        secs = c.decompose_flops / (rate / 4) + (c.capture_flops or 0.0) / (rate / 2)
+        typer.echo(
+            f"  {c.name}  {c.d_out}×{c.d_in}  rows {rows}  sums {human_bytes(c.sums_bytes)}"
+            f"  ≈ {human_seconds(secs)}"
+        )
+    for line in describe(cost):
+        typer.echo(line)
+    return 0
 
 
 ALIGN_KEYS: dict[str, str | tuple[str, ...] | None] = {
@@ -217,6 +236,14 @@ def align(
             help="Under torchrun: split the probe data (data) or the checkpoints (checkpoints).",
         ),
     ] = "data",
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Print the estimated memory and time per checkpoint (one probe batch is run "
+            "through the model to count rows); analyse nothing.",
+        ),
+    ] = False,
     config_path: ConfigOpt = None,
     steps: StepsOpt = None,
     every: EveryOpt = None,
@@ -276,6 +303,8 @@ def align(
         source=source,
         base_dir=config.base_dir,
     )
+    if dry_run:
+        return _print_estimate(ckpts, settings)
     world = distributed.from_env(parallel, settings.device)
     if probe_found and world.is_main:
         say(f"using probe data {data_path} (found {probe_found})")
