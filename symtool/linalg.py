@@ -18,6 +18,7 @@ import numpy as np
 import scipy.linalg
 import torch
 
+from symtool import eigen
 from symtool.errors import AnalysisError
 
 Tensor = torch.Tensor
@@ -217,11 +218,11 @@ def spectrum(M: Tensor, *, vectors: bool = True, ones: bool = False) -> Spectrum
     (``syevd``, ``sytrd``, ``stemr``); otherwise in ``torch.linalg`` (``c`` then comes from
     a full ``eigh``).
 
-    Exactly-zero rows (and so columns) are deflated first (:func:`zero_support`): only the
-    block on the other rows is decomposed, and each zero row adds the eigenpair
+    Exactly-zero rows (and so columns) are deflated first (:mod:`symtool.eigen`): only
+    the block on the other rows is decomposed, and each zero row adds the eigenpair
     ``(0, e_j)`` — exact, not an approximation, and the case of im2col moments of 3×3
     kernels on 1×1 maps, where most rows are zero padding (docs/theory.md §7). A solver
-    that fails falls back (:func:`_robust_eigh`); the spectrum's ``note`` says how.
+    that fails falls back (:func:`symtool.eigen.robust`); the spectrum's ``note`` says how.
 
     Args:
         M: a square matrix (any float dtype, any device).
@@ -236,56 +237,17 @@ def spectrum(M: Tensor, *, vectors: bool = True, ones: bool = False) -> Spectrum
             (the message names each attempt).
     """
     M64 = _checked(M)
-    support = zero_support(M64)
+    support = eigen.zero_support(M64)
     sub = M64 if support is None else M64[support][:, support]
     values, V, c, note = _decompose(sub, vectors=vectors, ones=ones)
     if support is not None:
-        values, V, c = _embed(M64.shape[0], support, values, V, c)
+        values, V, c = eigen.embed(M64.shape[0], support, values, V, c)
     if V is not None:
         V = _canonical_signs(V)
         return Spectrum(M64, values, V, _canonical_ones(values, V.sum(dim=0)), note)
     if c is not None:
         return Spectrum(M64, values, None, _canonical_ones(values, c), note)
     return Spectrum(M64, values, None, None, note)
-
-
-def zero_support(M64: Tensor) -> Tensor | None:
-    """Indices of the rows of a symmetric matrix that are not exactly zero, ascending.
-
-    ``None`` when no row is zero (nothing to deflate). A zero row of a symmetric matrix is
-    a zero column too, so ``e_j`` is an eigenvector with eigenvalue 0 and the rest of the
-    spectrum is that of the block on the other rows.
-    """
-    if M64.shape[0] == 0:
-        return None
-    nonzero = (M64 != 0).any(dim=1)
-    if bool(nonzero.all()):
-        return None
-    return torch.nonzero(nonzero).flatten()
-
-
-def _embed(
-    d: int, support: Tensor, values: Tensor, V: Tensor | None, c: Tensor | None
-) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """The full spectrum from the block's: each zero row ``j`` adds ``(0, e_j)``, sorted.
-
-    The sort is stable, so the order does not depend on anything but the values.
-    """
-    k = support.shape[0]
-    dev = values.device
-    zero_rows = torch.ones(d, dtype=torch.bool, device=dev)
-    zero_rows[support] = False
-    null = torch.nonzero(zero_rows).flatten()
-    full = torch.cat([values, values.new_zeros(d - k)])
-    order = torch.sort(full, stable=True).indices
-    if V is not None:
-        W = V.new_zeros(d, d)
-        W[support.unsqueeze(1), torch.arange(k, device=dev).unsqueeze(0)] = V
-        W[null, torch.arange(k, d, device=dev)] = 1.0
-        V = W[:, order]
-    if c is not None:
-        c = torch.cat([c, c.new_ones(d - k)])[order]
-    return full[order], V, c
 
 
 def _decompose(
@@ -295,7 +257,7 @@ def _decompose(
     :func:`spectrum` describes; ``c`` is ``Vᵀ1`` before the canonical ones (or ``None``)."""
     cpu = _host_blas(M64)
     if vectors:
-        w, V, note = _robust_eigh(M64)
+        w, V, note = eigen.robust_eigh(M64, cpu)
         return w, V, None, note
     if ones:
         if cpu:
@@ -304,115 +266,10 @@ def _decompose(
                 return w, None, c, None
             except (RuntimeError, ValueError, np.linalg.LinAlgError):
                 pass
-        w, V, note = _robust_eigh(M64)
+        w, V, note = eigen.robust_eigh(M64, cpu)
         return w, None, _canonical_signs(V).sum(dim=0), note
-    w, note = _robust_eigvalsh(M64)
+    w, note = eigen.robust_eigvalsh(M64, cpu)
     return w, None, None, note
-
-
-SHIFT_REL = 1e-12
-"""Size of the last-resort diagonal shift of :func:`_robust_eigh`, relative to ``max|M|``."""
-
-
-def _attempts(M64: Tensor, vectors: bool):
-    """The solvers :func:`_robust_eigh` tries, in order: ``(label, function)``.
-
-    First the usual one (SciPy ``syevd`` on the CPU at one thread, else ``torch.linalg``),
-    then SciPy's LAPACK drivers ``evr`` (MRRR), ``evd`` (divide and conquer) and ``ev``
-    (QL/QR), on a host copy.
-    """
-
-    def scipy_driver(driver: str):
-        def run(A: Tensor):
-            a = A.detach().cpu().numpy()
-            if vectors:
-                w, V = scipy.linalg.eigh(a, driver=driver, check_finite=False)
-                return (
-                    torch.from_numpy(w).to(A.device),
-                    torch.from_numpy(np.ascontiguousarray(V)).to(A.device),
-                )
-            w = scipy.linalg.eigh(a, eigvals_only=True, driver=driver, check_finite=False)
-            return torch.from_numpy(w).to(A.device), None
-
-        return run
-
-    def torch_solver(A: Tensor):
-        if vectors:
-            return torch.linalg.eigh(A)
-        return torch.linalg.eigvalsh(A), None
-
-    first = ("scipy evd", scipy_driver("evd")) if _host_blas(M64) else ("torch", torch_solver)
-    rest = [(f"scipy {d}", scipy_driver(d)) for d in ("evr", "evd", "ev")]
-    return [first, *(r for r in rest if r[0] != first[0])]
-
-
-_SOLVER_ERRORS = (RuntimeError, ValueError, np.linalg.LinAlgError)
-
-
-def _robust(M64: Tensor, vectors: bool) -> tuple[Tensor, Tensor | None, str | None]:
-    """Eigenvalues (and vectors) from the first solver of :func:`_attempts` that succeeds.
-
-    If all fail, the same solvers run once more on ``M + s·diag(1 + j/d)``, ``s`` =
-    :data:`SHIFT_REL` ``· max|M|``: distinct diagonal entries break the repeated
-    eigenvalues that stall them; every eigenvalue moves by at most ``2s`` (Weyl), which the
-    note reports. Raises AnalysisError naming every attempt when nothing works.
-    """
-    failures: list[str] = []
-    attempts = _attempts(M64, vectors)
-    for i, (label, run) in enumerate(attempts):
-        try:
-            w, V = run(M64)
-        except _SOLVER_ERRORS as exc:
-            failures.append(f"{label}: {_first_line(exc)}")
-            continue
-        if i == 0:
-            return w, V, None
-        return w, V, f"eigh fell back to {label} ({'; '.join(failures)})"
-    d = M64.shape[0]
-    scale = float(M64.abs().max()) if M64.numel() else 0.0
-    s = SHIFT_REL * scale
-    diag = s * (1.0 + torch.arange(d, dtype=torch.float64, device=M64.device) / max(d, 1))
-    shifted = M64 + torch.diag(diag)
-    for label, run in attempts:
-        try:
-            w, V = run(shifted)
-        except _SOLVER_ERRORS as exc:
-            failures.append(f"{label} with shift: {_first_line(exc)}")
-            continue
-        return w, V, (
-            f"eigh needed a diagonal shift of at most {2 * s:.3g} "
-            f"({2 * SHIFT_REL:.0e} of max|M|; eigenvalues off by at most that) "
-            f"after {'; '.join(failures)}"
-        )
-    raise AnalysisError("eigh failed with every solver: " + "; ".join(failures))
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:160] if text else type(exc).__name__
-
-
-def _robust_eigh(M64: Tensor) -> tuple[Tensor, Tensor, str | None]:
-    """Eigenpairs of a finite symmetric float64 matrix that never fail silently."""
-    w, V, note = _robust(M64, True)
-    assert V is not None
-    return w, V, note
-
-
-def _robust_eigvalsh(M64: Tensor) -> tuple[Tensor, str | None]:
-    """Eigenvalues of a finite symmetric float64 matrix that never fail silently."""
-    w, _, note = _robust(M64, False)
-    return w, note
-
-
-def values_of(M64: Tensor) -> Tensor:
-    """Eigenvalues (ascending) of a finite symmetric float64 matrix: zero rows deflated
-    (:func:`zero_support`), solvers with fallbacks (:func:`_robust`)."""
-    support = zero_support(M64)
-    if support is None:
-        return _robust_eigvalsh(M64)[0]
-    values, _ = _robust_eigvalsh(M64[support][:, support])
-    return torch.sort(torch.cat([values, values.new_zeros(M64.shape[0] - support.shape[0])])).values
 
 
 def eigvalsh(M: Tensor) -> Tensor:
@@ -423,7 +280,7 @@ def eigvalsh(M: Tensor) -> Tensor:
     (15–20% faster than ``torch.linalg.eigvalsh`` there, docs/performance.md), after
     deflating exactly-zero rows; anything else goes to ``torch.linalg.eigvalsh``, with its
     behaviour on non-finite input, and where that fails on finite input, one matrix at a
-    time through :func:`values_of` (deflation and the fallback solvers).
+    time through :func:`symtool.eigen.values_of` (deflation and the fallback solvers).
     """
     host = _host_blas(M) and M.dtype == torch.float64 and all_finite(M)
     if not host:
@@ -436,7 +293,7 @@ def eigvalsh(M: Tensor) -> Tensor:
     flat = M.reshape(math.prod(M.shape[:-2]), n, n)
     out = torch.empty(flat.shape[:2], dtype=torch.float64, device=M.device)
     for i in range(flat.shape[0]):
-        out[i] = values_of(full_from_lower(flat[i]))
+        out[i] = eigen.values_of(full_from_lower(flat[i]), _host_blas(flat[i]))
     return out.reshape(M.shape[:-1])
 
 
