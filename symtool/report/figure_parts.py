@@ -117,6 +117,11 @@ def short_names(names: Sequence[str]) -> tuple[dict[str, str], str]:
     return {n: ".".join(p[common:]) for n, p in zip(names, parts, strict=True)}, prefix
 
 
+def layer_label(short: str) -> str:
+    """``layer 4`` for a bare number (Sequential indices), else the name alone."""
+    return short if any(ch.isalpha() for ch in short) else f"layer {short}"
+
+
 def names_caption(prefix: str) -> str:
     """The caption line that gives the full names back."""
     return f"layer names without their common prefix '{prefix}'" if prefix else ""

@@ -14,6 +14,7 @@ from symtool.report.figure_parts import (
     Gaps,
     PlotOptions,
     as_float,
+    layer_label,
     layer_names,
     layer_of,
     legend_caption,
@@ -102,7 +103,7 @@ def align_relations(fig: Any, report: Mapping[str, Any], options: PlotOptions) -
                 ax.set_title(f"{rid}: {math_label(formula)}" if formula else rid)
             if j == 0:
                 shape = shape_label(report, entries, name)
-                ax.set_ylabel(f"{shown[name]}\n{shape.strip()}\nα")
+                ax.set_ylabel(f"{layer_label(shown[name])}\n{shape.strip()}\nα")
     handles, labels = axes[0][0].get_legend_handles_labels()
     legend_caption(fig, handles, labels, names_caption(prefix), gaps.caption())
     metric = ((report.get("provenance") or {}).get("settings") or {}).get("metric", "pearson")
@@ -159,7 +160,7 @@ def align_kappa(fig: Any, report: Mapping[str, Any], options: PlotOptions) -> No
                       [f.get("reason") if str(f.get("reason") or "").startswith("failed") else None
                        for f in fits], ax.get_ylim()[0], f"{shown[name]} κ({fid})")
         ax.grid(True, linewidth=0.3, alpha=0.5)
-        ax.set_title(f"{shown[name]}{shape_label(report, entries, name)}")
+        ax.set_title(f"{layer_label(shown[name])}{shape_label(report, entries, name)}")
         step_axis(ax, xs, label=k // cols == rows - 1)
         if k % cols == 0:
             ax.set_ylabel("κ")
@@ -249,7 +250,7 @@ def align_pah(fig: Any, report: Mapping[str, Any], options: PlotOptions) -> None
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.grid(True, which="major", linewidth=0.3, alpha=0.5)
-        ax.set_title(f"{shown[name]}{shape_label(report, [entry], name)}")
+        ax.set_title(f"{layer_label(shown[name])}{shape_label(report, [entry], name)}")
         ax.set_xlabel("$z_i$ (eigenvalue of $Z = W^TW$ or $WW^T$)")
         if k % cols == 0:
             ax.set_ylabel(r"$m_i = v_i^T M v_i$")

@@ -13,6 +13,7 @@ from symtool.report.figure_parts import (
     as_float,
     entry_of,
     grid,
+    layer_label,
     layer_panels,
     mark_events,
     names_caption,
@@ -51,7 +52,7 @@ def symmetry_ranks(fig: Any, report: Mapping[str, Any], options: PlotOptions) ->
             ax.plot(xs, g, color="0.4", linestyle=":", label=f"Gaussian matrix, τ = {tau0:g}")
             mark_events(ax, report, name, ("rank",))
             shape = next((r.get("shape") for r in reversed(recs) if r.get("shape")), None) or []
-            ax.set_title(f"{shown[name]} ({'×'.join(map(str, shape))})")
+            ax.set_title(f"{layer_label(shown[name])} ({'×'.join(map(str, shape))})")
         else:
             tau0 = settings.get("dead_tau")
             ax.plot(
