@@ -12,15 +12,17 @@ samples:
 * **capture flops**: ``2n·(d_in² + d_out² + d_in·d_out)`` — four Gram sums (``syrk``,
   ``n·d²`` each) and the cross sum ``D`` (``2n·d_in·d_out``); the model's own forward and
   backward are not counted;
-* **decomposition flops**: per side ``17·d³`` (``eigh`` with vectors of ``H``, ``9d³``;
-  eigenvalues and ``Vᵀ1`` of ``G`` and the cross term, ``4d³`` each), plus the Gram pair
-  ``9m³ + 2M³`` (``m``, ``M`` the smaller and larger side: ``eigh`` of the small side and a
-  complete QR of the large one). Exactly-zero rows are deflated at run time, so for im2col
-  layers on tiny maps this is an upper bound.
+* **decomposition flops**: per side ``12·d³`` (``eigh`` with vectors of ``H``, ``9d³``;
+  the tridiagonal reductions behind the eigenvalues and ``Vᵀ1`` of ``G`` and the cross
+  term, ``4/3·d³`` each), plus the Gram pair ``9m³ + 4M²m`` (``m``, ``M`` the smaller and
+  larger side: ``eigh`` of the small side, the complete QR of the ``M × m`` vectors).
+  Exactly-zero rows are deflated at run time, so for im2col layers on tiny maps this is an
+  upper bound.
 
-Seconds = capture flops / (R/2) + decomposition flops / (R/4), ``R`` the float64 GEMM rate
-measured here (:func:`gemm_rate`): Gram sums ran at about half of it, LAPACK ``eigh`` at a
-quarter (measured on 2 cores, d = 500–1000).
+Seconds = (capture + decomposition flops) / (R/2), ``R`` the float64 GEMM rate measured
+here (:func:`gemm_rate`): Gram sums and LAPACK ``eigh`` of large matrices ran at about half
+of it (a 4608² ``eigh`` took 30 s at one thread where GEMM ran at 38 GFLOP/s; smaller and
+busier runs were slower, so read the time as an order of magnitude).
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ LARGE_BYTES = 8 * GIB
 
 LARGE_SECONDS = 120.0
 """Above this estimated time per checkpoint, they suggest ``--layers`` too."""
+
+EFFICIENCY = 0.5
+"""Share of the GEMM rate the Gram sums and the decompositions run at (module docstring)."""
 
 
 @dataclass(frozen=True)
@@ -86,7 +91,7 @@ def layer_cost(
     sq = d_in * d_in + d_out * d_out
     m, big = min(d_in, d_out), max(d_in, d_out)
     capture = None if rows is None else 2.0 * rows * (sq + d_in * d_out)
-    decompose = 17.0 * (d_in**3 + d_out**3) + 9.0 * m**3 + 2.0 * big**3
+    decompose = 12.0 * (d_in**3 + d_out**3) + 9.0 * m**3 + 4.0 * big * big * m
     return LayerCost(
         name, d_in, d_out, rows, layer_bytes(d_in, d_out, raw_too=raw_too), 8 * 6 * sq,
         capture, decompose,
@@ -116,8 +121,8 @@ def checkpoint_cost(
     sides = {d for c in layers for d in (c.d_in, c.d_out)}
     bank = 8 * null_samples * sum(d * d for d in sides)
     known = all(c.capture_flops is not None for c in layers)
-    capture = sum(c.capture_flops or 0.0 for c in layers) / (rate / 2) if known else None
-    decompose = sum(c.decompose_flops for c in layers) / (rate / 4)
+    capture = sum(c.capture_flops or 0.0 for c in layers) / (rate * EFFICIENCY) if known else None
+    decompose = sum(c.decompose_flops for c in layers) / (rate * EFFICIENCY)
     cost = CheckpointCost(
         list(layers), sums, sums + work + bank, bank, capture, decompose, rate / 1e9
     )
@@ -131,7 +136,7 @@ def suggest_layers(layers: Sequence[LayerCost]) -> list[str]:
     return [c.name for c in layers[-2:]]
 
 
-def gemm_rate(n: int = 384) -> float:
+def gemm_rate(n: int = 768) -> float:
     """Float64 GEMM flop/s on this machine at torch's current thread count (best of 3)."""
     a = torch.randn(n, n, dtype=torch.float64)
     a @ a  # warm-up: thread pool and caches

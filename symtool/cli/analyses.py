@@ -73,14 +73,20 @@ def inspect(
 
 def _print_estimate(ckpts: list, settings: Any) -> int:
     """``align --dry-run``: the estimate per layer and per checkpoint, on stdout."""
-    from symtool.align.estimate import describe, dry_run, human_bytes, human_seconds
+    from symtool.align.estimate import (
+        EFFICIENCY,
+        describe,
+        dry_run,
+        human_bytes,
+        human_seconds,
+    )
 
     cost = dry_run(ckpts, settings)
-    rate = cost.gemm_gflops * 1e9
+    rate = cost.gemm_gflops * 1e9 * EFFICIENCY
     typer.echo(f"{len(ckpts)} checkpoint(s); estimate for each (docs/performance.md):")
     for c in cost.layers:
         rows = "?" if c.rows is None else str(c.rows)
-        secs = c.decompose_flops / (rate / 4) + (c.capture_flops or 0.0) / (rate / 2)
+        secs = (c.decompose_flops + (c.capture_flops or 0.0)) / rate
         typer.echo(
             f"  {c.name}  {c.d_out}×{c.d_in}  rows {rows}  sums {human_bytes(c.sums_bytes)}"
             f"  ≈ {human_seconds(secs)}"
