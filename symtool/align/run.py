@@ -142,7 +142,7 @@ cross term and PAH fits (``H``, ``G`` have rank ≤ rows there)."""
 
 
 def layer_warnings(
-    name_rows: int, d_in: int, d_out: int, spectra: crh.LayerSpectra | None = None
+    rows: int, d_in: int, d_out: int, spectra: crh.LayerSpectra | None = None
 ) -> list[dict[str, Any]]:
     """A layer's warnings (docs/reports.md): fewer probe rows than a side's dimension, and
     decompositions that needed a fallback solver (the spectrum's ``note``).
@@ -152,12 +152,12 @@ def layer_warnings(
     """
     out: list[dict[str, Any]] = []
     for side, d, label in (("a", d_in, "d_in"), ("b", d_out, "d_out")):
-        if name_rows < d:
+        if rows < d:
             out.append(
                 {
                     "kind": "few_rows",
-                    "message": f"{name_rows} probe rows < {label} = {d}: H_{side} and G_{side} "
-                    f"have rank ≤ {name_rows}, so side {side}'s relations and PAH fits see "
+                    "message": f"{rows} probe rows < {label} = {d}: H_{side} and G_{side} "
+                    f"have rank ≤ {rows}, so side {side}'s relations and PAH fits see "
                     "only that subspace (use more probe samples)",
                     "affects": list(FEW_ROWS_AFFECTS[side]),
                 }
@@ -300,9 +300,9 @@ class _Analyzer:
         n_samples = None
         n_groups = len(self.groups)
         for i, group in enumerate(self.groups):
-            what = f"pass {i + 1}/{n_groups}: " if n_groups > 1 else ""
+            at = f"pass {i + 1}/{n_groups}: " if n_groups > 1 else ""
             span = group[0].name if len(group) == 1 else f"{group[0].name} … {group[-1].name}"
-            result = self._capture(model, group, f"{what}capture {span}")
+            result = self._capture(model, group, f"{at}capture {span}")
             if result.n_samples == 0:
                 what = f"probe source {s.source!r}" if s.source else f"probe data {s.data}"
                 raise ProbeError(f"{what} gave no samples: nothing to capture")
@@ -316,7 +316,7 @@ class _Analyzer:
                 )
             for k, ref in enumerate(group):
                 self.stage(
-                    f"{what}layer {k + 1}/{len(group)} {ref.name} ({ref.d_out}×{ref.d_in})"
+                    f"{at}layer {k + 1}/{len(group)} {ref.name} ({ref.d_out}×{ref.d_in})"
                 )
                 m = result.layers.get(ref.name)
                 if m is None:
