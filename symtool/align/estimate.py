@@ -12,12 +12,15 @@ samples:
 * **capture flops**: ``2n·(d_in² + d_out² + d_in·d_out)`` — four Gram sums (``syrk``,
   ``n·d²`` each) and the cross sum ``D`` (``2n·d_in·d_out``); the model's own forward and
   backward are not counted;
-* **decomposition flops**: per side ``12·d³`` (``eigh`` with vectors of ``H``, ``9d³``;
-  the tridiagonal reductions behind the eigenvalues and ``Vᵀ1`` of ``G`` and the cross
-  term, ``4/3·d³`` each), plus the Gram pair ``9m³ + 4M²m`` (``m``, ``M`` the smaller and
+* **decomposition flops**: per side ``(9 + 2v)·d³``: ``eigh`` with vectors of ``H``
+  (``9d³``), and the eigenvalues and ``Vᵀ1`` of ``G`` and the cross term, ``v·d³`` each —
+  ``v = 4/3`` (one tridiagonal reduction) with torch on one thread, ``v = 9`` (a full
+  ``eigh``) with more; plus the Gram pair ``9m³ + 4M²m`` (``m``, ``M`` the smaller and
   larger side: ``eigh`` of the small side, the complete QR of the ``M × m`` vectors).
   Exactly-zero rows are deflated at run time, so for im2col layers on tiny maps this is an
-  upper bound.
+  upper bound;
+* **Haar bank** (first checkpoint only; later ones reuse it): ``K`` QR factorisations of
+  ``d × d`` Gaussian matrices, ``8/3·K·d³`` flops per distinct side length.
 
 Seconds = (capture + decomposition flops) / (R/2), ``R`` the float64 GEMM rate measured
 here (:func:`gemm_rate`): Gram sums and LAPACK ``eigh`` of large matrices ran at about half
@@ -62,6 +65,12 @@ class LayerCost:
     decompose_flops: float
 
 
+def values_factor() -> float:
+    """``v`` of the module docstring: flops/d³ of eigenvalues and ``Vᵀ1`` without vectors
+    (one tridiagonal reduction through SciPy at one thread; a full ``eigh`` otherwise)."""
+    return 4.0 / 3.0 if torch.get_num_threads() == 1 else 9.0
+
+
 @dataclass(frozen=True)
 class CheckpointCost:
     """One checkpoint's estimate; ``seconds`` leaves out capture when rows are unknown."""
@@ -73,6 +82,7 @@ class CheckpointCost:
     capture_seconds: float | None
     decompose_seconds: float
     gemm_gflops: float
+    bank_seconds: float = 0.0
     suggest_layers: list[str] = field(default_factory=list)
 
     @property
@@ -81,7 +91,7 @@ class CheckpointCost:
 
     @property
     def large(self) -> bool:
-        return self.peak_bytes > LARGE_BYTES or self.seconds > LARGE_SECONDS
+        return self.peak_bytes > LARGE_BYTES or self.seconds + self.bank_seconds > LARGE_SECONDS
 
 
 def layer_cost(
@@ -91,7 +101,8 @@ def layer_cost(
     sq = d_in * d_in + d_out * d_out
     m, big = min(d_in, d_out), max(d_in, d_out)
     capture = None if rows is None else 2.0 * rows * (sq + d_in * d_out)
-    decompose = 12.0 * (d_in**3 + d_out**3) + 9.0 * m**3 + 4.0 * big * big * m
+    per_side = 9.0 + 2.0 * values_factor()
+    decompose = per_side * (d_in**3 + d_out**3) + 9.0 * m**3 + 4.0 * big * big * m
     return LayerCost(
         name, d_in, d_out, rows, layer_bytes(d_in, d_out, raw_too=raw_too), 8 * 6 * sq,
         capture, decompose,
@@ -123,10 +134,11 @@ def checkpoint_cost(
     known = all(c.capture_flops is not None for c in layers)
     capture = sum(c.capture_flops or 0.0 for c in layers) / (rate * EFFICIENCY) if known else None
     decompose = sum(c.decompose_flops for c in layers) / (rate * EFFICIENCY)
+    bank_s = 8.0 / 3.0 * null_samples * sum(d**3 for d in sides) / (rate * EFFICIENCY)
     cost = CheckpointCost(
-        list(layers), sums, sums + work + bank, bank, capture, decompose, rate / 1e9
+        list(layers), sums, sums + work + bank, bank, capture, decompose, rate / 1e9, bank_s
     )
-    if cost.large:
+    if cost.large and len(layers) > 2:  # already two layers: nothing left to drop
         cost = replace(cost, suggest_layers=suggest_layers(layers))
     return cost
 
@@ -177,6 +189,8 @@ def describe(cost: CheckpointCost) -> list[str]:
             else f"≈ {human_seconds(cost.decompose_seconds)} of decompositions (+ capture)"
         )
         + f" at {cost.gemm_gflops:.3g} GFLOP/s"
+        + (f", + {human_seconds(cost.bank_seconds)} once to draw the Haar bank"
+           if cost.bank_seconds >= 1 else "")
     ]
     if cost.suggest_layers:
         flags = " ".join(f"--layers {n}" for n in cost.suggest_layers)
