@@ -8,19 +8,21 @@ samples:
   (``5(d_in² + d_out²) + 2·d_in·d_out``), the streaming sums and the finished matrices;
 * **analysis working set** (one layer at a time, after the pass): 8 bytes ×
   ``6·(d_in² + d_out²)`` (each side's symmetrised matrix, eigenvectors, their embedding,
-  ``Z`` and its vectors), plus the run's Haar bank, ``8·K·d²`` per distinct side length;
+  ``Z`` and its vectors);
 * **capture flops**: ``2n·(d_in² + d_out² + d_in·d_out)`` — four Gram sums (``syrk``,
   ``n·d²`` each) and the cross sum ``D`` (``2n·d_in·d_out``); the model's own forward and
   backward are not counted;
-* **decomposition flops**: per side ``(9 + 2v)·d³``: ``eigh`` with vectors of ``H``
-  (``9d³``), and the eigenvalues and ``Vᵀ1`` of ``G`` and the cross term, ``v·d³`` each —
-  ``v = 4/3`` (one tridiagonal reduction) with torch on one thread, ``v = 9`` (a full
-  ``eigh``) with more; plus the Gram pair ``9m³ + 4M²m`` (``m``, ``M`` the smaller and
-  larger side: ``eigh`` of the small side, the complete QR of the ``M × m`` vectors).
-  Exactly-zero rows are deflated at run time, so for im2col layers on tiny maps this is an
-  upper bound;
-* **Haar bank** (first checkpoint only; later ones reuse it): ``K`` QR factorisations of
-  ``d × d`` Gaussian matrices, ``8/3·K·d³`` flops per distinct side length.
+* **decomposition flops**: per side ``11·d³``: ``eigh`` with vectors of ``H`` (``9d³``) and
+  the one product ``G̃G̃`` behind the exact null's fourth trace (``2d³``); with a sampled
+  null (``--null-samples K > 0``) also the eigenvalues and ``Vᵀ1`` of ``G`` and the cross
+  term, ``v·d³`` each — ``v = 4/3`` (one tridiagonal reduction) with torch on one thread,
+  ``v = 9`` (a full ``eigh``) with more; plus the Gram pair ``9m³ + 4M²m`` (``m``, ``M`` the
+  smaller and larger side: ``eigh`` of the small side, the complete QR of the ``M × m``
+  vectors). Exactly-zero rows are deflated at run time, so for im2col layers on tiny maps
+  this is an upper bound;
+* **Haar bank** (``K > 0`` only, first checkpoint; later ones reuse it): ``K`` QR
+  factorisations of ``d × d`` Gaussian matrices, ``8/3·K·d³`` flops per distinct side
+  length, and ``8·K·d²`` bytes.
 
 Seconds = (capture + decomposition flops) / (R/2), ``R`` the float64 GEMM rate measured
 here (:func:`gemm_rate`): Gram sums and LAPACK ``eigh`` of large matrices ran at about half
@@ -95,13 +97,19 @@ class CheckpointCost:
 
 
 def layer_cost(
-    name: str, d_in: int, d_out: int, rows: int | None = None, *, raw_too: bool = False
+    name: str,
+    d_in: int,
+    d_out: int,
+    rows: int | None = None,
+    *,
+    raw_too: bool = False,
+    null_samples: int = 0,
 ) -> LayerCost:
     """The formula's terms for one layer of ``d_out × d_in`` with ``rows`` probe rows."""
     sq = d_in * d_in + d_out * d_out
     m, big = min(d_in, d_out), max(d_in, d_out)
     capture = None if rows is None else 2.0 * rows * (sq + d_in * d_out)
-    per_side = 9.0 + 2.0 * values_factor()
+    per_side = 11.0 + (2.0 * values_factor() if null_samples > 0 else 0.0)
     decompose = per_side * (d_in**3 + d_out**3) + 9.0 * m**3 + 4.0 * big * big * m
     return LayerCost(
         name, d_in, d_out, rows, layer_bytes(d_in, d_out, raw_too=raw_too), 8 * 6 * sq,
@@ -112,7 +120,7 @@ def layer_cost(
 def checkpoint_cost(
     layers: Sequence[LayerCost],
     *,
-    null_samples: int = 16,
+    null_samples: int = 0,
     groups: Sequence[Sequence[str]] | None = None,
     rate: float | None = None,
 ) -> CheckpointCost:
@@ -120,7 +128,7 @@ def checkpoint_cost(
 
     Args:
         layers: the analysed layers.
-        null_samples: ``K``, Haar matrices kept per distinct side length.
+        null_samples: ``K``, Haar matrices kept per distinct side length (sampled null).
         groups: layer names per pass (``--max-memory``); one pass when ``None``.
         rate: float64 GEMM flop/s (measured by :func:`gemm_rate` when ``None``).
     """
@@ -182,7 +190,8 @@ def describe(cost: CheckpointCost) -> list[str]:
     """The estimate as lines for people (``inspect`` tables, ``--dry-run``)."""
     lines = [
         f"{len(cost.layers)} layers; per checkpoint ≈ {human_bytes(cost.peak_bytes)} peak "
-        f"({human_bytes(cost.sums_bytes)} sums, {human_bytes(cost.bank_bytes)} Haar bank) and "
+        f"({human_bytes(cost.sums_bytes)} sums"
+        + (f", {human_bytes(cost.bank_bytes)} Haar bank" if cost.bank_bytes else "") + ") and "
         + (
             f"≈ {human_seconds(cost.seconds)}"
             if cost.capture_seconds is not None
@@ -253,7 +262,8 @@ def dry_run(ckpts: Sequence[Any], settings: Any) -> CheckpointCost:
             rows = {k: v * total // n_first for k, v in per.items()}
     raw_too = settings.verify and settings.moments == "paper"
     costs = [
-        layer_cost(r.name, r.d_in, r.d_out, rows.get(r.name), raw_too=raw_too)
+        layer_cost(r.name, r.d_in, r.d_out, rows.get(r.name), raw_too=raw_too,
+                   null_samples=settings.null_samples)
         for r in analyzer.layers
     ]
     groups = [[r.name for r in g] for g in analyzer.groups]
