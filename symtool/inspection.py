@@ -60,7 +60,7 @@ def _tensor_listing(
             if e["path"] == str(c.path):
                 e["error"] = str(exc)
         return None
-    plan = _dry_run(infos)
+    plan, dense = _dry_run(infos)
     items = []
     for info in infos:
         kind = ck.tensor_kind(info.name, info.shape)
@@ -75,12 +75,36 @@ def _tensor_listing(
                 "notes": notes,
             }
         )
-    return {"checkpoint": str(c.path), "step": c.step, "items": items}
+    listing: dict[str, Any] = {"checkpoint": str(c.path), "step": c.step, "items": items}
+    if dense:
+        listing["estimate"] = align_estimate(dense)
+    return listing
 
 
-def _dry_run(infos: list[ck.TensorInfo]) -> dict[str, tuple[list[str], list[str]]]:
+def align_estimate(dense: list[tuple[str, int, int]]) -> dict[str, Any]:
+    """``align``'s estimated cost per checkpoint for these ``(name, d_out, d_in)`` layers
+    (:mod:`symtool.align.estimate`; without probe rows, capture is not counted).
+    ``duration_s`` uses this machine's measured GEMM rate, so it is volatile."""
+    from symtool.align import estimate as est
+
+    cost = est.checkpoint_cost([est.layer_cost(n, d_in, d_out) for n, d_out, d_in in dense])
+    return {
+        "layers": len(cost.layers),
+        "sums_bytes": cost.sums_bytes,
+        "peak_bytes": cost.peak_bytes,
+        "decompose_flops": sum(c.decompose_flops for c in cost.layers),
+        "duration_s": round(cost.decompose_seconds, 3),
+        "suggest_layers": cost.suggest_layers,
+        "summary": est.describe(cost),
+    }
+
+
+def _dry_run(
+    infos: list[ck.TensorInfo],
+) -> tuple[dict[str, tuple[list[str], list[str]]], list[tuple[str, int, int]]]:
     """Per tensor: which analyses would read it and how, from the analyses' own discovery
-    (run on shape-only ``meta`` tensors, so no data is loaded)."""
+    (run on shape-only ``meta`` tensors, so no data is loaded); and the layers ``align``
+    would capture, ``(name, d_out, d_in)``."""
     import torch
 
     from symtool.ode.cells import discover_cells
@@ -92,6 +116,7 @@ def _dry_run(infos: list[ck.TensorInfo]) -> dict[str, tuple[list[str], list[str]
         if isinstance(dtype, torch.dtype):
             meta[i.name] = torch.empty(i.shape, dtype=dtype, device="meta")
     plan: dict[str, tuple[list[str], list[str]]] = {n: ([], []) for n in meta}
+    dense: dict[str, tuple[str, int, int]] = {}
 
     def add(name: str | None, analysis: str | None, note: str | None) -> None:
         if name not in plan:
@@ -111,9 +136,19 @@ def _dry_run(infos: list[ck.TensorInfo]) -> dict[str, tuple[list[str], list[str]
         for lm in layout.layers:
             add(lm.key, "symmetry", f"rank of {lm.name}")
             add(lm.bias_key, "symmetry", None)
-            if lm.role == "plain" and lm.kind in ("linear", "conv"):
+            # align captures every dense module, q/k/v/o too; not MultiheadAttention's fused
+            # in_proj_weight, a parameter that no Linear module owns
+            if lm.kind in ("linear", "conv", "conv1d") and not lm.key.endswith("in_proj_weight"):
                 add(lm.key, "align", None)
+                if lm.key in meta:  # one module per key (GPT-2's c_attn is one map)
+                    w = meta[lm.key]
+                    d_out, d_in = (w.shape[1], w.shape[0]) if lm.kind == "conv1d" else (
+                        w.shape[0], w.numel() // max(w.shape[0], 1))
+                    dense.setdefault(lm.key, (lm.key.removesuffix(".weight"), d_out, d_in))
                 add(lm.bias_key, "align", "subtracted from h_b")
+            block = ck.block_role(lm.key)
+            if block is not None:
+                add(lm.key, None, f"{block} projection")
         for pair in layout.pairs:
             note = f"units {pair.incoming}→{pair.outgoing} ({pair.activation})"
             inc, outg = layout.layer(pair.incoming), layout.layer(pair.outgoing)
@@ -140,4 +175,4 @@ def _dry_run(infos: list[ck.TensorInfo]) -> dict[str, tuple[list[str], list[str]
                     "ode",
                     f"{cell.kind} layer {cell.layer}{' reverse' if cell.reverse else ''}",
                 )
-    return plan
+    return plan, list(dense.values())

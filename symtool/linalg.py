@@ -18,6 +18,7 @@ import numpy as np
 import scipy.linalg
 import torch
 
+from symtool import eigen
 from symtool.errors import AnalysisError
 
 Tensor = torch.Tensor
@@ -43,6 +44,9 @@ class Spectrum:
             inside a degenerate eigenspace, all of it sits on the space's first vector
             (see :func:`_canonical_ones`).
 
+        note: how the decomposition was obtained when the first solver failed (the
+            fallback driver, or the diagonal shift it needed); ``None`` otherwise.
+
     ``vectors`` is ``None`` for a spectrum computed without them, and ``ones`` too for a
     values-only one (see :func:`spectrum`).
     """
@@ -51,6 +55,7 @@ class Spectrum:
     values: Tensor
     vectors: Tensor | None
     ones: Tensor | None
+    note: str | None = None
 
     @property
     def dim(self) -> int:
@@ -182,10 +187,10 @@ def full_from_lower(S: Tensor) -> Tensor:
     return low + torch.tril(S, -1).mT
 
 
-def _with_vectors(M64: Tensor, values: Tensor, V: Tensor) -> Spectrum:
+def _with_vectors(M64: Tensor, values: Tensor, V: Tensor, note: str | None = None) -> Spectrum:
     """The :class:`Spectrum` of ``M64`` from its eigenpairs, in the canonical signs and ``c``."""
     V = _canonical_signs(V)
-    return Spectrum(M64, values, V, _canonical_ones(values, V.sum(dim=0)))
+    return Spectrum(M64, values, V, _canonical_ones(values, V.sum(dim=0)), note)
 
 
 def _checked(M: Tensor) -> Tensor:
@@ -213,6 +218,12 @@ def spectrum(M: Tensor, *, vectors: bool = True, ones: bool = False) -> Spectrum
     (``syevd``, ``sytrd``, ``stemr``); otherwise in ``torch.linalg`` (``c`` then comes from
     a full ``eigh``).
 
+    Exactly-zero rows (and so columns) are deflated first (:mod:`symtool.eigen`): only
+    the block on the other rows is decomposed, and each zero row adds the eigenpair
+    ``(0, e_j)`` — exact, not an approximation, and the case of im2col moments of 3×3
+    kernels on 1×1 maps, where most rows are zero padding (docs/theory.md §7). A solver
+    that fails falls back (:func:`symtool.eigen.robust`); the spectrum's ``note`` says how.
+
     Args:
         M: a square matrix (any float dtype, any device).
         vectors: also compute eigenvectors.
@@ -222,36 +233,43 @@ def spectrum(M: Tensor, *, vectors: bool = True, ones: bool = False) -> Spectrum
         The :class:`Spectrum`, eigenvalues ascending.
 
     Raises:
-        AnalysisError: ``M`` is not square, has non-finite entries, or ``eigh`` fails.
+        AnalysisError: ``M`` is not square, has non-finite entries, or every solver failed
+            (the message names each attempt).
     """
     M64 = _checked(M)
+    support = eigen.zero_support(M64)
+    sub = M64 if support is None else M64[support][:, support]
+    values, V, c, note = _decompose(sub, vectors=vectors, ones=ones)
+    if support is not None:
+        values, V, c = eigen.embed(M64.shape[0], support, values, V, c)
+    if V is not None:
+        V = _canonical_signs(V)
+        return Spectrum(M64, values, V, _canonical_ones(values, V.sum(dim=0)), note)
+    if c is not None:
+        return Spectrum(M64, values, None, _canonical_ones(values, c), note)
+    return Spectrum(M64, values, None, None, note)
+
+
+def _decompose(
+    M64: Tensor, *, vectors: bool, ones: bool
+) -> tuple[Tensor, Tensor | None, Tensor | None, str | None]:
+    """``(values, vectors, c, note)`` of a finite symmetric float64 matrix, at the depth
+    :func:`spectrum` describes; ``c`` is ``Vᵀ1`` before the canonical ones (or ``None``)."""
     cpu = _host_blas(M64)
-    try:
-        if vectors:
-            return _with_vectors(M64, *(_eigh_cpu(M64) if cpu else torch.linalg.eigh(M64)))
-        if ones:
-            if cpu:
-                values, c = _values_and_ones(M64)
-            else:
-                values, V = torch.linalg.eigh(M64)
-                c = _canonical_signs(V).sum(dim=0)
-            return Spectrum(M64, values, None, _canonical_ones(values, c))
-        return Spectrum(M64, _eigvalsh_cpu(M64) if cpu else torch.linalg.eigvalsh(M64), None, None)
-    except (RuntimeError, ValueError, np.linalg.LinAlgError) as exc:
-        raise AnalysisError(f"eigh failed: {exc}") from exc
-
-
-def _eigh_cpu(M64: Tensor) -> tuple[Tensor, Tensor]:
-    """``eigh`` of a finite symmetric float64 CPU matrix with LAPACK ``syevd``."""
-    w, V = scipy.linalg.eigh(M64.detach().numpy(), driver="evd", check_finite=False)
-    return torch.from_numpy(w), torch.from_numpy(np.ascontiguousarray(V))
-
-
-def _eigvalsh_cpu(M64: Tensor) -> Tensor:
-    """Eigenvalues (ascending) of a finite symmetric float64 CPU matrix."""
-    return torch.from_numpy(
-        scipy.linalg.eigh(M64.detach().numpy(), eigvals_only=True, driver="evd", check_finite=False)
-    )
+    if vectors:
+        w, V, note = eigen.robust_eigh(M64, cpu)
+        return w, V, None, note
+    if ones:
+        if cpu:
+            try:
+                w, c = _values_and_ones(M64)
+                return w, None, c, None
+            except (RuntimeError, ValueError, np.linalg.LinAlgError):
+                pass
+        w, V, note = eigen.robust_eigh(M64, cpu)
+        return w, None, _canonical_signs(V).sum(dim=0), note
+    w, note = eigen.robust_eigvalsh(M64, cpu)
+    return w, None, None, note
 
 
 def eigvalsh(M: Tensor) -> Tensor:
@@ -259,16 +277,23 @@ def eigvalsh(M: Tensor) -> Tensor:
 
     Only the lower triangle is read (as ``torch.linalg.eigvalsh`` does). Finite CPU input,
     with torch on one thread, runs LAPACK ``syevd`` through SciPy, one matrix at a time
-    (15–20% faster than ``torch.linalg.eigvalsh`` there, docs/performance.md); anything
-    else goes to ``torch.linalg.eigvalsh``, with its behaviour on non-finite input.
+    (15–20% faster than ``torch.linalg.eigvalsh`` there, docs/performance.md), after
+    deflating exactly-zero rows; anything else goes to ``torch.linalg.eigvalsh``, with its
+    behaviour on non-finite input, and where that fails on finite input, one matrix at a
+    time through :func:`symtool.eigen.values_of` (deflation and the fallback solvers).
     """
-    if not _host_blas(M) or M.dtype != torch.float64 or not all_finite(M):
-        return torch.linalg.eigvalsh(M)
+    host = _host_blas(M) and M.dtype == torch.float64 and all_finite(M)
+    if not host:
+        try:
+            return torch.linalg.eigvalsh(M)
+        except RuntimeError:
+            if M.dtype != torch.float64 or not all_finite(M):
+                raise
     n = M.shape[-1]
     flat = M.reshape(math.prod(M.shape[:-2]), n, n)
-    out = torch.empty(flat.shape[:2], dtype=torch.float64)
+    out = torch.empty(flat.shape[:2], dtype=torch.float64, device=M.device)
     for i in range(flat.shape[0]):
-        out[i] = _eigvalsh_cpu(flat[i].contiguous())
+        out[i] = eigen.values_of(full_from_lower(flat[i]), _host_blas(flat[i]))
     return out.reshape(M.shape[:-1])
 
 
@@ -428,7 +453,7 @@ def gram_pair(W: Tensor) -> tuple[Spectrum, Spectrum]:
         U = torch.cat([Q[:, n_keep:], U], dim=1)
     values = torch.zeros(d_big, dtype=torch.float64, device=z.device)
     values[d_big - n_keep :] = z[keep]
-    big = _with_vectors(big_M, values, U.contiguous())
+    big = _with_vectors(big_M, values, U.contiguous(), small.note)
     return (small, big) if a_small else (big, small)
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from symtool import eigen
 from symtool.align.score import HaarBank
 from symtool.errors import AnalysisError
 from symtool.linalg import all_finite, eigvalsh, gram, gram_pair, spectrum, sym
@@ -247,3 +248,132 @@ def test_all_finite_agrees_with_the_entrywise_check():
     assert not all_finite(y)
     big = torch.full((4,), 3e38, dtype=torch.float32)  # finite entries whose sum overflows
     assert not torch.isfinite(big.sum()) and all_finite(big)
+
+
+# --- deflation and solver fallbacks (issue 15: ResNet layer4's H_a) ---------------------
+
+
+def _im2col_moment(channels: int = 24, rows: int = 15, seed: int = 5) -> torch.Tensor:
+    """A small analogue of ResNet-18 layer4's ``H_a``: im2col of 3×3 kernels on 1×1 maps.
+
+    With padding 1 only the centre tap of each channel sees data, so 8 of every 9 columns
+    (``d = 9·channels``) are exactly zero, and there are fewer rows than channels.
+    """
+    g = torch.Generator().manual_seed(seed)
+    d = 9 * channels
+    X = torch.zeros(rows, d, dtype=torch.float64)
+    X[:, 4::9] = torch.relu(torch.randn(rows, channels, generator=g, dtype=torch.float64))
+    return X.T @ X
+
+
+@pytest.mark.parametrize("host", [True, False])
+def test_zero_rows_are_deflated_exactly(monkeypatch: pytest.MonkeyPatch, host: bool) -> None:
+    from symtool import linalg as la
+
+    monkeypatch.setattr(la, "HOST_BLAS", host)
+    H = _im2col_moment()
+    d = H.shape[0]
+    seen: list[int] = []
+    robust = eigen.robust
+    monkeypatch.setattr(
+        eigen, "robust", lambda M, v, host: (seen.append(M.shape[0]), robust(M, v, host))[1]
+    )
+    s = spectrum(H)
+    assert seen == [24]  # only the 24 centre-tap rows were decomposed
+    ref = np.linalg.eigvalsh(H.numpy())
+    assert np.allclose(s.values.numpy(), ref, atol=1e-10 * float(H.abs().max()))
+    assert bool((s.values[1:] >= s.values[:-1]).all())
+    rec = (s.vectors * s.values) @ s.vectors.T
+    assert torch.allclose(rec, H, atol=1e-10 * float(H.abs().max()))
+    assert torch.allclose(s.vectors.T @ s.vectors, torch.eye(d, dtype=torch.float64), atol=1e-12)
+    # each zero row j contributes exactly the eigenpair (0, e_j)
+    zero_rows = [j for j in range(d) if j % 9 != 4]
+    block = s.vectors[zero_rows]
+    assert int((block.abs() == 1.0).sum()) == len(zero_rows)
+    # values-only and values-and-ones depths see the same spectrum and c = Vᵀ1
+    p = spectrum(H, vectors=False, ones=True)
+    assert torch.allclose(p.values, s.values, atol=1e-10 * float(H.abs().max()))
+    assert torch.allclose(p.ones, s.ones, atol=1e-9)
+    assert torch.allclose(spectrum(H, vectors=False).values, s.values, atol=1e-9)
+    v = eigvalsh(H.unsqueeze(0))[0]
+    assert np.allclose(v.numpy(), ref, atol=1e-10 * float(H.abs().max()))
+
+
+def test_a_failing_solver_falls_back_and_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What torch's MKL ``eigh`` did on 2 threads for layer4's H_a: the fallback answers."""
+    from symtool import linalg as la
+
+    monkeypatch.setattr(la, "HOST_BLAS", False)
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("linalg.eigh: The algorithm failed to converge (error code: 20145713)")
+
+    monkeypatch.setattr(torch.linalg, "eigh", fails)
+    monkeypatch.setattr(torch.linalg, "eigvalsh", fails)
+    M = psd(30, 8) + 0.1
+    s = spectrum(M)
+    assert s.note is not None and "scipy evr" in s.note and "failed to converge" in s.note
+    assert np.allclose(s.values.numpy(), np.linalg.eigvalsh(M.numpy()), atol=1e-10)
+    assert torch.allclose((s.vectors * s.values) @ s.vectors.T, M, atol=1e-10)
+    p = spectrum(M, vectors=False, ones=True)  # the torch path of c = Vᵀ1 needs eigh too
+    assert p.note is not None and torch.allclose(p.ones, s.ones, atol=1e-9)
+    assert np.allclose(eigvalsh(M.unsqueeze(0))[0].numpy(), np.linalg.eigvalsh(M.numpy()))
+    za, zb = gram_pair(torch.randn(4, 7, dtype=torch.float64))
+    assert za.note is not None and za.note == zb.note
+
+
+def test_shift_is_the_last_resort_and_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    from symtool import linalg as la
+
+    monkeypatch.setattr(la, "HOST_BLAS", True)
+    real = eigen.scipy.linalg.eigh
+    calls: list[str] = []
+
+    def picky(a, *args, driver=None, **kwargs):
+        calls.append(driver)
+        if len(calls) <= 3:  # evd, evr, ev on the matrix itself all fail
+            raise np.linalg.LinAlgError(f"{driver} did not converge")
+        return real(a, *args, driver=driver, **kwargs)
+
+    monkeypatch.setattr(eigen.scipy.linalg, "eigh", picky)
+    M = psd(12, 3)
+    s = spectrum(M)
+    assert calls == ["evd", "evr", "ev", "evd"]
+    assert s.note is not None and "diagonal shift" in s.note
+    bound = 2 * eigen.SHIFT_REL * float(M.abs().max())
+    assert np.allclose(s.values.numpy(), np.linalg.eigvalsh(M.numpy()), atol=bound + 1e-12)
+
+
+def test_when_every_solver_fails_the_error_names_each(monkeypatch: pytest.MonkeyPatch) -> None:
+    from symtool import linalg as la
+
+    monkeypatch.setattr(la, "HOST_BLAS", True)
+
+    def never(a, *args, driver=None, **kwargs):
+        raise np.linalg.LinAlgError(f"{driver} broke")
+
+    monkeypatch.setattr(eigen.scipy.linalg, "eigh", never)
+    with pytest.raises(AnalysisError) as info:
+        spectrum(psd(5, 1))
+    for label in ("scipy evd: evd broke", "scipy evr", "scipy ev: ev broke", "with shift"):
+        assert label in info.value.message
+
+
+def test_spectra_agree_at_one_and_two_threads() -> None:
+    """One thread runs SciPy's LAPACK, two run torch's MKL: same values, signs, c."""
+    H = _im2col_moment(channels=40, rows=30, seed=9)
+    before = torch.get_num_threads()
+    got = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            s = spectrum(H)
+            got.append((s.values, s.vectors, s.ones, spectrum(H, vectors=False, ones=True).ones))
+    finally:
+        torch.set_num_threads(before)
+    scale = float(H.abs().max())
+    assert torch.allclose(got[0][0], got[1][0], atol=1e-12 * scale)
+    top = got[0][0] > 1e-8 * scale  # vectors are unique (up to sign) only off the null space
+    assert torch.allclose(got[0][1][:, top], got[1][1][:, top], atol=1e-9)
+    assert torch.allclose(got[0][2], got[1][2], atol=1e-9)
+    assert torch.allclose(got[0][3], got[1][3], atol=1e-9)

@@ -130,6 +130,55 @@ class AlignLayer:
     cross_terms: dict[str, dict[str, Any]] | None = None
     verify: dict[str, Any] | None = None
     pah: dict[str, Any] | None = None
+    warnings: list[dict[str, Any]] | None = None
+
+
+FEW_ROWS_AFFECTS = {
+    "a": ("f-RGA", "f-GWA", "f-RWA", "f-CROSS", "H_a~Z_a", "G_a~Z_a"),
+    "b": ("b-RGA", "b-GWA", "b-RWA", "b-CROSS", "H_b~Z_b", "G_b~Z_b"),
+}
+"""What a side's moments with fewer rows than their dimension affect: its relations,
+cross term and PAH fits (``H``, ``G`` have rank ≤ rows there)."""
+
+
+def layer_warnings(
+    rows: int, d_in: int, d_out: int, spectra: crh.LayerSpectra | None = None
+) -> list[dict[str, Any]]:
+    """A layer's warnings (docs/reports.md): fewer probe rows than a side's dimension, and
+    decompositions that needed a fallback solver (the spectrum's ``note``).
+
+    With ``n`` rows, ``H`` and ``G`` of a side of dimension ``d > n`` have rank at most
+    ``n``: their alignment with ``Z`` is measured on an ``n``-dimensional subspace only.
+    """
+    out: list[dict[str, Any]] = []
+    for side, d, label in (("a", d_in, "d_in"), ("b", d_out, "d_out")):
+        if rows < d:
+            out.append(
+                {
+                    "kind": "few_rows",
+                    "message": f"{rows} probe rows < {label} = {d}: H_{side} and G_{side} "
+                    f"have rank ≤ {rows}, so side {side}'s relations and PAH fits see "
+                    "only that subspace (use more probe samples)",
+                    "affects": list(FEW_ROWS_AFFECTS[side]),
+                }
+            )
+    if spectra is not None:
+        for name in crh.MATRIX_NAMES:
+            sp = spectra.get(name)
+            if sp is not None and sp.note:
+                affects = [rid for rid, a, b, _ in (*crh.RELATIONS, *crh.CROSS_TERMS)
+                           if name in (a, b)]
+                out.append({"kind": "solver_fallback", "message": f"{name}: {sp.note}",
+                            "affects": affects})
+    return out
+
+
+def _layer_json(layer: AlignLayer) -> dict[str, Any]:
+    """A layer's report entry; ``warnings`` is written only when there are some."""
+    d = to_jsonable(layer)
+    if not d.get("warnings"):
+        d.pop("warnings", None)
+    return d
 
 
 class _Probe:
@@ -159,6 +208,12 @@ class _Probe:
             }
         return {"source": self.s.source, "sha256": None, "samples": self.s.samples}
 
+    def n_batches(self) -> int | None:
+        """Batches per pass, when known in advance (a probe file)."""
+        if self.data is None:
+            return None
+        return -(-self.data.n // self.s.batch_size)
+
     def batches(self) -> Iterator[probes.Batch]:
         if self.data is not None:
             return probes.iter_batches(self.data, self.s.batch_size)
@@ -187,6 +242,7 @@ class _Analyzer:
         self.skipped: list[dict[str, str]] = []
         self.matrices: dict[str, torch.Tensor] = {}
         self.keep_matrices = False
+        self.stage: Callable[[str], None] = lambda text: None
 
     def _ensure_model(self, sd: dict[str, torch.Tensor]) -> torch.nn.Module:
         if self.model is not None:
@@ -242,8 +298,11 @@ class _Analyzer:
         ]
         done: dict[str, dict[str, Any]] = {}
         n_samples = None
+        n_groups = len(self.groups)
         for i, group in enumerate(self.groups):
-            result = self._capture(model, group)
+            at = f"pass {i + 1}/{n_groups}: " if n_groups > 1 else ""
+            span = group[0].name if len(group) == 1 else f"{group[0].name} … {group[-1].name}"
+            result = self._capture(model, group, f"{at}capture {span}")
             if result.n_samples == 0:
                 what = f"probe source {s.source!r}" if s.source else f"probe data {s.data}"
                 raise ProbeError(f"{what} gave no samples: nothing to capture")
@@ -255,14 +314,17 @@ class _Analyzer:
                     f"{result.n_samples} in pass {i + 1}; --max-memory needs the same data "
                     "on every pass"
                 )
-            for ref in group:
+            for k, ref in enumerate(group):
+                self.stage(
+                    f"{at}layer {k + 1}/{len(group)} {ref.name} ({ref.d_out}×{ref.d_in})"
+                )
                 m = result.take(ref.name)  # finished now; its sums are dropped
                 if m is None:
                     why = _why_failed(ref.name, result.failed, bad_weights)
                     failed = AlignLayer(
                         ref.name, ref.kind, ref.d_in, ref.d_out, status="failed", reason=why
                     )
-                    done[ref.name] = to_jsonable(failed)
+                    done[ref.name] = _layer_json(failed)
                     continue
                 done[ref.name] = self._layer(ref, m)
                 if self.keep_matrices:
@@ -278,11 +340,13 @@ class _Analyzer:
             **({"prefix_stripped": stripped} if stripped else {}),
         }
 
-    def _capture(self, model: torch.nn.Module, group: list[models.LayerRef]) -> cap.CaptureResult:
+    def _capture(
+        self, model: torch.nn.Module, group: list[models.LayerRef], label: str = "capture"
+    ) -> cap.CaptureResult:
         """One pass over the probe data holding the sums of ``group``'s layers only."""
         s = self.s
         data_parallel = self.world.active and self.world.mode == "data"
-        batches = self.probe.batches()
+        batches = _counted(self.probe.batches(), self.probe.n_batches(), label, self.stage)
         result = cap.capture(
             model,
             group,
@@ -319,6 +383,7 @@ class _Analyzer:
             relations={r.id: _relation(r) for r in al.relations},
             cross_terms={r.id: _relation(r) for r in al.cross},
             verify=to_jsonable(crh.verify(m)) if s.verify else None,
+            warnings=layer_warnings(m.n, ref.d_in, ref.d_out, spectra) or None,
         )
         if s.pah:
             pw = pah.powers(
@@ -330,7 +395,7 @@ class _Analyzer:
                 metric=s.metric,
             )
             out = replace(out, pah=_pah(pw))
-        return to_jsonable(out)
+        return _layer_json(out)
 
     def _keep(self, c: ck.Checkpoint, layer: str, m: Any) -> None:
         tag = f"step_{c.step}" if c.step is not None else c.name
@@ -348,6 +413,15 @@ class _Analyzer:
         }
         for k, v in mats.items():
             self.matrices[f"{tag}/{layer}/{k}"] = v.detach().to("cpu", torch.float64).contiguous()
+
+
+def _counted(
+    batches: Iterator[probes.Batch], total: int | None, label: str, stage: Callable[[str], None]
+) -> Iterator[probes.Batch]:
+    """The batches, each announced to ``stage`` as ``label, batch i/total``."""
+    for i, batch in enumerate(batches):
+        stage(f"{label}, batch {i + 1}" + (f"/{total}" if total else ""))
+        yield batch
 
 
 def partition_layers(
@@ -401,6 +475,23 @@ def _pah(pw: pah.LayerPowers) -> dict[str, Any]:
     }
 
 
+def _staged(progress: Progress) -> tuple[Progress, Callable[[str], None]]:
+    """A progress callback that remembers the checkpoint it was last told about, and a
+    stage reporter that repeats it with what is being done inside that checkpoint (which
+    pass, batch and layer): ``(i, total, "name: stage")``."""
+    at = [0, 0, ""]
+
+    def per_checkpoint(i: int, total: int, name: str) -> None:
+        at[:] = [i, total, name]
+        progress(i, total, name)
+
+    def stage(text: str) -> None:
+        i, total, name = at
+        progress(int(i), int(total), f"{name}: {text}" if name else text)
+
+    return per_checkpoint, stage
+
+
 def run_align(
     ckpts: list[ck.Checkpoint],
     settings: AlignSettings,
@@ -430,6 +521,8 @@ def run_align(
     probe = _Probe(settings, probe_found)
     analyzer = _Analyzer(settings, probe, world)
     analyzer.keep_matrices = save_matrices is not None
+    if progress is not None:
+        progress, analyzer.stage = _staged(progress)
     report = run_report(
         "symtool/align",
         ckpts,

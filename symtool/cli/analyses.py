@@ -8,7 +8,7 @@ sink. No math and no defaults here.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -32,6 +32,7 @@ from symtool.cli.common import (
     report_exit_code,
     run_with_resume,
     say,
+    undefined_values,
 )
 from symtool.config import RunConfig, find_config, pick, resolve
 from symtool.errors import UsageError
@@ -68,6 +69,31 @@ def inspect(
     output_sink(fmt, out).emit(report)
     return report_exit_code(report)
 
+
+
+def _print_estimate(ckpts: list, settings: Any) -> int:
+    """``align --dry-run``: the estimate per layer and per checkpoint, on stdout."""
+    from symtool.align.estimate import (
+        EFFICIENCY,
+        describe,
+        dry_run,
+        human_bytes,
+        human_seconds,
+    )
+
+    cost = dry_run(ckpts, settings)
+    rate = cost.gemm_gflops * 1e9 * EFFICIENCY
+    typer.echo(f"{len(ckpts)} checkpoint(s); estimate for each (docs/performance.md):")
+    for c in cost.layers:
+        rows = "?" if c.rows is None else str(c.rows)
+        secs = (c.decompose_flops + (c.capture_flops or 0.0)) / rate
+        typer.echo(
+            f"  {c.name}  {c.d_out}×{c.d_in}  rows {rows}  sums {human_bytes(c.sums_bytes)}"
+            f"  ≈ {human_seconds(secs)}"
+        )
+    for line in describe(cost):
+        typer.echo(line)
+    return 0
 
 
 ALIGN_KEYS: dict[str, str | tuple[str, ...] | None] = {
@@ -220,6 +246,14 @@ def align(
             help="Under torchrun: split the probe data (data) or the checkpoints (checkpoints).",
         ),
     ] = "data",
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Print the estimated memory and time per checkpoint (one probe batch is run "
+            "through the model to count rows); analyse nothing.",
+        ),
+    ] = False,
     config_path: ConfigOpt = None,
     steps: StepsOpt = None,
     every: EveryOpt = None,
@@ -279,6 +313,8 @@ def align(
         source=source,
         base_dir=config.base_dir,
     )
+    if dry_run:
+        return _print_estimate(ckpts, settings)
     world = distributed.from_env(parallel, settings.device)
     if probe_found and world.is_main:
         say(f"using probe data {data_path} (found {probe_found})")
@@ -308,7 +344,8 @@ def align(
 
         save_tensors_atomic(save_matrices, matrices)
     sink.emit(report)
-    return report_exit_code(report) or (1 if failed_layers(report) else 0)
+    undefined = undefined_values(report)
+    return report_exit_code(report) or (1 if failed_layers(report) or undefined else 0)
 
 
 @command

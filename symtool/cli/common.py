@@ -196,6 +196,37 @@ def failed_layers(report: dict[str, Any]) -> int:
     return n
 
 
+def undefined_values(report: dict[str, Any]) -> int:
+    """Values left undefined because a matrix could not be decomposed (reason ``failed: …``),
+    each (checkpoint, layer, reason) announced on stderr once; also each layer warning
+    (``warnings`` of align layers) once per (layer, message). Returns the number of values."""
+    count = 0
+    seen: set[tuple[str, str]] = set()
+    for e in report.get("checkpoints", []):
+        for layer in e.get("layers") or []:
+            if layer.get("status") != "ok":
+                continue
+            for w in layer.get("warnings") or []:
+                if (layer["name"], w["message"]) not in seen:
+                    seen.add((layer["name"], w["message"]))
+                    say(f"warning: layer {layer['name']}: {w['message']}")
+            why: dict[str, list[str]] = {}
+            for group in ("relations", "cross_terms"):
+                for rid, r in (layer.get(group) or {}).items():
+                    if r.get("alpha") is None and str(r.get("reason") or "").startswith("failed"):
+                        why.setdefault(r["reason"], []).append(f"α({rid})")
+            for fid, f in ((layer.get("pah") or {}).get("fits") or {}).items():
+                if f.get("kappa") is None and str(f.get("reason") or "").startswith("failed"):
+                    why.setdefault(f["reason"], []).append(f"κ({fid})")
+            for reason, what in why.items():
+                count += len(what)
+                say(
+                    f"error: step {e.get('step')} layer {layer['name']}: "
+                    f"{', '.join(what)} undefined: {reason}"
+                )
+    return count
+
+
 def parse_model_args(pairs: list[str] | None, config: RunConfig) -> dict[str, Any]:
     """``--model-arg key=value`` (values parsed as TOML scalars) over ``[model.args]``."""
     from symtool.config import tomllib

@@ -535,6 +535,23 @@ _NORM = re.compile(
     re.IGNORECASE,
 )
 _EMBED = re.compile(r"(embed|(^|\.)wte\.|(^|\.)wpe\.|embedding)", re.IGNORECASE)
+_MLP = re.compile(
+    r"(^|\.)(mlp|ffn|feed_forward|feedforward|intermediate|(gate|up|down)_proj|c_fc)(\.|$)",
+    re.IGNORECASE,
+)
+"""Parameters of an MLP block: never attention, whatever their leaf is called (GPT-2's
+``mlp.c_proj`` shares its name with the attention output ``attn.c_proj``)."""
+
+
+def block_role(name: str) -> str | None:
+    """``MLP`` or ``attention`` for a parameter of such a block, by its module names
+    (``mlp.*``, ``gate/up/down_proj``, ``c_fc`` are MLP; ``q/k/v/o``, ``c_attn``,
+    ``attn.c_proj``, ``in_proj`` are attention); ``None`` for anything else."""
+    if _MLP.search(name):
+        return "MLP"
+    if _ATTENTION.search(name):
+        return "attention"
+    return None
 
 
 def tensor_kind(name: str, shape: tuple[int, ...]) -> str:
@@ -545,7 +562,7 @@ def tensor_kind(name: str, shape: tuple[int, ...]) -> str:
         return "norm"
     if _EMBED.search(name):
         return "embedding"
-    if _ATTENTION.search(name) and len(shape) <= 2:
+    if _ATTENTION.search(name) and not _MLP.search(name) and len(shape) <= 2:
         return "attention"
     leaf = name.rsplit(".", 1)[-1]
     if leaf == "weight" and len(shape) == 2:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -74,19 +75,113 @@ def x_steps(entries: Sequence[Mapping[str, Any]]) -> list[float]:
 
 
 def step_axis(ax: Any, xs: Sequence[float], label: bool) -> None:
-    """Symlog steps when they span decades, with ticks at 0 and powers of ten only."""
-    positive = [x for x in xs if x > 0]
-    if positive and max(positive) / min(positive) >= 100:
+    """Symlog steps when they span a decade or are unevenly spaced (0/10/50, 0/10/100/1000),
+    so early checkpoints are not bunched; ticks at the steps themselves when there are at
+    most 8 of them, else at 0 and powers of ten."""
+    positive = sorted({x for x in xs if x > 0})
+    steps = sorted(set(xs))
+    gaps = [b - a for a, b in itertools.pairwise(steps)]
+    uneven = len(gaps) >= 2 and max(gaps) >= 4 * min(gaps)
+    if positive and (max(positive) / min(positive) >= 10 or uneven):
         lin = min(positive)
         ax.set_xscale("symlog", linthresh=lin, linscale=0.5)
-        lo, hi = math.ceil(math.log10(lin)), math.floor(math.log10(max(positive)))
-        ticks = ([0.0] if min(xs) <= 0 else []) + [10.0**k for k in range(lo, hi + 1)]
-        ax.set_xticks(ticks, ["0" if t == 0 else f"$10^{{{round(math.log10(t))}}}$" for t in ticks])
+        if len(steps) <= 8:
+            ticks = steps
+            names = [f"{t:g}" for t in ticks]
+        else:
+            lo, hi = math.ceil(math.log10(lin)), math.floor(math.log10(max(positive)))
+            ticks = ([0.0] if min(xs) <= 0 else []) + [10.0**k for k in range(lo, hi + 1)]
+            names = ["0" if t == 0 else f"$10^{{{round(math.log10(t))}}}$" for t in ticks]
+        ax.set_xticks(ticks, names)
         ax.set_xticks([], minor=True)
         left = min(xs) - 0.3 * lin if min(xs) <= 0 else min(xs) / 1.3
         ax.set_xlim(left, max(xs) * 1.3)
     if label:
-        ax.set_xlabel("training step")
+        ax.set_xlabel("training step" + (" (symlog)" if ax.get_xscale() == "symlog" else ""))
+
+
+def short_names(names: Sequence[str]) -> tuple[dict[str, str], str]:
+    """Layer names without the dotted prefix they all share, and that prefix.
+
+    ``transformer.h.0.attn.c_attn``, ``transformer.h.1.mlp.c_fc`` → ``0.attn.c_attn``,
+    ``1.mlp.c_fc`` (prefix ``transformer.h.``). The last component is always kept, so a
+    single layer keeps its own name's last part.
+    """
+    parts = [n.split(".") for n in names]
+    common = 0
+    if parts:
+        shortest = min(len(p) for p in parts)
+        while common < shortest - 1 and len({p[common] for p in parts}) == 1:
+            common += 1
+    prefix = ".".join(parts[0][:common]) + "." if common else ""
+    return {n: ".".join(p[common:]) for n, p in zip(names, parts, strict=True)}, prefix
+
+
+def layer_label(short: str) -> str:
+    """``layer 4`` for a bare number (Sequential indices), else the name alone."""
+    return short if any(ch.isalpha() for ch in short) else f"layer {short}"
+
+
+def names_caption(prefix: str) -> str:
+    """The caption line that gives the full names back."""
+    return f"layer names without their common prefix '{prefix}'" if prefix else ""
+
+
+class Gaps:
+    """Values a figure cannot draw, marked on their axes and explained in its caption.
+
+    Each distinct reason gets a number; :meth:`mark` puts a red ``×`` with that number where
+    the value would be, and :meth:`caption` lists ``[k] reason (where)``.
+    """
+
+    def __init__(self) -> None:
+        self.reasons: dict[str, list[str]] = {}
+
+    def mark(
+        self,
+        ax: Any,
+        xs: Sequence[float],
+        values: Sequence[float],
+        reasons: Sequence[Any],
+        y: float,
+        where: str,
+    ) -> None:
+        """Mark each NaN value that has a reason at height ``y`` (axes data units)."""
+        for x, v, why in zip(xs, values, reasons, strict=True):
+            if not math.isnan(v) or not why:
+                continue
+            where_list = self.reasons.setdefault(why, [])
+            k = list(self.reasons).index(why) + 1
+            step = f"{x:g}"
+            if f"{where} @ {step}" not in where_list:
+                where_list.append(f"{where} @ {step}")
+            ax.plot([x], [y], linestyle="none", marker="x", color="#d62728", markersize=6,
+                    markeredgewidth=1.5, clip_on=False, zorder=5)
+            ax.annotate(str(k), (x, y), xytext=(3, 2), textcoords="offset points",
+                        fontsize=6, color="#d62728")
+
+    def caption(self, limit: int = 6) -> str:
+        """``× undefined: [1] reason (where, …)`` lines, or empty."""
+        if not self.reasons:
+            return ""
+        lines = []
+        for k, (why, where) in enumerate(self.reasons.items(), 1):
+            shown = ", ".join(where[:limit]) + (f", … {len(where) - limit} more" if
+                                                len(where) > limit else "")
+            lines.append(f"× [{k}] undefined: {_clip(why, 110)} ({shown})")
+        return "\n".join(lines)
+
+
+def _clip(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def legend_caption(fig: Any, handles: Sequence[Any], labels: Sequence[str], *lines: str) -> None:
+    """The figure's legend under the panels, with the caption lines (empty ones skipped)
+    as its left-aligned title: constrained layout makes room for both."""
+    text = "\n".join(line for line in lines if line)
+    fig.legend(handles, labels, loc="outside lower center", ncols=max(len(labels), 1),
+               frameon=False, title=text or None, title_fontsize=7, alignment="left")
 
 
 def math_label(formula: str) -> str:
@@ -112,9 +207,10 @@ def one_entry(report: Mapping[str, Any], options: PlotOptions) -> dict[str, Any]
 
 
 def shape_label(report: Mapping[str, Any], entries: Sequence[Mapping[str, Any]], name: str) -> str:
-    layer = layer_of(report, entries[-1], name)
-    if "d_out" in layer and "d_in" in layer:
-        return f" ({layer['d_out']}×{layer['d_in']})"
+    for e in reversed(entries):  # the last entry that has the layer
+        layer = layer_of(report, e, name)
+        if "d_out" in layer and "d_in" in layer:
+            return f" ({layer['d_out']}×{layer['d_in']})"
     return ""
 
 

@@ -11,15 +11,20 @@ from typing import Any
 
 from symtool.errors import ReportError
 from symtool.report.figure_parts import (
+    Gaps,
     PlotOptions,
     as_float,
+    layer_label,
     layer_names,
     layer_of,
+    legend_caption,
     math_label,
+    names_caption,
     ok_entries,
     one_entry,
     shape_label,
     short,
+    short_names,
     source_label,
     step_axis,
     x_steps,
@@ -57,6 +62,8 @@ def align_relations(fig: Any, report: Mapping[str, Any], options: PlotOptions) -
     rels = [r for r in report.get("relations", {}) if r in _REL_COLOURS] or list(_REL_COLOURS)
     threshold = (report.get("thresholds") or {}).get("alpha")
     xs = x_steps(entries)
+    shown, prefix = short_names(layers)
+    gaps = Gaps()
     axes = fig.subplots(len(layers), len(rels), sharex=True, sharey=True, squeeze=False)
     for i, name in enumerate(layers):
         for j, rid in enumerate(rels):
@@ -84,6 +91,8 @@ def align_relations(fig: Any, report: Mapping[str, Any], options: PlotOptions) -
                     markeredgecolor="black",
                     label="holds",
                 )
+            gaps.mark(ax, xs, alpha, [r.get("reason") for r in recs], -0.2,
+                      f"{shown[name]} {rid}")
             if threshold is not None:
                 ax.axhline(threshold, color="black", linestyle=":", linewidth=0.8)
             ax.set_ylim(-0.25, 1.05)
@@ -94,9 +103,9 @@ def align_relations(fig: Any, report: Mapping[str, Any], options: PlotOptions) -
                 ax.set_title(f"{rid}: {math_label(formula)}" if formula else rid)
             if j == 0:
                 shape = shape_label(report, entries, name)
-                ax.set_ylabel(f"layer {name}{shape}\nα")
+                ax.set_ylabel(f"{layer_label(shown[name])}\n{shape.strip()}\nα")
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), frameon=False)
+    legend_caption(fig, handles, labels, names_caption(prefix), gaps.caption())
     metric = ((report.get("provenance") or {}).get("settings") or {}).get("metric", "pearson")
     fig.suptitle(
         f"CRH alignment α = {metric}(A, B) over training{source_label(options)} — grey band: "
@@ -116,6 +125,8 @@ def align_kappa(fig: Any, report: Mapping[str, Any], options: PlotOptions) -> No
     xs = x_steps(entries)
     cols = min(len(layers), 4)
     rows = math.ceil(len(layers) / cols)
+    shown, prefix = short_names(layers)
+    gaps = Gaps()
     axes = fig.subplots(rows, cols, sharex=True, squeeze=False)
     for k, name in enumerate(layers):
         ax = axes[k // cols][k % cols]
@@ -140,15 +151,23 @@ def align_kappa(fig: Any, report: Mapping[str, Any], options: PlotOptions) -> No
             )
         ax.axhline(0, color="black", linewidth=0.5)
         _kappa_limits(ax, report, entries, name)
+        for fid in _FITS:
+            fits = [
+                ((layer_of(report, e, name).get("pah") or {}).get("fits") or {}).get(fid) or {}
+                for e in entries
+            ]
+            gaps.mark(ax, xs, [as_float(f.get("kappa")) for f in fits],
+                      [f.get("reason") if str(f.get("reason") or "").startswith("failed") else None
+                       for f in fits], ax.get_ylim()[0], f"{shown[name]} κ({fid})")
         ax.grid(True, linewidth=0.3, alpha=0.5)
-        ax.set_title(f"layer {name}{shape_label(report, entries, name)}")
+        ax.set_title(f"{layer_label(shown[name])}{shape_label(report, entries, name)}")
         step_axis(ax, xs, label=k // cols == rows - 1)
         if k % cols == 0:
             ax.set_ylabel("κ")
     for k in range(len(layers), rows * cols):
         axes[k // cols][k % cols].set_visible(False)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), frameon=False)
+    legend_caption(fig, handles, labels, names_caption(prefix), gaps.caption())
     fig.suptitle(
         f"PAH exponents κ of $M \\sim Z^\\kappa$ over training{source_label(options)} — "
         "least-squares fit of log Rayleigh quotients; band: bootstrap 95% interval"
@@ -183,6 +202,7 @@ def align_pah(fig: Any, report: Mapping[str, Any], options: PlotOptions) -> None
     floor = float(((report.get("provenance") or {}).get("settings") or {}).get("pah_floor", 1e-8))
     cols = min(len(layers), 4)
     rows = math.ceil(len(layers) / cols)
+    shown, prefix = short_names(layers)
     axes = fig.subplots(rows, cols, squeeze=False)
     for k, name in enumerate(layers):
         ax = axes[k // cols][k % cols]
@@ -230,7 +250,7 @@ def align_pah(fig: Any, report: Mapping[str, Any], options: PlotOptions) -> None
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.grid(True, which="major", linewidth=0.3, alpha=0.5)
-        ax.set_title(f"layer {name}{shape_label(report, [entry], name)}")
+        ax.set_title(f"{layer_label(shown[name])}{shape_label(report, [entry], name)}")
         ax.set_xlabel("$z_i$ (eigenvalue of $Z = W^TW$ or $WW^T$)")
         if k % cols == 0:
             ax.set_ylabel(r"$m_i = v_i^T M v_i$")
@@ -247,6 +267,8 @@ def align_pah(fig: Any, report: Mapping[str, Any], options: PlotOptions) -> None
     fig.suptitle(
         f"PAH log-log fits $m_i \\approx e^c z_i^\\kappa$ at {where}{source_label(options)}\n{note}"
     )
+    if prefix:
+        fig.supxlabel(names_caption(prefix), x=0.01, ha="left", fontsize=7, color="0.25")
 
 
 def pah_points(

@@ -13,9 +13,12 @@ from symtool.report.figure_parts import (
     as_float,
     entry_of,
     grid,
+    layer_label,
     layer_panels,
     mark_events,
+    names_caption,
     ok_entries,
+    short_names,
     source_label,
     step_axis,
     value_at,
@@ -28,6 +31,7 @@ def symmetry_ranks(fig: Any, report: Mapping[str, Any], options: PlotOptions) ->
     xs = x_steps(entries)
     settings = (report.get("provenance") or {}).get("settings") or {}
     panels = layer_panels(report, options)
+    shown, prefix = short_names([n for _, n in panels])
     for ax, (group, name) in zip(grid(fig, len(panels)), panels, strict=True):
         recs = [entry_of(report, e, group, name) for e in entries]
         if group == "layers":
@@ -47,7 +51,8 @@ def symmetry_ranks(fig: Any, report: Mapping[str, Any], options: PlotOptions) ->
             g = [value_at(r.get("ranks"), tau0, "gaussian_rank") for r in recs]
             ax.plot(xs, g, color="0.4", linestyle=":", label=f"Gaussian matrix, τ = {tau0:g}")
             mark_events(ax, report, name, ("rank",))
-            ax.set_title(f"layer {name} ({'×'.join(map(str, recs[-1].get('shape') or []))})")
+            shape = next((r.get("shape") for r in reversed(recs) if r.get("shape")), None) or []
+            ax.set_title(f"{layer_label(shown[name])} ({'×'.join(map(str, shape))})")
         else:
             tau0 = settings.get("dead_tau")
             ax.plot(
@@ -77,7 +82,8 @@ def symmetry_ranks(fig: Any, report: Mapping[str, Any], options: PlotOptions) ->
                 ax, report, name, ("dead", "independent", "dead_heads", "independent_heads")
             )
             out = recs[-1].get("outgoing")
-            ax.set_title(f"{group}: {name} → {out}" if out else f"{group}: {name}")
+            out = out.removeprefix(prefix) if isinstance(out, str) else out
+            ax.set_title(f"{group}: {shown[name]} → {out}" if out else f"{group}: {shown[name]}")
         ax.set_ylim(bottom=0)
         ax.grid(True, linewidth=0.3, alpha=0.5)
         ax.legend(loc="lower left", frameon=False, fontsize=6)
@@ -87,6 +93,8 @@ def symmetry_ranks(fig: Any, report: Mapping[str, Any], options: PlotOptions) ->
         "#{k : σ_k/σ_1 > τ} and dead / independent units; dashed lines: events "
         "(red breaking, green restoration)"
     )
+    if prefix:
+        fig.supxlabel(names_caption(prefix), x=0.01, ha="left", fontsize=7, color="0.25")
 
 
 def symmetry_spectra(fig: Any, report: Mapping[str, Any], options: PlotOptions) -> None:

@@ -118,6 +118,11 @@ def inspect_table(report: dict[str, Any], out: Console) -> None:
                 "; ".join(it.get("notes") or []),
             )
         out.print(tt)
+        est = listing.get("estimate")
+        if est:
+            out.print("align, estimated duration and memory per checkpoint:")
+            for line in est.get("summary") or []:
+                out.print(f"  {line}")
 
 
 def inspect_rows(report: dict[str, Any]) -> tuple[list[str], Iterable[dict[str, Any]]]:

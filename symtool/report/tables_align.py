@@ -54,6 +54,7 @@ def align_table(report: dict[str, Any], out: Console) -> None:
             t.add_row(layer["name"], shape, *(_alpha_cell(rels.get(r)) for r in _REL_IDS))
         out.print(t)
         _undefined_notes(e, out)
+        _warning_notes(e, out)
         _pah_table(e, out)
         for sk in e.get("skipped_layers") or []:
             out.print(f"  skipped {sk['name']}: {sk['reason']}")
@@ -104,6 +105,17 @@ def _undefined_notes(e: dict[str, Any], out: Console) -> None:
             if rel.get("alpha") is None and rel.get("reason"):
                 notes.setdefault((layer["name"], rel["reason"]), []).append(f"α({rid})")
     _notes(out, notes)
+
+
+def _warning_notes(e: dict[str, Any], out: Console) -> None:
+    """The layers' warnings (fewer probe rows than a dimension, solver fallbacks)."""
+    for layer in e["layers"]:
+        for w in layer.get("warnings") or []:
+            affects = ", ".join(w.get("affects") or [])
+            out.print(
+                f"  [yellow]layer {layer['name']}: {w['message']}[/yellow]"
+                + (f" [dim](affects {affects})[/dim]" if affects else "")
+            )
 
 
 def _pah_table(e: dict[str, Any], out: Console) -> None:
@@ -196,6 +208,9 @@ def align_rows(report: dict[str, Any]) -> tuple[list[str], Iterable[dict[str, An
                         "borderline": r.get("borderline"),
                         "reason": r["reason"],
                     }
+            for w in layer.get("warnings") or []:
+                yield {**lb, "metric": "warning", "quantity": w["kind"],
+                       "formula": ", ".join(w.get("affects") or []), "reason": w["message"]}
             v = layer.get("verify")
             if v:
                 for key in ("h_b_error", "g_a_error"):

@@ -24,3 +24,36 @@ def test_partition_is_greedy_in_model_order() -> None:
     for g in partition_layers(refs, max(sizes)):
         assert sum(layer_bytes(r.d_in, r.d_out) for r in g) <= max(sizes)
     assert [len(g) for g in partition_layers(refs, 1)] == [1, 1, 1, 1]
+
+
+def test_layer_warnings_name_few_rows_and_solver_fallbacks(monkeypatch) -> None:
+    """``warnings`` of a layer (schema v4): fewer rows than ``d_in`` names side a's
+    relations and fits; a fallback solver is named with the matrices' relations."""
+    from symtool import linalg as la
+    from symtool.align import crh
+    from symtool.align.moments import LayerAccumulator
+    from symtool.align.run import FEW_ROWS_AFFECTS, layer_warnings
+
+    g = torch.Generator().manual_seed(4)
+    W = torch.randn(3, 8, generator=g, dtype=torch.float64)
+    x = torch.randn(5, 8, generator=g, dtype=torch.float64)  # 5 rows < d_in = 8
+    y = torch.randn(5, 3, generator=g, dtype=torch.float64)
+    acc = LayerAccumulator("paper")
+    acc.add(x, x @ W.T, y, y @ W)
+    m = acc.finish(W)
+    ws = layer_warnings(m.n, 8, 3, crh.layer_spectra(m))
+    assert [w["kind"] for w in ws] == ["few_rows"]
+    assert ws[0]["affects"] == list(FEW_ROWS_AFFECTS["a"]) and "5 probe rows < d_in = 8" in (
+        ws[0]["message"]
+    )
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("linalg.eigh: failed to converge")
+
+    monkeypatch.setattr(la, "HOST_BLAS", False)
+    monkeypatch.setattr(torch.linalg, "eigh", fails)
+    ws = layer_warnings(m.n, 8, 3, crh.layer_spectra(m))
+    fallback = {w["message"].split(":")[0]: w for w in ws if w["kind"] == "solver_fallback"}
+    assert {"H_a", "H_b", "Z_a", "Z_b"} <= set(fallback)  # every eigh with vectors
+    assert fallback["H_a"]["affects"] == ["f-RGA", "f-RWA"]
+    assert "scipy evr" in fallback["H_a"]["message"]

@@ -231,3 +231,72 @@ def test_readme_example_is_shipped() -> None:
 def test_nan_gaps_for_null_values() -> None:
     assert math.isnan(figure_parts.as_float(None)) and figure_parts.as_float(2) == 2.0
     assert math.isnan(figure_parts.as_float(True))
+
+
+# --- readable figures (issue 15): short names, symlog steps, explained gaps -------------
+
+
+def test_short_names_drop_the_common_prefix() -> None:
+    names = [
+        "transformer.h.0.attn.c_attn", "transformer.h.0.mlp.c_proj", "transformer.h.1.mlp.c_fc"
+    ]
+    shown, prefix = figure_parts.short_names(names)
+    assert prefix == "transformer.h."
+    assert shown == {n: n.removeprefix(prefix) for n in names}
+    assert figure_parts.short_names(["model.fc"]) == ({"model.fc": "fc"}, "model.")
+    assert figure_parts.short_names(["a", "b"]) == ({"a": "a", "b": "b"}, "")
+    assert figure_parts.short_names(["x.a", "x"])[0] == {"x.a": "x.a", "x": "x"}
+
+
+@pytest.mark.parametrize(
+    ("steps", "scale"),
+    [([0, 10, 50], "symlog"), ([0, 10, 100, 1000], "symlog"), ([0, 100, 200, 300], "linear"),
+     ([100, 200, 300], "linear"), ([1, 2, 3, 4], "linear")],
+)
+def test_steps_go_symlog_when_they_span_a_decade_or_bunch(steps: list[int], scale: str) -> None:
+    from matplotlib.figure import Figure
+
+    ax = Figure().subplots()
+    figure_parts.step_axis(ax, [float(s) for s in steps], label=True)
+    assert ax.get_xscale() == scale
+    if scale == "symlog":
+        assert [t.get_text() for t in ax.get_xticklabels()] == [str(s) for s in steps]
+        assert "symlog" in ax.get_xlabel()
+
+
+def _with_failures(report: dict) -> dict:
+    """The align report with two α and one κ of one checkpoint's first layer undefined."""
+    import copy
+
+    r = copy.deepcopy(report)
+    ok = [e for e in r["checkpoints"] if e["status"] == "ok"]
+    layer = ok[1]["layers"][0]
+    for rid in ("f-RGA", "f-RWA"):
+        layer["relations"][rid].update(alpha=None, null_mean=None, null_std=None, z=None,
+                                       holds=None, reason="failed: H_a: eigh failed (test)")
+    layer["pah"]["fits"]["H_a~Z_a"].update(kappa=None, ci_low=None, ci_high=None,
+                                            reason="failed: H_a: eigh failed (test)")
+    return r
+
+
+@pytest.mark.parametrize("figure", ["relations", "kappa"])
+def test_failed_values_are_marked_and_explained(reports: dict, figure: str) -> None:
+    from matplotlib.figure import Figure
+
+    report = _with_failures(reports["align"][1])
+    fig = Figure(layout="constrained")
+    build = {"relations": figures_align.align_relations, "kappa": figures_align.align_kappa}
+    build[figure](fig, report, figure_parts.PlotOptions())
+    title = fig.legends[0].get_title().get_text()
+    step = [e for e in report["checkpoints"] if e["status"] == "ok"][1]["step"]
+    assert "× [1] undefined: failed: H_a: eigh failed (test)" in title
+    if figure == "relations":
+        assert f"f-RGA @ {step}" in title and f"f-RWA @ {step}" in title
+    else:
+        assert f"κ(H_a~Z_a) @ {step}" in title
+    crosses = [
+        line for ax in fig.axes for line in ax.get_lines()
+        if line.get_marker() == "x" and line.get_color() == "#d62728"
+    ]
+    assert len(crosses) == (2 if figure == "relations" else 1)
+    assert all(list(c.get_xdata()) == [float(step)] for c in crosses)
