@@ -22,7 +22,7 @@ from symtool.align.moments import layer_bytes
 from symtool.align.score import METRICS, HaarBank
 from symtool.errors import ModelError, ProbeError, UsageError
 from symtool.inputs import checkpoints as ck
-from symtool.inputs import models, probes
+from symtool.inputs import hf, models, probes
 from symtool.linalg import all_finite
 from symtool.report.files import to_jsonable
 from symtool.runner import Progress, run_report
@@ -48,7 +48,9 @@ class AlignSettings:
     mask: str | None = None
     samples: int | None = None
     batch_size: int = 256
-    loss: str = "cross_entropy"
+    loss: str | None = None
+    """None: by the model (``causal_lm`` for a Hugging Face ``*ForCausalLM``; see
+    :func:`symtool.inputs.hf.default_loss`), else ``cross_entropy``."""
     moments: str = "paper"
     metric: str = "pearson"
     null_samples: int = 16
@@ -153,8 +155,8 @@ class _Probe:
                 "path": str(self.data.path),
                 "sha256": self.data.sha256,
                 "samples": self.data.n,
-                "inputs": self.s.inputs,
-                "targets": self.s.targets,
+                "inputs": self.data.inputs or self.s.inputs,
+                "targets": self.data.targets or self.s.targets,
                 **({"found": self.found} if self.found else {}),
             }
         return {"source": self.s.source, "sha256": None, "samples": self.s.samples}
@@ -188,12 +190,17 @@ class _Analyzer:
         self.matrices: dict[str, torch.Tensor] = {}
         self.keep_matrices = False
 
-    def _ensure_model(self, sd: dict[str, torch.Tensor]) -> torch.nn.Module:
+    def _ensure_model(self, sd: dict[str, torch.Tensor], hf_dir: Path | None) -> torch.nn.Module:
         if self.model is not None:
             return self.model
         s = self.s
         model = models.build_model(
-            s.factory, s.model_args, sd, activation=s.activation, base_dir=s.base_dir
+            s.factory,
+            s.model_args,
+            sd,
+            activation=s.activation,
+            base_dir=s.base_dir,
+            config_dir=hf_dir,
         )
         layers, skipped = models.select_layers(model, list(s.layers) or None)
         kept = []
@@ -225,16 +232,18 @@ class _Analyzer:
 
     def __call__(self, c: ck.Checkpoint, loaded: ck.LoadedCheckpoint) -> dict[str, Any]:
         s = self.s
+        hf_dir = None if s.factory is not None else hf.config_dir(c.path)
+        built = s.factory is not None or hf_dir is not None  # a model of its own names
         sd, prefix = models.prepare_state(
             loaded.tensors,
             strip_prefix=s.strip_prefix,
-            name_single=s.factory is None,
+            name_single=not built,
             source=c.path,
         )
-        model = self._ensure_model(sd)
-        if s.factory is not None and s.strip_prefix is None:
-            sd, prefix = models.fit_prefix(model, sd)
-        models.load_state(model, sd, source=c.path)
+        model = self._ensure_model(sd, hf_dir)
+        if built and s.strip_prefix is None:
+            sd, prefix = models.fit_prefix(model, models.complete_tied(model, sd))
+        models.load_state(model, models.complete_tied(model, sd), source=c.path)
         if s.dtype is not None:
             model.to(DTYPES[s.dtype])
         bad_weights = [
@@ -425,6 +434,10 @@ def run_align(
             probe's ``found``), e.g. ``beside the checkpoints``.
     """
     world = world or distributed.World()
+    if settings.loss is None:  # the model's own loss, recorded in the report
+        folder = hf.config_dir(ckpts[0].path) if ckpts and settings.factory is None else None
+        arch = hf.architecture(hf.read_config(folder)) if folder is not None else None
+        settings = replace(settings, loss=hf.default_loss(arch))
     probe = _Probe(settings, probe_found)
     analyzer = _Analyzer(settings, probe, world)
     analyzer.keep_matrices = save_matrices is not None
