@@ -13,7 +13,7 @@ VOCAB = 40
 SEQ = 12
 
 
-def config(kind: str):  # noqa: ANN201 - a transformers config
+def config(kind: str):
     """A small config of ``kind`` (``gpt2``, ``llama``, ``bert``)."""
     import transformers as tf
 

@@ -154,8 +154,9 @@ def default_loss(arch: Architecture | None) -> str:
 
     ``*ForCausalLM``/``*LMHeadModel``: ``causal_lm`` (logits at position t predict token
     t+1); ``*ForMaskedLM``: ``masked_lm`` (cross-entropy at each position whose label is
-    not ``-100``); ``*ForTokenClassification``: ``cross_entropy`` over positions; ``*ForSequenceClassification``: ``cross_entropy``, or
-    ``mse`` with one label (regression). Anything else: ``cross_entropy``.
+    not ``-100``); ``*ForTokenClassification``: ``cross_entropy`` over positions;
+    ``*ForSequenceClassification``: ``cross_entropy``, or ``mse`` with one label
+    (regression). Anything else: ``cross_entropy``.
     """
     name = (arch.name if arch is not None else None) or ""
     if name.endswith(("ForCausalLM", "LMHeadModel")):

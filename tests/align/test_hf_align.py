@@ -12,11 +12,11 @@ import torch
 
 pytest.importorskip("transformers")
 
-from symtool.align.run import AlignSettings, run_align  # noqa: E402
-from symtool.inputs import checkpoints as ck  # noqa: E402
-from symtool.inputs import hf, models  # noqa: E402
-from tests import hf_runs  # noqa: E402
-from tests.reference import np_pearson, second_moment  # noqa: E402
+from symtool.align.run import AlignSettings, run_align
+from symtool.inputs import checkpoints as ck
+from symtool.inputs import hf
+from tests import hf_runs
+from tests.reference import np_pearson, second_moment
 
 
 @pytest.fixture(scope="module")
