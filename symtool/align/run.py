@@ -22,7 +22,7 @@ from symtool.align.moments import layer_bytes
 from symtool.align.score import METRICS, HaarBank
 from symtool.errors import ModelError, ProbeError, UsageError
 from symtool.inputs import checkpoints as ck
-from symtool.inputs import hf, models, probes
+from symtool.inputs import hf, models, probes, tokens
 from symtool.linalg import all_finite
 from symtool.report.files import to_jsonable
 from symtool.runner import Progress, run_report
@@ -48,6 +48,8 @@ class AlignSettings:
     mask: str | None = None
     samples: int | None = None
     batch_size: int = 256
+    tokenizer: Path | None = None
+    seq_len: int = 128
     loss: str | None = None
     """None: by the model (``causal_lm`` for a Hugging Face ``*ForCausalLM``; see
     :func:`symtool.inputs.hf.default_loss`), else ``cross_entropy``."""
@@ -87,6 +89,8 @@ class AlignSettings:
         for name in ("null_samples", "bootstrap"):
             if getattr(self, name) < 0:
                 problems.append(f"--{name.replace('_', '-')} must be ≥ 0")
+        if self.seq_len < 2:
+            problems.append("--seq-len must be ≥ 2")
         for name in ("batch_size", "max_layer_dim"):
             if getattr(self, name) < 1:
                 problems.append(f"--{name.replace('_', '-')} must be ≥ 1")
@@ -107,6 +111,11 @@ class AlignSettings:
         d.pop("base_dir")
         if self.strip_prefix is None:  # recorded only when given: reports stay as before
             d.pop("strip_prefix")
+        if self.data is None or not tokens.is_text(self.data):  # only for text probes
+            d.pop("tokenizer")
+            d.pop("seq_len")
+        elif self.tokenizer is not None:
+            d["tokenizer"] = str(self.tokenizer)
         d["data"] = None if self.data is None else str(self.data)
         d["layers"] = list(self.layers)
         return d
@@ -140,11 +149,16 @@ class _Probe:
     ``found`` says how a file nobody named was found (``beside the checkpoints``).
     """
 
-    def __init__(self, s: AlignSettings, found: str | None = None) -> None:
+    def __init__(
+        self, s: AlignSettings, found: str | None = None, tokenizer: Path | None = None
+    ) -> None:
         self.s = s
         self.found = found
         self.data = None
-        if s.data is not None:
+        self.tokenizer = tokenizer
+        if s.data is not None and tokens.is_text(s.data):
+            self.data = tokens.text_probe(s.data, tokenizer, s.seq_len, s.samples)
+        elif s.data is not None:
             self.data = probes.load_probe(
                 s.data, inputs=s.inputs, targets=s.targets, mask=s.mask, samples=s.samples
             )
@@ -158,6 +172,7 @@ class _Probe:
                 "inputs": self.data.inputs or self.s.inputs,
                 "targets": self.data.targets or self.s.targets,
                 **({"found": self.found} if self.found else {}),
+                **({"tokenizer": str(self.tokenizer)} if tokens.is_text(self.data.path) else {}),
             }
         return {"source": self.s.source, "sha256": None, "samples": self.s.samples}
 
@@ -438,7 +453,10 @@ def run_align(
         folder = hf.config_dir(ckpts[0].path) if ckpts and settings.factory is None else None
         arch = hf.architecture(hf.read_config(folder)) if folder is not None else None
         settings = replace(settings, loss=hf.default_loss(arch))
-    probe = _Probe(settings, probe_found)
+    tokenizer = settings.tokenizer
+    if tokenizer is None and settings.data is not None and tokens.is_text(settings.data):
+        tokenizer = tokens.find_tokenizer(c.path for c in ckpts)
+    probe = _Probe(settings, probe_found, tokenizer)
     analyzer = _Analyzer(settings, probe, world)
     analyzer.keep_matrices = save_matrices is not None
     report = run_report(

@@ -81,6 +81,7 @@ ALIGN_KEYS: dict[str, str | tuple[str, ...] | None] = {
     "mask": "data.mask",
     "samples": "data.samples",
     "batch_size": "data.batch_size",
+    "seq_len": "data.seq_len",
 }
 """Settings of ``align`` whose ``symtool.toml`` key is not ``[align] <name>``."""
 
@@ -144,7 +145,18 @@ def align(
     ] = None,
     data: Annotated[
         str | None,
-        typer.Option("--data", help="Probe data (.safetensors/.pt/.npz) or module:function."),
+        typer.Option(
+            "--data",
+            help="Probe data (.safetensors/.pt/.npz), text (.txt/.jsonl) or module:function.",
+        ),
+    ] = None,
+    tokenizer: Annotated[
+        Path | None,
+        typer.Option("--tokenizer", help="Tokenizer folder for a text probe (default: beside "
+                     "the checkpoints)."),
+    ] = None,
+    seq_len: Annotated[
+        int | None, typer.Option("--seq-len", help="Tokens per window of a text probe.")
     ] = None,
     inputs: Annotated[
         str | None, typer.Option("--inputs", help="Input key in the probe file.")
@@ -159,7 +171,11 @@ def align(
     ] = None,
     loss: Annotated[
         str | None,
-        typer.Option("--loss", help="cross_entropy | mse | bce | nll | l1 | huber | module:fn."),
+        typer.Option(
+            "--loss",
+            help="cross_entropy | causal_lm | masked_lm | mse | bce | nll | l1 | huber | "
+            "module:fn (default: by the model; cross_entropy).",
+        ),
     ] = None,
     moments: Annotated[
         str | None, typer.Option("--moments", help="paper (normalised, centred) | raw.")
@@ -250,6 +266,7 @@ def align(
         "mask": mask,
         "samples": samples,
         "batch_size": batch_size,
+        "seq_len": seq_len,
         "loss": local_spec(loss),
         "moments": moments,
         "metric": metric,
@@ -273,6 +290,7 @@ def align(
         model_args=parse_model_args(model_arg, config),
         data=data_path,
         source=source,
+        tokenizer=tokenizer or config.path_value("data", "tokenizer"),
         base_dir=config.base_dir,
     )
     world = distributed.from_env(parallel, settings.device)

@@ -28,7 +28,7 @@ Inputs = Tensor | tuple[Tensor, ...] | dict[str, Tensor]
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 PROBE_SUFFIXES = (".safetensors", ".pt", ".pth", ".npz")
-PROBE_FILES = tuple(f"probe{suffix}" for suffix in PROBE_SUFFIXES)
+PROBE_FILES = tuple(f"probe{suffix}" for suffix in (*PROBE_SUFFIXES, ".txt", ".jsonl"))
 """Names a probe file beside the checkpoints may have (:func:`probe_beside`)."""
 FOUND_BESIDE = "beside the checkpoints"
 """How a probe file found by :func:`probe_beside` is described in reports."""
