@@ -49,7 +49,8 @@ class AlignSettings:
     samples: int | None = None
     batch_size: int = 256
     tokenizer: Path | None = None
-    seq_len: int = 128
+    seq_len: int | None = None
+    """Tokens per text-probe window; None: 128, or the model's context when shorter."""
     loss: str | None = None
     """None: by the model (``causal_lm`` for a Hugging Face ``*ForCausalLM``; see
     :func:`symtool.inputs.hf.default_loss`), else ``cross_entropy``."""
@@ -89,7 +90,7 @@ class AlignSettings:
         for name in ("null_samples", "bootstrap"):
             if getattr(self, name) < 0:
                 problems.append(f"--{name.replace('_', '-')} must be ≥ 0")
-        if self.seq_len < 2:
+        if self.seq_len is not None and self.seq_len < 2:
             problems.append("--seq-len must be ≥ 2")
         for name in ("batch_size", "max_layer_dim"):
             if getattr(self, name) < 1:
@@ -157,7 +158,9 @@ class _Probe:
         self.data = None
         self.tokenizer = tokenizer
         if s.data is not None and tokens.is_text(s.data):
-            self.data = tokens.text_probe(s.data, tokenizer, s.seq_len, s.samples)
+            self.data = tokens.text_probe(
+                s.data, tokenizer, tokens.window_length(s.seq_len, None), s.samples
+            )
         elif s.data is not None:
             self.data = probes.load_probe(
                 s.data, inputs=s.inputs, targets=s.targets, mask=s.mask, samples=s.samples
@@ -449,10 +452,13 @@ def run_align(
             probe's ``found``), e.g. ``beside the checkpoints``.
     """
     world = world or distributed.World()
+    folder = hf.config_dir(ckpts[0].path) if ckpts and settings.factory is None else None
+    arch = hf.architecture(hf.read_config(folder)) if folder is not None else None
     if settings.loss is None:  # the model's own loss, recorded in the report
-        folder = hf.config_dir(ckpts[0].path) if ckpts and settings.factory is None else None
-        arch = hf.architecture(hf.read_config(folder)) if folder is not None else None
         settings = replace(settings, loss=hf.default_loss(arch))
+    if settings.seq_len is None:  # recorded as used
+        max_positions = arch.max_positions if arch is not None else None
+        settings = replace(settings, seq_len=tokens.window_length(None, max_positions))
     tokenizer = settings.tokenizer
     if tokenizer is None and settings.data is not None and tokens.is_text(settings.data):
         tokenizer = tokens.find_tokenizer(c.path for c in ckpts)

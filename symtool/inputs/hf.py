@@ -78,6 +78,7 @@ class Architecture:
         hidden_act: the config's own activation name, or None.
         tied: whether the output head is tied to the input embedding.
         num_labels: classification labels (sequence/token classification heads).
+        max_positions: the longest sequence the model takes (position embeddings), or None.
     """
 
     name: str | None
@@ -89,6 +90,7 @@ class Architecture:
     hidden_act: str | None
     tied: bool
     num_labels: int | None
+    max_positions: int | None = None
 
 
 def config_dir(path: Path) -> Path | None:
@@ -146,6 +148,7 @@ def architecture(cfg: dict[str, Any]) -> Architecture:
         hidden_act=act,
         tied=True if tied is None else bool(tied),
         num_labels=len(labels) if isinstance(labels, dict) and labels else _int(cfg, "num_labels"),
+        max_positions=_int(cfg, "max_position_embeddings", "n_positions", "n_ctx"),
     )
 
 

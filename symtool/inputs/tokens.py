@@ -24,6 +24,16 @@ from symtool.inputs.probes import ProbeData
 TEXT_SUFFIXES = (".txt", ".jsonl")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 EXTRA = "pip install 'symtool[hf]'"
+SEQ_LEN = 128
+"""Tokens per window when ``--seq-len`` is not given (fewer when the model's context is
+shorter: :func:`window_length`)."""
+
+
+def window_length(seq_len: int | None, max_positions: int | None) -> int:
+    """``--seq-len``, or :data:`SEQ_LEN` capped at the model's context length."""
+    if seq_len is not None:
+        return seq_len
+    return min(SEQ_LEN, max_positions) if max_positions else SEQ_LEN
 
 
 def is_text(path: Path) -> bool:

@@ -1,0 +1,59 @@
+"""The Hugging Face fixture runs in one command: ``symtool align fixtures/gpt2`` (text
+probe and tokenizer found beside the checkpoints) and ``symtool symmetry`` without flags."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from symtool.cli.app import app
+
+pytest.importorskip("transformers")
+pytest.importorskip("tokenizers")
+
+runner = CliRunner()
+
+
+def _invoke(*args: object):
+    return runner.invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
+
+
+@pytest.mark.parametrize(("kind", "n_layers"), [("gpt2", 9), ("llama", 15)])
+def test_align_fixture_in_one_command(
+    fixtures_dir: Path, tmp_path: Path, kind: str, n_layers: int
+) -> None:
+    run = tmp_path / kind
+    shutil.copytree(fixtures_dir / kind, run)
+    res = _invoke("align", run, "--last", "1", "--null-samples", "2", "--bootstrap", "0",
+                  "--verify", "--dtype", "float64", "-f", "json")
+    assert res.exit_code == 0, res.output
+    assert "found beside the checkpoints" in res.stderr
+    rep = json.loads(res.stdout)
+    probe = rep["provenance"]["probe"]
+    assert probe["path"].endswith("probe.txt") and probe["tokenizer"] == str(run)
+    settings = rep["provenance"]["settings"]
+    assert (settings["loss"], settings["seq_len"], settings["tokenizer"]) == ("causal_lm", 64,
+                                                                              None)
+    layers = rep["checkpoints"][0]["layers"]
+    assert len(layers) == n_layers and layers[-1]["name"] == "lm_head"
+    text = (run / "probe.txt").read_text().split()
+    assert {la["rows"] for la in layers} == {len(text)}  # one row per word, no padding
+    for la in layers:
+        assert la["status"] == "ok"
+        assert max(la["verify"]["h_b_error"], la["verify"]["g_a_error"]) <= 1e-10
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_symmetry_fixture_without_flags(fixtures_dir: Path, kind: str) -> None:
+    res = _invoke("symmetry", fixtures_dir / kind, "--last", "1", "-f", "json")
+    assert res.exit_code == 0, res.output
+    entry = json.loads(res.stdout)["checkpoints"][0]
+    assert all(a["heads"] == 4 and len(a["head_records"]) == 4 for a in entry["attention"])
+    assert len(entry["attention"]) == 2
+    acts = {u["activation"] for u in entry["units"]}
+    assert acts == {"gelu" if kind == "gpt2" else "silu"}
+    assert all(u["outgoing"].endswith(("c_proj", "down_proj")) for u in entry["units"])
