@@ -452,7 +452,7 @@ def run_align(
             probe's ``found``), e.g. ``beside the checkpoints``.
     """
     world = world or distributed.World()
-    folder = hf.config_dir(ckpts[0].path) if ckpts and settings.factory is None else None
+    folder = hf.config_dir(ckpts[0].path) if ckpts else None  # what the run trained
     arch = hf.architecture(hf.read_config(folder)) if folder is not None else None
     if settings.loss is None:  # the model's own loss, recorded in the report
         settings = replace(settings, loss=hf.default_loss(arch))

@@ -116,3 +116,38 @@ def test_alpha_of_a_gpt2_layer_matches_a_hand_written_reference(runs: dict[str, 
             assert np.isfinite(rga) and np.isfinite(gwa)
             assert abs(la["relations"]["f-RGA"]["alpha"] - rga) < 1e-10
             assert abs(la["relations"]["f-GWA"]["alpha"] - gwa) < 1e-10
+
+
+def test_a_factory_building_the_model_needs_no_glue(runs: dict[str, Path], tmp_path: Path) -> None:
+    """The issue's user: an ``AutoModelForCausalLM.from_config`` factory on a
+    ``save_pretrained`` run (tied head missing from the file) aligns like no factory."""
+    (tmp_path / "factory.py").write_text(
+        "from tests import hf_runs\n\ndef make():\n    return hf_runs.model('gpt2')\n"
+    )
+    plain = _align(runs["gpt2"])
+    built = _align(runs["gpt2"], factory="factory.py:make", base_dir=tmp_path)
+    assert built["provenance"]["settings"]["loss"] == "causal_lm"
+    for a, b in zip(plain["checkpoints"], built["checkpoints"], strict=True):
+        assert [la["name"] for la in a["layers"]] == [la["name"] for la in b["layers"]]
+        for la, lb in zip(a["layers"], b["layers"], strict=True):
+            for rid, rel in la["relations"].items():
+                assert abs(rel["alpha"] - lb["relations"][rid]["alpha"]) < 1e-12
+
+
+def test_bf16_weights_are_read_into_a_float32_model(runs: dict[str, Path], tmp_path: Path) -> None:
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    run = tmp_path / "gpt2"
+    shutil.copytree(runs["gpt2"], run)
+    for f in run.glob("checkpoint-*/model.safetensors"):
+        sd = load_file(str(f))
+        save_file({k: v.to(torch.bfloat16) for k, v in sd.items()}, str(f),
+                  metadata={"format": "pt"})
+    report = run_align(ck.discover([run]), AlignSettings(
+        data=run / "probe.safetensors", null_samples=0, bootstrap=0, verify=True))
+    for entry in report["checkpoints"]:
+        assert entry["status"] == "ok"
+        for la in entry["layers"]:
+            assert la["status"] == "ok" and la["verify"]["h_b_error"] < 1e-6
