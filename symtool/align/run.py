@@ -56,7 +56,7 @@ class AlignSettings:
     :func:`symtool.inputs.hf.default_loss`), else ``cross_entropy``."""
     moments: str = "paper"
     metric: str = "pearson"
-    null_samples: int = 16
+    null_samples: int = 0
     seed: int = 0
     layers: tuple[str, ...] = ()
     verify: bool = False
