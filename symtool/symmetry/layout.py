@@ -434,6 +434,16 @@ def _mlp_pairs(finder: _Finder, activation: str) -> list[PairSpec]:
     return pairs
 
 
+def has_named_head(state: Mapping[str, Tensor]) -> bool:
+    """Whether the state dict stores an output head by name (:data:`_HEAD_NAMES`)."""
+    for key in state:
+        module = key.removesuffix(".weight")
+        if module != key and (module in _HEAD_NAMES
+                              or module.rpartition(".")[2] in _HEAD_NAMES[:2]):
+            return True
+    return False
+
+
 def _explicit_pairs(finder: _Finder, pairs: Sequence[PairLike], activation: str) -> list[PairSpec]:
     """The caller's pairs, checked; every problem is reported in one error."""
     by_name = {lm.name: lm for lm in finder.layers}

@@ -67,6 +67,17 @@ def subspace_paths(base: Path, ckpts: list[ck.Checkpoint]) -> dict[str, Path]:
     return out
 
 
+def _classifier(given: str | None, arch: Any, tensors: dict[str, Any]) -> str | None:
+    """``--classifier``; for a Hugging Face model only a stored output head by name
+    (``lm_head``, ``score``, ...), never the last layer of the sorted keys (BERT's
+    ``cls.predictions.transform.dense``); ``""`` when its head is tied and not stored."""
+    from symtool.symmetry.layout import has_named_head
+
+    if given is not None or arch is None:
+        return given
+    return None if has_named_head(tensors) else ""
+
+
 def run_symmetry(
     ckpts: list[ck.Checkpoint],
     run: SymmetryRun,
@@ -112,7 +123,7 @@ def run_symmetry(
             run.settings,
             pairs=pairs_box[0],
             heads=run.heads or (arch.heads if arch is not None else None),
-            classifier=run.classifier,
+            classifier=_classifier(run.classifier, arch, tensors),
             reference=None if is_first or not first else first[0],
             mlp_activation=arch.activation if arch is not None else None,
         )

@@ -22,7 +22,7 @@ from tests import hf_runs
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("hf")
-    return {k: hf_runs.save_run(root, k) for k in ("gpt2", "llama")}
+    return {k: hf_runs.save_run(root, k) for k in ("gpt2", "llama", "bert")}
 
 
 WANT = {
@@ -97,3 +97,19 @@ def test_conv1d_is_read_as_its_transpose_in_both_analyses(runs: dict[str, Path])
     qkv = torch.cat([layer_matrix(sd, lay.layer(f"transformer.h.0.attn.c_attn.{p}"))
                      for p in "qkv"])
     assert torch.equal(qkv, refs["transformer.h.0.attn.c_attn"].weight_matrix().double())
+
+
+def test_bert_pairs_its_mlp_and_has_no_false_classifier(runs: dict[str, Path]) -> None:
+    report = run_symmetry(ck.discover([runs["bert"]]), SymmetryRun(settings=SymmetrySettings()))
+    entry = report["checkpoints"][-1]
+    assert [(u["incoming"], u["outgoing"], u["activation"]) for u in entry["units"]] == [
+        (f"bert.encoder.layer.{i}.intermediate.dense", f"bert.encoder.layer.{i}.output.dense",
+         "gelu") for i in range(2)
+    ]
+    assert [(a["name"], a["heads"], a["o"]) for a in entry["attention"]] == [
+        (f"bert.encoder.layer.{i}.attention.self", 4,
+         f"bert.encoder.layer.{i}.attention.output.dense") for i in range(2)
+    ]
+    # the MLM decoder is tied to the embedding and not stored; the last sorted layer
+    # (cls.predictions.transform.dense, hidden -> hidden) is no classifier
+    assert entry["softmax"] is None
