@@ -57,3 +57,27 @@ def test_symmetry_fixture_without_flags(fixtures_dir: Path, kind: str) -> None:
     acts = {u["activation"] for u in entry["units"]}
     assert acts == {"gelu" if kind == "gpt2" else "silu"}
     assert all(u["outgoing"].endswith(("c_proj", "down_proj")) for u in entry["units"])
+
+
+def test_jsonl_probe_with_tokenizer_and_seq_len_flags(fixtures_dir: Path, tmp_path: Path) -> None:
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    shutil.copy(fixtures_dir / "gpt2" / "tokenizer.json", tok / "tokenizer.json")
+    run = tmp_path / "gpt2"
+    shutil.copytree(fixtures_dir / "gpt2", run)
+    (run / "tokenizer.json").unlink()
+    (run / "probe.txt").unlink()
+    lines = ["the cat sees the moon .", "a bird helps my friend again ."]
+    data = tmp_path / "p.jsonl"
+    data.write_text("\n".join(json.dumps({"text": t}) for t in lines) + "\n")
+    res = _invoke("align", run, "--data", data, "--last", "1", "--bootstrap", "0",
+                  "-f", "json")
+    assert res.exit_code == 2 and "--tokenizer DIR" in res.stderr
+    res = _invoke("align", run, "--data", data, "--tokenizer", tok, "--seq-len", "5",
+                  "--last", "1", "--bootstrap", "0", "-f", "json")
+    assert res.exit_code == 0, res.output
+    rep = json.loads(res.stdout)
+    settings = rep["provenance"]["settings"]
+    assert (settings["seq_len"], settings["tokenizer"]) == (5, str(tok))
+    assert rep["provenance"]["probe"]["samples"] == 3  # 13 tokens in windows of 5
+    assert {la["rows"] for la in rep["checkpoints"][0]["layers"]} == {13}
