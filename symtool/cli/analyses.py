@@ -247,6 +247,7 @@ def align(
     """Six CRH relations and PAH exponents per layer, from hooks on probe data."""
     from symtool import distributed
     from symtool.align.run import AlignSettings, run_align
+    from symtool.inputs import hf
 
     config = find_config(paths, config_path)
     sink = output_sink(fmt, out)
@@ -300,6 +301,9 @@ def align(
     world = distributed.from_env(parallel, settings.device)
     if probe_found and world.is_main:
         say(f"using probe data {data_path} (found {probe_found})")
+    note = hf.loss_note(ckpts[0].path, settings.loss) if ckpts else None
+    if note and world.is_main:
+        say(note)
     try:
         report = run_with_resume(
             lambda previous, on_partial, progress: run_align(

@@ -171,6 +171,22 @@ def default_loss(arch: Architecture | None) -> str:
     return "cross_entropy"
 
 
+def loss_note(checkpoint: Path, loss: str | None) -> str | None:
+    """A note when a given loss is not the one the checkpoint's architecture trains with
+    and the difference is silent (``cross_entropy`` on a causal LM scores each position
+    against its own token instead of the next one); None otherwise."""
+    folder = config_dir(checkpoint)
+    if loss not in ("cross_entropy", "masked_lm") or folder is None:
+        return None
+    arch = architecture(read_config(folder))
+    if default_loss(arch) != "causal_lm":
+        return None
+    return (
+        f"--loss {loss} does not shift labels, but {arch.name} is a causal LM trained on the "
+        "next token: without --loss its causal_lm is used"
+    )
+
+
 def require_transformers() -> Any:
     """The ``transformers`` module.
 

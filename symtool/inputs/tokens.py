@@ -19,11 +19,11 @@ import torch
 
 from symtool.errors import ProbeError
 from symtool.inputs.checkpoints import sha256
+from symtool.inputs.hf import EXTRA
 from symtool.inputs.probes import ProbeData
 
 TEXT_SUFFIXES = (".txt", ".jsonl")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
-EXTRA = "pip install 'symtool[hf]'"
 SEQ_LEN = 128
 """Tokens per window when ``--seq-len`` is not given (fewer when the model's context is
 shorter: :func:`window_length`)."""

@@ -81,3 +81,14 @@ def test_jsonl_probe_with_tokenizer_and_seq_len_flags(fixtures_dir: Path, tmp_pa
     assert (settings["seq_len"], settings["tokenizer"]) == (5, str(tok))
     assert rep["provenance"]["probe"]["samples"] == 3  # 13 tokens in windows of 5
     assert {la["rows"] for la in rep["checkpoints"][0]["layers"]} == {13}
+
+
+def test_an_unshifted_loss_on_a_causal_lm_is_noted(fixtures_dir: Path) -> None:
+    res = _invoke("align", fixtures_dir / "gpt2", "--loss", "cross_entropy", "--last", "1",
+                  "--bootstrap", "0", "-f", "json")
+    assert res.exit_code == 0, res.output
+    assert "does not shift labels" in res.stderr and "causal_lm" in res.stderr
+    assert json.loads(res.stdout)["provenance"]["settings"]["loss"] == "cross_entropy"
+    quiet = _invoke("align", fixtures_dir / "gpt2", "--last", "1", "--bootstrap", "0",
+                    "-f", "json")
+    assert "does not shift labels" not in quiet.stderr
