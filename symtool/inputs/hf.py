@@ -94,10 +94,23 @@ class Architecture:
 
 
 def config_dir(path: Path) -> Path | None:
-    """The folder whose ``config.json`` describes a checkpoint (the checkpoint folder, or
-    the folder of a checkpoint file), or None."""
+    """The folder whose Hugging Face ``config.json`` describes a checkpoint (the checkpoint
+    folder, or the folder of a checkpoint file), or None.
+
+    A ``config.json`` is a Hugging Face model config when it is a JSON object naming
+    ``model_type`` or ``architectures``; any other (a training script's own settings) is
+    not one, and the checkpoint is read as before.
+    """
     folder = path if path.is_dir() else path.parent
-    return folder if (folder / CONFIG).is_file() else None
+    if not (folder / CONFIG).is_file():
+        return None
+    try:
+        data = json.loads((folder / CONFIG).read_text())
+    except (OSError, ValueError):
+        return None
+    if isinstance(data, dict) and ("model_type" in data or "architectures" in data):
+        return folder
+    return None
 
 
 def read_config(folder: Path) -> dict[str, Any]:

@@ -174,3 +174,13 @@ def test_training_state_files_are_never_checkpoints(runs: dict[str, Path]) -> No
     ckpts = ck.discover([runs["gpt2"]])
     assert [c.files for c in ckpts][-1] == (folder / "model.safetensors",)
     assert ck.load(ckpts[-1]).tensors  # reads only the model file
+
+
+def test_a_config_json_of_ones_own_is_not_a_model_config(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text('{"lr": 0.1, "epochs": 3}')
+    (tmp_path / "step_1.safetensors").write_bytes(b"")
+    assert hf.config_dir(tmp_path / "step_1.safetensors") is None
+    (tmp_path / "config.json").write_text("not json")
+    assert hf.config_dir(tmp_path) is None
+    (tmp_path / "config.json").write_text('{"model_type": "gpt2"}')
+    assert hf.config_dir(tmp_path / "step_1.safetensors") == tmp_path
