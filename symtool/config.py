@@ -42,6 +42,8 @@ KEYS: dict[str, dict[str, tuple[type, ...]]] = {
         "samples": (int,),
         "batch_size": (int,),
         "batch_first": (bool,),
+        "tokenizer": (str,),
+        "seq_len": (int,),
     },
     "align": {
         "loss": (str,),

@@ -22,7 +22,7 @@ from symtool.align.moments import layer_bytes
 from symtool.align.score import METRICS, HaarBank
 from symtool.errors import ModelError, ProbeError, UsageError
 from symtool.inputs import checkpoints as ck
-from symtool.inputs import models, probes
+from symtool.inputs import hf, models, probes, tokens
 from symtool.linalg import all_finite
 from symtool.report.files import to_jsonable
 from symtool.runner import Progress, run_report
@@ -48,7 +48,12 @@ class AlignSettings:
     mask: str | None = None
     samples: int | None = None
     batch_size: int = 256
-    loss: str = "cross_entropy"
+    tokenizer: Path | None = None
+    seq_len: int | None = None
+    """Tokens per text-probe window; None: 128, or the model's context when shorter."""
+    loss: str | None = None
+    """None: by the model (``causal_lm`` for a Hugging Face ``*ForCausalLM``; see
+    :func:`symtool.inputs.hf.default_loss`), else ``cross_entropy``."""
     moments: str = "paper"
     metric: str = "pearson"
     null_samples: int = 0
@@ -85,6 +90,8 @@ class AlignSettings:
         for name in ("null_samples", "bootstrap"):
             if getattr(self, name) < 0:
                 problems.append(f"--{name.replace('_', '-')} must be ≥ 0")
+        if self.seq_len is not None and self.seq_len < 2:
+            problems.append("--seq-len must be ≥ 2")
         for name in ("batch_size", "max_layer_dim"):
             if getattr(self, name) < 1:
                 problems.append(f"--{name.replace('_', '-')} must be ≥ 1")
@@ -105,6 +112,11 @@ class AlignSettings:
         d.pop("base_dir")
         if self.strip_prefix is None:  # recorded only when given: reports stay as before
             d.pop("strip_prefix")
+        if self.data is None or not tokens.is_text(self.data):  # only for text probes
+            d.pop("tokenizer")
+            d.pop("seq_len")
+        elif self.tokenizer is not None:
+            d["tokenizer"] = str(self.tokenizer)
         d["data"] = None if self.data is None else str(self.data)
         d["layers"] = list(self.layers)
         return d
@@ -187,11 +199,18 @@ class _Probe:
     ``found`` says how a file nobody named was found (``beside the checkpoints``).
     """
 
-    def __init__(self, s: AlignSettings, found: str | None = None) -> None:
+    def __init__(
+        self, s: AlignSettings, found: str | None = None, tokenizer: Path | None = None
+    ) -> None:
         self.s = s
         self.found = found
         self.data = None
-        if s.data is not None:
+        self.tokenizer = tokenizer
+        if s.data is not None and tokens.is_text(s.data):
+            self.data = tokens.text_probe(
+                s.data, tokenizer, tokens.window_length(s.seq_len, None), s.samples
+            )
+        elif s.data is not None:
             self.data = probes.load_probe(
                 s.data, inputs=s.inputs, targets=s.targets, mask=s.mask, samples=s.samples
             )
@@ -202,9 +221,10 @@ class _Probe:
                 "path": str(self.data.path),
                 "sha256": self.data.sha256,
                 "samples": self.data.n,
-                "inputs": self.s.inputs,
-                "targets": self.s.targets,
+                "inputs": self.data.inputs or self.s.inputs,
+                "targets": self.data.targets or self.s.targets,
                 **({"found": self.found} if self.found else {}),
+                **({"tokenizer": str(self.tokenizer)} if tokens.is_text(self.data.path) else {}),
             }
         return {"source": self.s.source, "sha256": None, "samples": self.s.samples}
 
@@ -244,12 +264,17 @@ class _Analyzer:
         self.keep_matrices = False
         self.stage: Callable[[str], None] = lambda text: None
 
-    def _ensure_model(self, sd: dict[str, torch.Tensor]) -> torch.nn.Module:
+    def _ensure_model(self, sd: dict[str, torch.Tensor], hf_dir: Path | None) -> torch.nn.Module:
         if self.model is not None:
             return self.model
         s = self.s
         model = models.build_model(
-            s.factory, s.model_args, sd, activation=s.activation, base_dir=s.base_dir
+            s.factory,
+            s.model_args,
+            sd,
+            activation=s.activation,
+            base_dir=s.base_dir,
+            config_dir=hf_dir,
         )
         layers, skipped = models.select_layers(model, list(s.layers) or None)
         kept = []
@@ -281,16 +306,18 @@ class _Analyzer:
 
     def __call__(self, c: ck.Checkpoint, loaded: ck.LoadedCheckpoint) -> dict[str, Any]:
         s = self.s
+        hf_dir = None if s.factory is not None else hf.config_dir(c.path)
+        built = s.factory is not None or hf_dir is not None  # a model of its own names
         sd, prefix = models.prepare_state(
             loaded.tensors,
             strip_prefix=s.strip_prefix,
-            name_single=s.factory is None,
+            name_single=not built,
             source=c.path,
         )
-        model = self._ensure_model(sd)
-        if s.factory is not None and s.strip_prefix is None:
-            sd, prefix = models.fit_prefix(model, sd)
-        models.load_state(model, sd, source=c.path)
+        model = self._ensure_model(sd, hf_dir)
+        if built and s.strip_prefix is None:
+            sd, prefix = models.fit_prefix(model, models.complete_tied(model, sd))
+        models.load_state(model, models.complete_tied(model, sd), source=c.path)
         if s.dtype is not None:
             model.to(DTYPES[s.dtype])
         bad_weights = [
@@ -518,7 +545,17 @@ def run_align(
             probe's ``found``), e.g. ``beside the checkpoints``.
     """
     world = world or distributed.World()
-    probe = _Probe(settings, probe_found)
+    folder = hf.config_dir(ckpts[0].path) if ckpts else None  # what the run trained
+    arch = hf.architecture(hf.read_config(folder)) if folder is not None else None
+    if settings.loss is None:  # the model's own loss, recorded in the report
+        settings = replace(settings, loss=hf.default_loss(arch))
+    if settings.seq_len is None:  # recorded as used
+        max_positions = arch.max_positions if arch is not None else None
+        settings = replace(settings, seq_len=tokens.window_length(None, max_positions))
+    tokenizer = settings.tokenizer
+    if tokenizer is None and settings.data is not None and tokens.is_text(settings.data):
+        tokenizer = tokens.find_tokenizer(c.path for c in ckpts)
+    probe = _Probe(settings, probe_found, tokenizer)
     analyzer = _Analyzer(settings, probe, world)
     analyzer.keep_matrices = save_matrices is not None
     if progress is not None:

@@ -107,6 +107,7 @@ ALIGN_KEYS: dict[str, str | tuple[str, ...] | None] = {
     "mask": "data.mask",
     "samples": "data.samples",
     "batch_size": "data.batch_size",
+    "seq_len": "data.seq_len",
 }
 """Settings of ``align`` whose ``symtool.toml`` key is not ``[align] <name>``."""
 
@@ -170,7 +171,18 @@ def align(
     ] = None,
     data: Annotated[
         str | None,
-        typer.Option("--data", help="Probe data (.safetensors/.pt/.npz) or module:function."),
+        typer.Option(
+            "--data",
+            help="Probe data (.safetensors/.pt/.npz), text (.txt/.jsonl) or module:function.",
+        ),
+    ] = None,
+    tokenizer: Annotated[
+        Path | None,
+        typer.Option("--tokenizer", help="Tokenizer folder for a text probe (default: beside "
+                     "the checkpoints)."),
+    ] = None,
+    seq_len: Annotated[
+        int | None, typer.Option("--seq-len", help="Tokens per window of a text probe.")
     ] = None,
     inputs: Annotated[
         str | None, typer.Option("--inputs", help="Input key in the probe file.")
@@ -185,7 +197,11 @@ def align(
     ] = None,
     loss: Annotated[
         str | None,
-        typer.Option("--loss", help="cross_entropy | mse | bce | nll | l1 | huber | module:fn."),
+        typer.Option(
+            "--loss",
+            help="cross_entropy | causal_lm | masked_lm | mse | bce | nll | l1 | huber | "
+            "module:fn (default: by the model; cross_entropy).",
+        ),
     ] = None,
     moments: Annotated[
         str | None, typer.Option("--moments", help="paper (normalised, centred) | raw.")
@@ -265,6 +281,7 @@ def align(
     """Six CRH relations and PAH exponents per layer, from hooks on probe data."""
     from symtool import distributed
     from symtool.align.run import AlignSettings, run_align
+    from symtool.inputs import hf
 
     config = find_config(paths, config_path)
     sink = output_sink(fmt, out)
@@ -288,6 +305,7 @@ def align(
         "mask": mask,
         "samples": samples,
         "batch_size": batch_size,
+        "seq_len": seq_len,
         "loss": local_spec(loss),
         "moments": moments,
         "metric": metric,
@@ -311,6 +329,7 @@ def align(
         model_args=parse_model_args(model_arg, config),
         data=data_path,
         source=source,
+        tokenizer=tokenizer or config.path_value("data", "tokenizer"),
         base_dir=config.base_dir,
     )
     if dry_run:
@@ -318,6 +337,9 @@ def align(
     world = distributed.from_env(parallel, settings.device)
     if probe_found and world.is_main:
         say(f"using probe data {data_path} (found {probe_found})")
+    note = hf.loss_note(ckpts[0].path, settings.loss) if ckpts else None
+    if note and world.is_main:
+        say(note)
     try:
         report = run_with_resume(
             lambda previous, on_partial, progress: run_align(

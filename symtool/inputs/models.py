@@ -27,6 +27,7 @@ from torch import nn
 
 from symtool.activations import FUNCTIONS, MODULES
 from symtool.errors import ModelError
+from symtool.inputs import hf
 from symtool.inputs.imports import import_object
 
 Tensor = torch.Tensor
@@ -130,9 +131,28 @@ def fit_prefix(
         if len(heads) != 1:
             break
         prefix += heads.pop() + "."
-        if {k[len(prefix) :] for k in keys} == expected:
-            return {k[len(prefix) :]: v for k, v in state_dict.items()}, prefix
+        stripped = {k[len(prefix) :]: v for k, v in state_dict.items()}
+        if set(complete_tied(model, stripped)) == expected:  # tied keys may be missing
+            return stripped, prefix
     return dict(state_dict), None
+
+
+def complete_tied(model: nn.Module, state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Fill keys the file lacks because they are tied to a key it has.
+
+    ``save_pretrained`` drops ``lm_head.weight`` when it is the input embedding; in the
+    model both names hold one tensor, so the stored one is used for both.
+    """
+    out = dict(state_dict)
+    shared: dict[tuple[int, tuple[int, ...]], list[str]] = {}
+    for key, t in model.state_dict(keep_vars=True).items():
+        shared.setdefault((t.data_ptr(), tuple(t.shape)), []).append(key)
+    for keys in shared.values():
+        have = next((k for k in keys if k in out), None)
+        if have is not None and len(keys) > 1:
+            for k in keys:
+                out.setdefault(k, out[have])
+    return out
 
 
 # --------------------------------------------------------------------------- building
@@ -143,6 +163,7 @@ def build_model(
     *,
     activation: str = "relu",
     base_dir: Path | None = None,
+    config_dir: Path | None = None,
 ) -> nn.Module:
     """Build the model a state dict belongs to (weights are not loaded; see :func:`load_state`).
 
@@ -154,6 +175,8 @@ def build_model(
         activation: auto-MLP nonlinearity between layers (none after the last); one of
             :data:`symtool.activations.FUNCTIONS`.
         base_dir: folder a ``file.py:callable`` factory is relative to.
+        config_dir: a Hugging Face checkpoint folder (``config.json``): without a factory,
+            the model is built from its config (:func:`symtool.inputs.hf.build_model`).
 
     Raises:
         ModelError: the factory fails or returns something else, or (auto-MLP) the state
@@ -177,6 +200,8 @@ def build_model(
         return model
     if args:
         raise ModelError("model arguments were given but no --model factory to pass them to")
+    if config_dir is not None:
+        return hf.build_model(config_dir)
     if activation not in FUNCTIONS:
         raise ModelError(
             f"unknown activation {activation!r}; expected one of {', '.join(FUNCTIONS)}"
@@ -360,6 +385,8 @@ class LayerRef:
         kind: ``"linear"``, ``"conv1d"``, ``"conv2d"`` or ``"conv3d"``.
         d_in: input width of ``W`` (conv: ``C_in · prod(kernel)``).
         d_out: output width of ``W``.
+        transposed: the weight is stored ``d_in × d_out`` (``transformers``' ``Conv1D``,
+            which computes ``x @ weight + bias``: ``W = weightᵀ``).
     """
 
     name: str
@@ -367,11 +394,12 @@ class LayerRef:
     kind: str
     d_in: int
     d_out: int
+    transposed: bool = False
 
     def weight_matrix(self) -> Tensor:
         """``W`` as ``d_out × d_in`` (conv kernels reshaped), detached, in the model's dtype."""
         w = self.module.weight.detach()
-        return w.reshape(w.shape[0], -1)
+        return w.t() if self.transposed else w.reshape(w.shape[0], -1)
 
 
 @dataclass(frozen=True)
@@ -428,6 +456,8 @@ def select_layers(
 def _layer_ref(name: str, module: nn.Module) -> LayerRef:
     """A :class:`LayerRef` for a supported module."""
     w = module.weight
+    if hf.is_conv1d(module):
+        return LayerRef(name, module, "linear", int(w.shape[0]), int(w.shape[1]), True)
     kind = "linear" if isinstance(module, nn.Linear) else _conv_kind(module)
     return LayerRef(name, module, kind, int(w[0].numel()), int(w.shape[0]))
 
@@ -457,7 +487,7 @@ def _functional_children(model: nn.Module) -> dict[str, str]:
 
 def _unsupported(module: nn.Module) -> str | None:
     """Why a module is not captured (``""``: nothing to report), or ``None`` if it is."""
-    if isinstance(module, nn.Linear):
+    if isinstance(module, nn.Linear) or hf.is_conv1d(module):
         if isinstance(module.weight, nn.parameter.UninitializedParameter):
             return "uninitialised lazy layer"
         return None

@@ -28,7 +28,7 @@ Inputs = Tensor | tuple[Tensor, ...] | dict[str, Tensor]
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 PROBE_SUFFIXES = (".safetensors", ".pt", ".pth", ".npz")
-PROBE_FILES = tuple(f"probe{suffix}" for suffix in PROBE_SUFFIXES)
+PROBE_FILES = tuple(f"probe{suffix}" for suffix in (*PROBE_SUFFIXES, ".txt", ".jsonl"))
 """Names a probe file beside the checkpoints may have (:func:`probe_beside`)."""
 FOUND_BESIDE = "beside the checkpoints"
 """How a probe file found by :func:`probe_beside` is described in reports."""
@@ -66,19 +66,23 @@ class ProbeData:
         x, y: inputs and targets, first axis = samples.
         mask: optional boolean mask, first axis = samples.
         keys: every tensor name the file holds.
+        inputs, targets: what was read as inputs and targets when the names were not
+            given (token probes: ``input_ids``, ``labels``), else None.
     """
 
     path: Path
     sha256: str
-    x: Tensor
+    x: Inputs
     y: Tensor
     mask: Tensor | None
     keys: tuple[str, ...]
+    inputs: str | None = None
+    targets: str | None = None
 
     @property
     def n(self) -> int:
         """Number of samples."""
-        return self.x.shape[0]
+        return _first_tensor(self.x).shape[0]
 
 
 # --------------------------------------------------------------------------- loading
@@ -116,6 +120,9 @@ def load_probe(
     if samples is not None and samples < 1:
         raise ProbeError(f"samples must be at least 1, got {samples}", path=path)
     wanted = [inputs, targets] + ([mask] if mask else [])
+    keys = _read_tensors(path, suffix, [], None)[0]  # names only (a .pt is read whole)
+    if inputs not in keys and TOKEN_INPUTS[0] in keys:
+        return _token_probe(path, suffix, keys, targets, mask, samples)
     keys, tensors = _read_tensors(path, suffix, wanted, samples)
     x, y = tensors[inputs], tensors[targets]
     m = tensors.get(mask) if mask else None
@@ -132,6 +139,47 @@ def load_probe(
     if m is not None:
         m = _as_bool_mask(m, f"mask {mask!r}", path)
     return ProbeData(path, _sha256(path), x, y, m, keys)
+
+
+TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+"""Keyword inputs of a token probe (the model is called ``model(**inputs)``)."""
+
+
+def _token_probe(
+    path: Path,
+    suffix: str,
+    keys: tuple[str, ...],
+    targets: str,
+    mask: str | None,
+    samples: int | None,
+) -> ProbeData:
+    """A token probe: ``input_ids`` (and ``attention_mask``, ``token_type_ids``) as the
+    model's keyword inputs; targets ``labels`` if present (or the ``--targets`` key), else
+    ``input_ids`` with ``-100`` at padded positions; rows kept where the attention mask
+    (or the ``--mask`` key) is 1, so padding never becomes a row."""
+    label_key = targets if targets in keys else "labels" if "labels" in keys else None
+    names = [k for k in TOKEN_INPUTS if k in keys]
+    wanted = names + ([label_key] if label_key else []) + ([mask] if mask else [])
+    _, t = _read_tensors(path, suffix, list(dict.fromkeys(wanted)), samples)
+    if samples is not None:
+        t = {k: v[:samples] for k, v in t.items()}
+    ids = t["input_ids"]
+    if ids.ndim != 2 or ids.is_floating_point():
+        raise ProbeError(f"input_ids must be (sequences, positions) integers, got {ids.dtype} "
+                         f"{tuple(ids.shape)}", path=path)
+    for k, v in t.items():
+        if tuple(v.shape) != tuple(ids.shape):
+            raise ProbeError(f"{k!r} has shape {tuple(v.shape)}, input_ids {tuple(ids.shape)}",
+                             path=path)
+    attn = t.get("attention_mask")
+    keep = _as_bool_mask(t[mask], f"mask {mask!r}", path) if mask else (
+        None if attn is None else _as_bool_mask(attn, "attention_mask", path))
+    if label_key is not None:
+        y = t[label_key].long()
+    else:
+        y = ids.long() if keep is None else ids.long().masked_fill(~keep, -100)
+    x = {k: t[k] for k in names}
+    return ProbeData(path, _sha256(path), x, y, keep, keys, "input_ids", label_key or "input_ids")
 
 
 def probe_beside(checkpoints: Iterable[Path]) -> Path | None:
@@ -266,7 +314,9 @@ def iter_batches(probe: ProbeData, batch_size: int) -> Iterator[Batch]:
         raise ProbeError(f"batch size must be at least 1, got {batch_size}", path=probe.path)
     for i in range(0, probe.n, batch_size):
         sl = slice(i, i + batch_size)
-        yield Batch(probe.x[sl], probe.y[sl], None if probe.mask is None else probe.mask[sl])
+        x = probe.x
+        x = {k: v[sl] for k, v in x.items()} if isinstance(x, dict) else x[sl]
+        yield Batch(x, probe.y[sl], None if probe.mask is None else probe.mask[sl])
 
 
 def source_batches(
@@ -399,6 +449,23 @@ def cross_entropy_sum(output: Tensor, target: Tensor) -> Tensor:
     return F.cross_entropy(out, tgt, reduction="sum", ignore_index=-100)
 
 
+def causal_lm_sum(output: Tensor, target: Tensor) -> Tensor:
+    """Summed next-token cross-entropy of a causal language model.
+
+    ``output`` is ``(B, T, V)`` logits, ``target`` the ``(B, T)`` labels in the Hugging
+    Face convention (``labels = input_ids``, ``-100`` where no loss is wanted): the logits
+    at position t are scored against the label at t+1, so the last position has no term.
+    """
+    if output.ndim != 3 or tuple(target.shape) != tuple(output.shape[:2]):
+        raise ValueError(
+            f"causal_lm needs (batch, positions, vocab) logits and (batch, positions) labels, "
+            f"got {tuple(output.shape)} and {tuple(target.shape)}"
+        )
+    logits = output[:, :-1, :].reshape(-1, output.shape[-1])
+    labels = target[:, 1:].reshape(-1).long()
+    return F.cross_entropy(logits, labels, reduction="sum", ignore_index=-100)
+
+
 def nll_sum(output: Tensor, target: Tensor) -> Tensor:
     """Summed negative log-likelihood of log-probabilities; layouts as cross-entropy."""
     out, tgt = _class_layout(output, target)
@@ -427,6 +494,8 @@ def huber_sum(output: Tensor, target: Tensor) -> Tensor:
 
 LOSSES: dict[str, LossFn] = {
     "cross_entropy": cross_entropy_sum,
+    "causal_lm": causal_lm_sum,
+    "masked_lm": cross_entropy_sum,
     "mse": mse_sum,
     "bce": bce_sum,
     "nll": nll_sum,

@@ -50,7 +50,7 @@ def _ode_sequences(run: OdeRun) -> tuple[torch.Tensor | None, dict[str, Any] | N
         return None, None
     probe = probes.load_probe(run.data, inputs=run.inputs, targets=run.inputs, samples=run.samples)
     x = probe.x
-    if not x.is_floating_point():
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise ProbeError(f"sequences {run.inputs!r} must be floating point", path=run.data)
     if x.ndim not in (2, 3):
         raise ProbeError(

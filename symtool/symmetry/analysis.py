@@ -247,6 +247,7 @@ def analyse_symmetry(
     classifier: str | None = None,
     reference: SymmetryResult | None = None,
     layout: Layout | None = None,
+    mlp_activation: str | None = None,
 ) -> SymmetryResult:
     """Analyse every parameter symmetry of one checkpoint.
 
@@ -259,6 +260,8 @@ def analyse_symmetry(
         reference: the first checkpoint's result, for excess nullity over it.
         layout: a layout from :func:`discover` to reuse (then ``pairs`` and
             ``classifier`` are ignored).
+        mlp_activation: activation of transformer MLP pairs (from a model config);
+            None: ``settings.activation``.
 
     Returns:
         Rank per layer, units per pair, heads per attention block, the softmax record and
@@ -270,7 +273,7 @@ def analyse_symmetry(
     settings = settings or SymmetrySettings()
     if layout is None:
         layout = discover(state, pairs=pairs, activation=settings.activation,
-                          classifier=classifier)
+                          classifier=classifier, mlp_activation=mlp_activation)
     refs = {r.name: r for r in reference.layers} if reference is not None else {}
     layers = tuple(
         analyse_rank(layer_matrix(state, lm), name=lm.name, kind=lm.kind, dtype=lm.dtype,

@@ -35,6 +35,24 @@ _QKV_FAMILIES: tuple[tuple[tuple[str, str, str], tuple[str, ...]], ...] = (
 """(q, k, v) module names of one naming family and where its output projection lives:
 a sibling name, or ``..name`` for a sibling of the parent (BERT's ``attention.output``)."""
 
+_MLP_FAMILIES: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("gate_proj", "up_proj"), "down_proj"),
+    (("w1", "w3"), "w2"),
+    (("c_fc",), "c_proj"),
+    (("fc1",), "fc2"),
+    (("intermediate.dense",), "output.dense"),
+    (("dense_h_to_4h",), "dense_4h_to_h"),
+    (("wi", "wi_0", "wi_1"), "wo"),
+    (("lin1",), "lin2"),
+)
+"""(incoming, outgoing) module names of a transformer MLP, relative to one parent: the
+incoming layers' outputs pass through the activation (a gated MLP multiplies gate and up)
+into the outgoing layer. Llama/Mistral, Mixtral experts, GPT-2, OPT/ViT, BERT,
+GPT-NeoX/Falcon, T5, DistilBERT."""
+
+_HEAD_NAMES = ("lm_head", "score", "classifier", "cls.predictions.decoder")
+"""Names of an output head (the softmax classifier), wherever it sits in the state dict."""
+
 PairLike = tuple[str, str] | tuple[str, str, str]
 
 
@@ -398,6 +416,34 @@ def _auto_pairs(finder: _Finder, activation: str) -> list[PairSpec]:
     return pairs
 
 
+def _mlp_pairs(finder: _Finder, activation: str) -> list[PairSpec]:
+    """Transformer MLP pairs by name (:data:`_MLP_FAMILIES`) whose shapes chain."""
+    by_name = {lm.name: lm for lm in finder.layers if lm.role == "plain"}
+    pairs = []
+    for name, b in by_name.items():
+        for incoming, outgoing in _MLP_FAMILIES:
+            if name != outgoing and not name.endswith("." + outgoing):
+                continue
+            parent = name[: -len(outgoing)].rstrip(".")
+            for inc in incoming:
+                a = by_name.get(_join(parent, inc))
+                chained = None if a is None else _chain(a, b)
+                if a is not None and chained is not None:
+                    pairs.append(PairSpec(a.name, b.name, chained[0], chained[1], "structure",
+                                          activation))
+    return pairs
+
+
+def has_named_head(state: Mapping[str, Tensor]) -> bool:
+    """Whether the state dict stores an output head by name (:data:`_HEAD_NAMES`)."""
+    for key in state:
+        module = key.removesuffix(".weight")
+        if module != key and (module in _HEAD_NAMES
+                              or module.rpartition(".")[2] in _HEAD_NAMES[:2]):
+            return True
+    return False
+
+
 def _explicit_pairs(finder: _Finder, pairs: Sequence[PairLike], activation: str) -> list[PairSpec]:
     """The caller's pairs, checked; every problem is reported in one error."""
     by_name = {lm.name: lm for lm in finder.layers}
@@ -434,6 +480,7 @@ def discover(
     pairs: Sequence[PairLike] | None = None,
     activation: str = "relu",
     classifier: str | None = None,
+    mlp_activation: str | None = None,
 ) -> Layout:
     """Find the linear maps, unit pairs, attention blocks and classifier of a state dict.
 
@@ -445,6 +492,8 @@ def discover(
         classifier: layer name or state-dict key of the classifier weight (rows =
             classes); None picks the last layer when it ends the state dict; ``""``
             disables the softmax record.
+        mlp_activation: activation of transformer MLP pairs (a Hugging Face config's
+            ``hidden_act``); None: ``activation``.
 
     Returns:
         The layout; only names and shapes, no matrices.
@@ -457,7 +506,20 @@ def discover(
     finder.find_plain()
     finder.record_rest()
     if pairs is None:
-        found = _auto_pairs(finder, activation)
+        # a transformer's MLP pairs by structure; consecutive layers elsewhere in it meet
+        # through the residual stream or attention, never through hidden units
+        # (a transformer's layers in different modules meet through the residual stream
+        # or attention, never through hidden units: there chains stay inside one module)
+        found = _mlp_pairs(finder, mlp_activation or activation)
+        mlp = {(p.incoming, p.outgoing) for p in found}
+        both = {n for pair in mlp for n in pair}
+        found += [p for p in _auto_pairs(finder, activation)
+                  if (p.incoming, p.outgoing) not in mlp
+                  and not (p.incoming in both and p.outgoing in both)
+                  and (not finder.attention
+                       or p.incoming.rpartition(".")[0] == p.outgoing.rpartition(".")[0])]
+        order = {lm.name: i for i, lm in enumerate(finder.layers)}
+        found.sort(key=lambda p: (order[p.incoming], order[p.outgoing]))
     else:
         found = _explicit_pairs(finder, pairs, activation)
     cls_key, cls_bias, cls_name = _classifier(finder, classifier)
@@ -488,6 +550,11 @@ def _classifier(
         raise UsageError(f"classifier {classifier!r}: no 2-D weight or plain layer by that name")
     if not finder.keys:
         return None, None, None
+    for lm in finder.layers:  # an output head by name (untied lm_head: keys are sorted)
+        if lm.role == "plain" and lm.kind == "linear" and (
+            lm.name in _HEAD_NAMES or lm.name.rpartition(".")[2] in _HEAD_NAMES[:2]
+        ):
+            return lm.key, lm.bias_key, lm.name
     last = finder.keys[-1]
     owner = finder.claimed.get(last)
     lm = by_name.get(owner or "")

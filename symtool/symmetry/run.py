@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from symtool.inputs import checkpoints as ck
-from symtool.inputs import models
+from symtool.inputs import hf, models
 from symtool.report.files import to_jsonable
 from symtool.runner import Progress, done_entries, run_report
 
@@ -67,6 +67,17 @@ def subspace_paths(base: Path, ckpts: list[ck.Checkpoint]) -> dict[str, Path]:
     return out
 
 
+def _classifier(given: str | None, arch: Any, tensors: dict[str, Any]) -> str | None:
+    """``--classifier``; for a Hugging Face model only a stored output head by name
+    (``lm_head``, ``score``, ...), never the last layer of the sorted keys (BERT's
+    ``cls.predictions.transform.dense``); ``""`` when its head is tied and not stored."""
+    from symtool.symmetry.layout import has_named_head
+
+    if given is not None or arch is None:
+        return given
+    return None if has_named_head(tensors) else ""
+
+
 def run_symmetry(
     ckpts: list[ck.Checkpoint],
     run: SymmetryRun,
@@ -89,25 +100,32 @@ def run_symmetry(
         tensors, prefix = models.prepare_state(
             loaded.tensors, strip_prefix=run.strip_prefix, name_single=False, source=c.path
         )
+        folder = hf.config_dir(c.path) if run.factory is None else None
+        arch = hf.architecture(hf.read_config(folder)) if folder is not None else None
         if run.factory is not None:
             if not model_box:
                 model_box.append(
                     models.build_model(run.factory, run.model_args, tensors, base_dir=run.base_dir)
                 )
+            model = model_box[0]
+            config = getattr(model, "config", None)  # a Hugging Face model from a factory
+            if hasattr(config, "to_dict"):
+                arch = hf.architecture(config.to_dict())
             if run.strip_prefix is None:  # the model's names, as align reports them
-                tensors, prefix = models.fit_prefix(model_box[0], tensors)
-            if pairs_box[0] is None:
-                models.load_state(model_box[0], tensors, source=c.path)
-                pairs_box[0] = tuple(models.graph_pairs(model_box[0]))
+                tensors, prefix = models.fit_prefix(model, tensors)
+            if pairs_box[0] is None and arch is None:  # a transformer pairs by structure
+                models.load_state(model, models.complete_tied(model, tensors), source=c.path)
+                pairs_box[0] = tuple(models.graph_pairs(model))
         tensors = models.name_single_module(tensors)
         is_first = c.path == ckpts[0].path
         result = sym.analyse_symmetry(
             tensors,
             run.settings,
             pairs=pairs_box[0],
-            heads=run.heads,
-            classifier=run.classifier,
+            heads=run.heads or (arch.heads if arch is not None else None),
+            classifier=_classifier(run.classifier, arch, tensors),
             reference=None if is_first or not first else first[0],
+            mlp_activation=arch.activation if arch is not None else None,
         )
         if is_first:
             first[:] = [result]

@@ -151,6 +151,10 @@ def _cases() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         "l1": (torch.randn(6, 1, generator=g, dtype=DT), torch.randn(6, generator=g)),
         "huber": (3 * torch.randn(6, 2, generator=g, dtype=DT), torch.randn(6, 2, generator=g)),
         "bce": (torch.randn(6, 2, generator=g, dtype=DT), torch.randint(0, 2, (6, 2), generator=g)),
+        "causal_lm": (torch.randn(6, 4, 5, generator=g, dtype=DT),
+                      torch.randint(0, 5, (6, 4), generator=g)),
+        "masked_lm": (torch.randn(6, 4, 5, generator=g, dtype=DT),
+                      torch.randint(0, 5, (6, 4), generator=g)),
     }
 
 
@@ -168,9 +172,12 @@ def test_losses_are_sums_of_per_sample_losses(name: str) -> None:
         "l1": lambda: F.l1_loss(out, tgt.to(DT).reshape(out.shape)),
         "huber": lambda: F.huber_loss(out, tgt.to(DT)),
         "bce": lambda: F.binary_cross_entropy_with_logits(out, tgt.to(DT)),
+        "causal_lm": lambda: F.cross_entropy(out[:, :-1].reshape(-1, 5), tgt[:, 1:].reshape(-1)),
+        "masked_lm": lambda: F.cross_entropy(out.reshape(-1, 5), tgt.reshape(-1)),
     }
     mean = means[name]()
-    terms = out.shape[0] if name in ("cross_entropy", "nll") else out.numel()
+    terms = {"cross_entropy": out.shape[0], "nll": out.shape[0], "causal_lm": 6 * 3,
+             "masked_lm": 6 * 4}.get(name, out.numel())
     assert torch.allclose(total, mean * terms, atol=1e-12)
 
 
