@@ -174,11 +174,20 @@ class _Probe:
 class _Analyzer:
     """Per-checkpoint work of ``align``; the model is built once and reused."""
 
-    def __init__(self, s: AlignSettings, probe: _Probe, world: distributed.World) -> None:
+    def __init__(
+        self,
+        s: AlignSettings,
+        probe: Any,
+        world: distributed.World,
+        *,
+        model: torch.nn.Module | None = None,
+        loss_fn: probes.LossFn | None = None,
+    ) -> None:
         self.s = s
         self.probe = probe
         self.world = world
-        self.loss = probes.resolve_loss(s.loss, base_dir=s.base_dir)
+        self.given = model  # a live model (the Python API): analysed as it is, never loaded
+        self.loss = loss_fn or probes.resolve_loss(s.loss, base_dir=s.base_dir)
         self.bank = HaarBank(seed=s.seed, samples=s.null_samples)
         self.thresholds = crh.Thresholds(s.alpha_threshold, s.z_threshold)
         self.model: torch.nn.Module | None = None
@@ -192,9 +201,11 @@ class _Analyzer:
         if self.model is not None:
             return self.model
         s = self.s
-        model = models.build_model(
-            s.factory, s.model_args, sd, activation=s.activation, base_dir=s.base_dir
-        )
+        model = self.given
+        if model is None:
+            model = models.build_model(
+                s.factory, s.model_args, sd, activation=s.activation, base_dir=s.base_dir
+            )
         layers, skipped = models.select_layers(model, list(s.layers) or None)
         kept = []
         self.skipped = [{"name": k.name, "reason": k.reason} for k in skipped]
@@ -232,9 +243,10 @@ class _Analyzer:
             source=c.path,
         )
         model = self._ensure_model(sd)
-        if s.factory is not None and s.strip_prefix is None:
-            sd, prefix = models.fit_prefix(model, sd)
-        models.load_state(model, sd, source=c.path)
+        if self.given is None:
+            if s.factory is not None and s.strip_prefix is None:
+                sd, prefix = models.fit_prefix(model, sd)
+            models.load_state(model, sd, source=c.path)
         if s.dtype is not None:
             model.to(DTYPES[s.dtype])
         bad_weights = [
@@ -409,6 +421,9 @@ def run_align(
     save_matrices: Path | None = None,
     world: distributed.World | None = None,
     probe_found: str | None = None,
+    model: torch.nn.Module | None = None,
+    probe: Any = None,
+    loss_fn: probes.LossFn | None = None,
 ) -> dict[str, Any]:
     """The ``align`` report over a checkpoint sequence (see docs/reports.md).
 
@@ -423,10 +438,15 @@ def run_align(
             value is the whole report.
         probe_found: how the probe file was found when nobody named it (recorded as the
             probe's ``found``), e.g. ``beside the checkpoints``.
+        model: a live model to analyse as it is (the Python API): its weights are the
+            checkpoint's, so nothing is built or loaded; ``ckpts`` are its state dicts.
+        probe: probe batches from memory (:class:`symtool.inputs.memory.MemoryProbe`)
+            instead of ``settings.data``/``source``.
+        loss_fn: a loss callable instead of ``settings.loss``.
     """
     world = world or distributed.World()
-    probe = _Probe(settings, probe_found)
-    analyzer = _Analyzer(settings, probe, world)
+    probe = probe or _Probe(settings, probe_found)
+    analyzer = _Analyzer(settings, probe, world, model=model, loss_fn=loss_fn)
     analyzer.keep_matrices = save_matrices is not None
     report = run_report(
         "symtool/align",
