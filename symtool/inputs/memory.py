@@ -129,7 +129,9 @@ class MemoryProbe:
                 self.tensors["mask"] = data[mask]
         elif isinstance(data, Iterable) and not isinstance(data, str | bytes | Mapping):
             self.kind = type(data).__name__ if type(data).__name__ == "DataLoader" else "iterable"
-            self.items = list(data) if iter(data) is data else data
+            # a one-shot iterator is kept as a list; iter() is never called to find out
+            # (a DataLoader's iter() starts workers and draws a seed from torch's RNG)
+            self.items = list(data) if isinstance(data, Iterator) else data
         else:
             raise ProbeError(
                 f"cannot use {type(data).__name__} as probe data: give a file path, a tensor, "

@@ -186,3 +186,12 @@ def test_state_dict_saved_to_a_file_and_in_memory_agree(tmp_path: Path) -> None:
     a = symtool.align(sd, probe, step=7, null_samples=0, pah=False)
     b = symtool.align(tmp_path, probe, null_samples=0, pah=False)
     assert differences(a.to_dict(), b.to_dict(), skip=("path", "sha256")) == []
+
+
+def test_analysis_packages_stay_packages_and_are_callable() -> None:
+    import symtool.align.run as run_module
+    from symtool.align import AlignSettings
+
+    assert symtool.align.run is run_module and symtool.align.AlignSettings is AlignSettings
+    assert all(callable(getattr(symtool, n)) for n in ("align", "symmetry", "ode"))
+    assert symtool.api.align.__doc__.startswith("CRH relations")
