@@ -86,6 +86,7 @@ class Monitor:
         self.world = world()
         self.reports: dict[str, Report] = {}
         self.last_step: int | None = None
+        self._results: list[tuple[int | None, Any]] = []  # symmetry's (step, result) so far
         conf = st.config_for([], config if config is not None else False)
         own = {"align": dict(align or {}), "symmetry": dict(symmetry or {}),
                "ode": dict(ode or {})}
@@ -157,14 +158,14 @@ class Monitor:
         from symtool.symmetry.run import revive_entry, run_symmetry
 
         run = self._setup["symmetry"]
-        reference = None
-        previous = self.reports.get("symmetry")
-        if previous is not None:
-            first = next((e for e in previous.checkpoints if e["status"] == "ok"), None)
-            reference = None if first is None else revive_entry(first, run.settings)
-        return run_symmetry(
+        reference = self._results[0][1] if self._results else None
+        report = run_symmetry(
             _memory(self.model, global_step), run, model=self.model, reference=reference
         )
+        entry = report["checkpoints"][0]
+        if entry["status"] == "ok":  # kept for the sequence: each entry is revived once
+            self._results.append((entry["step"], revive_entry(entry, run.settings)))
+        return report
 
     def _ode(self, global_step: int) -> dict[str, Any]:
         from symtool.ode.run import run_ode
@@ -181,9 +182,9 @@ class Monitor:
         else:
             report = {**old, "checkpoints": [*old.checkpoints, *new["checkpoints"]]}
         if analysis == "symmetry":
-            from symtool.symmetry.run import sequence_of
+            from symtool.symmetry.run import sequence_from
 
-            report["sequence"] = sequence_of(report, self._setup["symmetry"].settings)
+            report["sequence"] = sequence_from(self._results)
         self.reports[analysis] = Report(report)
 
     def path(self, analysis: str) -> Path | None:

@@ -159,7 +159,7 @@ def run_symmetry(
         if e["status"] == "ok" and e["path"] not in results:
             revive(e)
     ok = [(e["step"], results[e["path"]]) for e in report["checkpoints"] if e["status"] == "ok"]
-    report["sequence"] = _sequence(ok)
+    report["sequence"] = sequence_from(ok)
     return report
 
 
@@ -172,17 +172,11 @@ def revive_entry(entry: dict[str, Any], settings: Any) -> Any:
     return from_jsonable(sym.SymmetryResult, {**body, "settings": settings.to_dict()})
 
 
-def sequence_of(report: dict[str, Any], settings: Any) -> dict[str, Any] | None:
-    """The ``sequence`` block of a report from its entries (a report the training
-    callbacks grow one step at a time gets it recomputed after each step)."""
-    ok = [
-        (e["step"], revive_entry(e, settings)) for e in report["checkpoints"] if e["status"] == "ok"
-    ]
-    return _sequence(ok)
+def sequence_from(ok: list[tuple[int | None, Any]]) -> dict[str, Any] | None:
+    """Events, modes and laws over (step, result) pairs; None unless ≥ 2 distinct steps.
 
-
-def _sequence(ok: list[tuple[int | None, Any]]) -> dict[str, Any] | None:
-    """Events, modes and laws over (step, result) pairs; None unless ≥ 2 distinct steps."""
+    (The training monitor grows its report one step at a time and recomputes this.)
+    """
     from symtool.symmetry import analysis as sym
 
     steps = [s for s, _ in ok]
