@@ -129,6 +129,10 @@ def main() -> None:
         for name, r in rows.items():
             over = f"{100 * r['overhead']:8.1f}%" if "overhead" in r else ""
             print(f"  {name:10s} {r['seconds']:8.2f} {over:>9s}")
+        for name, r in rows.items():
+            if "overhead" in r:
+                print(f"RESULT callback overhead {case} {name}: {100 * r['overhead']:.0f}% "
+                      f"of training time")
     if a.json:
         a.json.write_text(json.dumps(results, indent=2))
 
