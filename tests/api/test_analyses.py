@@ -195,3 +195,15 @@ def test_analysis_packages_stay_packages_and_are_callable() -> None:
     assert symtool.align.run is run_module and symtool.align.AlignSettings is AlignSettings
     assert all(callable(getattr(symtool, n)) for n in ("align", "symmetry", "ode"))
     assert symtool.api.align.__doc__.startswith("CRH relations")
+
+
+def test_ode_sequences_from_a_tensor_equal_the_probe_file(tmp_path: Path) -> None:
+    ckpt = FIXTURES / "lstm" / "step_000400.safetensors"
+    x = load_file(FIXTURES / "lstm" / "probe.safetensors")["x"]
+    ours = symtool.ode(ckpt, data=x, lyapunov_k=2)  # batch_first from the fixture's toml
+    theirs = cli_report(tmp_path, "ode", ckpt, "--lyapunov-k", "2")
+    assert ours["provenance"]["probe"]["path"] == "<tensor>"
+    assert ours["provenance"]["probe"]["shape"] == theirs["provenance"]["probe"]["shape"]
+    assert differences(ours.to_dict(), theirs, skip=WHERE) == []
+    with pytest.raises(TypeError, match="lyapunov_k"):
+        symtool.ode(ckpt, lyapunov=2)
