@@ -1,25 +1,29 @@
 """The six CRH relations, their rotation nulls, the cross-term check and ``--verify``.
 
-docs/theory.md §3 (relations, alignment score, spectrum-preserving null, cross-term),
-section 1 (the exact identities ``H_b = W H_a Wᵀ`` and ``G_a = Wᵀ G_b W`` behind
-``--verify``) and section 7 (float64; non-finite input gives a failed record, never NaN).
+docs/theory.md §3 (relations, alignment score, spectrum-preserving null and its exact
+moments, cross-term), section 1 (the exact identities ``H_b = W H_a Wᵀ`` and
+``G_a = Wᵀ G_b W`` behind ``--verify``) and section 7 (float64; non-finite input gives a
+failed record, never NaN).
 
-Eigendecompose a layer's matrices once with :func:`layer_spectra` and hand the result to
-both :func:`relations` and :func:`symtool.align.pah.powers`; both compute it themselves when not
-given one.
+Prepare a layer's matrices once with :func:`layer_spectra` (float64, symmetrised; ``H`` and
+``Z`` decomposed, as PAH needs) and hand the result to both :func:`relations` and
+:func:`symtool.align.pah.powers`; both compute it themselves when not given one. The null of
+every relation is exact (:mod:`symtool.align.null`: traces, no decomposition), so ``G`` and
+the cross terms are decomposed only for the optional sampled null (``null_samples > 0``).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from symtool.align.moments import LayerMatrices
+from symtool.align.null import ZERO_SPREAD, ExactNull, Invariants, invariants, null_from_invariants
 from symtool.align.score import HaarBank, NullStats, alignment, check_metric, rotation_nulls
 from symtool.errors import AnalysisError, UsageError
-from symtool.linalg import Spectrum, all_finite, gram_pair, spectrum
+from symtool.linalg import Spectrum, all_finite, gram_pair, spectrum, sym
 
 Tensor = torch.Tensor
 
@@ -44,22 +48,24 @@ CROSS_TERMS: tuple[tuple[str, str, str, str], ...] = (
 
 _LABEL = {"X_a": "-sym C_a", "X_b": "-sym C_b"}
 
-_NEED_VECTORS = frozenset({"H_a", "H_b"})
-"""Moments whose eigenvectors are used: PAH fits in the bases of Z and H (Z's come from
-:func:`symtool.linalg.gram_pair`). G and the cross terms are the fixed (first) matrix of a
-null only, which needs their eigenvalues and ``c = Vᵀ1`` (Pearson), not their vectors."""
+_DECOMPOSED = frozenset({"H_a", "H_b"})
+"""Moments :func:`layer_spectra` decomposes: PAH fits in the bases of Z and H (Z's come from
+:func:`symtool.linalg.gram_pair`). ``G`` and the cross terms are used as matrices only
+(alignment scores, exact nulls, PAH targets); the sampled null decomposes them on demand."""
 
 
 @dataclass(frozen=True, eq=False)
 class LayerSpectra:
-    """One float64 eigendecomposition of each matrix of a layer (not a report record).
+    """A layer's float64 matrices, with the eigendecompositions PAH needs (not a report record).
 
     Attributes:
         H_a, G_a, Z_a, H_b, G_b, Z_b: spectra of the moments and of ``Z_a = WᵀW``,
-            ``Z_b = WWᵀ``; ``None`` when the matrix could not be decomposed.
-        X_a, X_b: spectra of the cross terms ``−sym C_a`` and ``−sym C_b`` (``None`` when
-            not requested or not decomposable).
-        reasons: ``(name, why)`` for every matrix that is ``None``.
+            ``Z_b = WWᵀ``; ``None`` when the matrix is not decomposed (``G``: never here) or
+            could not be.
+        X_a, X_b: spectra of the cross terms ``−sym C_a`` and ``−sym C_b`` (``None``: they
+            are not decomposed here).
+        reasons: ``(name, why)`` for every matrix that is unusable.
+        dense: ``name → sym(M)`` in float64 for every usable matrix, decomposed or not.
     """
 
     H_a: Spectrum | None
@@ -71,15 +77,23 @@ class LayerSpectra:
     X_a: Spectrum | None = None
     X_b: Spectrum | None = None
     reasons: tuple[tuple[str, str], ...] = ()
+    dense: dict[str, Tensor] = field(default_factory=dict)
 
     def get(self, name: str) -> Spectrum | None:
-        """The spectrum called ``name`` (one of :data:`MATRIX_NAMES`)."""
+        """The spectrum called ``name`` (one of :data:`MATRIX_NAMES`), if decomposed."""
         if name not in MATRIX_NAMES:
             raise KeyError(name)
         return getattr(self, name)
 
+    def matrix(self, name: str) -> Tensor | None:
+        """The float64 symmetric matrix called ``name``, or ``None`` when it is unusable."""
+        if name not in MATRIX_NAMES:
+            raise KeyError(name)
+        spec = self.get(name)
+        return spec.matrix if spec is not None else self.dense.get(name)
+
     def reason(self, name: str) -> str | None:
-        """Why ``name`` has no spectrum, or ``None`` if it has one."""
+        """Why ``name`` is unusable, or ``None`` if it is usable."""
         for key, why in self.reasons:
             if key == name:
                 return why
@@ -87,35 +101,43 @@ class LayerSpectra:
 
 
 def layer_spectra(m: LayerMatrices, *, cross: bool = True, metric: str = "pearson") -> LayerSpectra:
-    """Eigendecompose every matrix of a layer once (float64), each only as deep as needed.
+    """A layer's matrices in float64, ``H`` and ``Z`` decomposed once (what PAH needs).
 
-    ``H_a``, ``H_b``: eigenvectors (PAH bases; fixed side of RGA and RWA). ``Z_a``, ``Z_b``:
-    both from one ``eigh`` (:func:`symtool.linalg.gram_pair`). ``G`` and the cross terms:
-    eigenvalues and, for the Pearson null where they are the fixed matrix, ``c = Vᵀ1``.
+    ``H_a``, ``H_b``: eigenvectors (PAH bases). ``Z_a``, ``Z_b``: both from one ``eigh``
+    (:func:`symtool.linalg.gram_pair`). ``G`` and the cross terms: symmetrised float64
+    matrices only; nothing of theirs needs a spectrum unless a sampled null is asked for.
 
     Args:
         m: the layer's finished matrices.
-        cross: also decompose ``−sym C_a`` and ``−sym C_b`` (for the cross-term null).
-        metric: the alignment metric the nulls will use (cosine needs no ``c``).
+        cross: also prepare ``−sym C_a`` and ``−sym C_b`` (for the cross-term check).
+        metric: the alignment metric (kept for the signature; the exact null needs no
+            spectrum of any fixed matrix).
 
     Returns:
-        :class:`LayerSpectra`; a matrix that is non-finite or fails ``eigh`` is ``None``
+        :class:`LayerSpectra`; a matrix that is non-finite or fails ``eigh`` is unusable
         with its reason recorded, the others are still computed.
     """
+    check_metric(metric)
     W = m.W.to(torch.float64)
-    dense: dict[str, Tensor] = {"H_a": m.H_a, "G_a": m.G_a, "H_b": m.H_b, "G_b": m.G_b}
+    raw: dict[str, Tensor] = {"H_a": m.H_a, "G_a": m.G_a, "H_b": m.H_b, "G_b": m.G_b}
     if cross:
-        dense["X_a"] = -m.C_a.to(torch.float64)
-        dense["X_b"] = -m.C_b.to(torch.float64)
-    out: dict[str, Spectrum | None] = {}
+        raw["X_a"] = -m.C_a
+        raw["X_b"] = -m.C_b
+    out: dict[str, Spectrum | None] = dict.fromkeys(MATRIX_NAMES)
+    dense: dict[str, Tensor] = {}
     reasons: list[tuple[str, str]] = []
-    for name, M in dense.items():
+    for name, M in raw.items():
+        M64 = sym(M.detach().to(torch.float64))
+        if not all_finite(M64):
+            reasons.append((name, f"{_LABEL.get(name, name)}: matrix has non-finite entries"))
+            continue
+        if name not in _DECOMPOSED:
+            dense[name] = M64
+            continue
         try:
-            out[name] = spectrum(M, vectors=name in _NEED_VECTORS, ones=metric == "pearson")
+            out[name] = spectrum(M64, vectors=True)
         except AnalysisError as exc:
-            out[name] = None
             reasons.append((name, f"{_LABEL.get(name, name)}: {exc.message}"))
-    out["Z_a"] = out["Z_b"] = None
     if not all_finite(W):
         reasons += [("Z_a", "W has non-finite entries"), ("Z_b", "W has non-finite entries")]
     else:
@@ -123,7 +145,7 @@ def layer_spectra(m: LayerMatrices, *, cross: bool = True, metric: str = "pearso
             out["Z_a"], out["Z_b"] = gram_pair(W)
         except AnalysisError as exc:
             reasons += [("Z_a", f"Z_a: {exc.message}"), ("Z_b", f"Z_b: {exc.message}")]
-    return LayerSpectra(**out, reasons=tuple(reasons))
+    return LayerSpectra(**out, reasons=tuple(reasons), dense=dense)
 
 
 @dataclass(frozen=True)
@@ -149,6 +171,25 @@ class Thresholds:
 
 
 @dataclass(frozen=True)
+class SampledNull:
+    """The sampled Haar null of one relation (``--null-samples K``), a check on the exact one.
+
+    Attributes:
+        mean: mean of ``α(first, Q second Qᵀ)`` over the defined rotated samples.
+        std: their sample standard deviation (ddof = 1).
+        z: ``(α − mean)/std``.
+        rotations: how many rotated samples had a defined score.
+        reason: why a field is ``None``, else ``None``.
+    """
+
+    mean: float | None
+    std: float | None
+    z: float | None
+    rotations: int
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
 class Relation:
     """One alignment relation ``first ~ second`` with its rotation null.
 
@@ -157,11 +198,20 @@ class Relation:
         formula: the relation written out, e.g. ``"H_a ~ G_a"``.
         side: ``"a"`` (input) or ``"b"`` (output).
         alpha: alignment score ``α(first, second)``.
-        null_mean: mean of ``α(first, Q second Qᵀ)`` over Haar ``Q``.
-        null_std: its sample standard deviation.
+        null_mean: mean of ``α(first, Q second Qᵀ)`` over Haar ``Q`` (exact, no sampling).
+        null_std: its standard deviation (of the Haar law itself).
         z: ``(alpha − null_mean)/null_std``.
         holds: ``alpha ≥`` threshold and ``z ≥`` threshold; ``None`` when either is undefined.
         reason: why a field is ``None`` (or the relation failed), else ``None``.
+        null_method: how the null was computed: ``"exact"`` (closed form), ``"quadrature"``
+            (fixed deterministic rule, ``d ≤ 64``), ``"series"`` (fourth-order moment
+            series) or ``"none"`` (undefined).
+        null_error: bound on the error of ``null_mean`` and of ``null_std``, in units of
+            ``null_std`` (0 for ``"exact"``); ``None`` when the null has no spread.
+        borderline: ``z`` is within its own uncertainty of the z threshold, so ``holds`` could
+            flip within ``null_error``; ``None`` when ``holds`` is.
+        sampled_null: the sampled Haar null (``--null-samples K > 0``), a check on the exact
+            one; ``None`` when not asked for.
     """
 
     id: str
@@ -173,6 +223,10 @@ class Relation:
     z: float | None
     holds: bool | None
     reason: str | None = None
+    null_method: str = "none"
+    null_error: float | None = None
+    borderline: bool | None = None
+    sampled_null: SampledNull | None = None
 
 
 @dataclass(frozen=True)
@@ -183,7 +237,7 @@ class LayerAlignment:
         relations: the six relations, in the order of :data:`RELATIONS`.
         cross: the cross-term checks ``−sym C_a ~ Z_a`` and ``−sym C_b ~ Z_b``.
         metric: ``"pearson"`` or ``"cosine"``.
-        null_samples: number K of Haar rotations per null.
+        null_samples: number K of Haar rotations of the optional sampled null (0: none).
         thresholds: what "holds" required.
         recipe: the moment recipe the matrices came from.
     """
@@ -201,21 +255,24 @@ def _label(name: str) -> str:
 
 
 def _relation(
-    rid: str,
-    first: str,
-    second: str,
-    side: str,
-    spectra: LayerSpectra,
-    metric: str,
-) -> tuple[str, Spectrum, Spectrum, float | None] | Relation:
+    rid: str, first: str, second: str, side: str, spectra: LayerSpectra, metric: str
+) -> tuple[str, Tensor, Tensor, float | None] | Relation:
     """The score of one relation, or its failed record when a matrix is missing."""
     formula = f"{_label(first)} ~ {_label(second)}"
-    A, B = spectra.get(first), spectra.get(second)
+    A, B = spectra.matrix(first), spectra.matrix(second)
     if A is None or B is None:
         missing = [why for name in (first, second) if (why := spectra.reason(name)) is not None]
         why = "; ".join(missing) if missing else "matrix not available"
         return Relation(rid, formula, side, None, None, None, None, None, f"failed: {why}")
-    return formula, A, B, alignment(A.matrix, B.matrix, metric, assume_finite=True)
+    return formula, A, B, alignment(A, B, metric, assume_finite=True)
+
+
+def z_error(z: float, error: float) -> float:
+    """How far ``z`` can be from its exact value when the null's mean and std are each known
+    to within ``error · std``: ``(|z| + 1) · error/(1 − error)`` (docs/theory.md §3)."""
+    if error >= 1.0:
+        return math.inf
+    return (abs(z) + 1.0) * error / (1.0 - error)
 
 
 def _finish(
@@ -223,21 +280,89 @@ def _finish(
     formula: str,
     side: str,
     alpha: float | None,
-    null: NullStats,
+    null: ExactNull,
     metric: str,
     thresholds: Thresholds,
+    sampled: NullStats | None,
 ) -> Relation:
     """The record of one scored relation, with its null and whether it holds."""
     reason = None
+    z = None
     if alpha is None:
         what = "constant" if metric == "pearson" else "zero"
         reason = f"alignment undefined (a {what} matrix)"
     elif null.reason is not None:
         reason = null.reason
-    holds = None
-    if alpha is not None and null.z is not None:
-        holds = alpha >= thresholds.alpha and null.z >= thresholds.z
-    return Relation(rid, formula, side, alpha, null.mean, null.std, null.z, holds, reason)
+    if alpha is not None and null.mean is not None and null.std is not None:
+        if null.std > ZERO_SPREAD:
+            z = (alpha - null.mean) / null.std
+        elif reason is None:
+            reason = "null has zero spread (rotation-invariant pair)"
+    holds = borderline = None
+    if alpha is not None and z is not None:
+        holds = alpha >= thresholds.alpha and z >= thresholds.z
+        err = null.error_bound or 0.0
+        borderline = abs(z - thresholds.z) <= z_error(z, err)
+    error = null.error_bound if null.std is not None and null.std > ZERO_SPREAD else None
+    check = None
+    if sampled is not None:
+        check = SampledNull(sampled.mean, sampled.std, sampled.z, sampled.samples, sampled.reason)
+    return Relation(
+        rid, formula, side, alpha, null.mean, null.std, z, holds, reason,
+        null.method, error, borderline, check,
+    )
+
+
+def exact_nulls(
+    pairs: list[tuple[str, str]], spectra: LayerSpectra, metric: str
+) -> list[ExactNull]:
+    """Exact Haar nulls of ``α(first, Q second Qᵀ)`` for ``(first, second)`` names.
+
+    Each matrix's invariants are computed once; the rotated ``Z``'s third and fourth
+    traces come from its eigenvalues (already known), the rotated ``G``'s from one product.
+    """
+    rotated = {second for _, second in pairs} if metric == "pearson" else set()
+    cache: dict[str, Invariants] = {}
+
+    def get(name: str) -> Invariants:
+        if name not in cache:
+            M = spectra.matrix(name)
+            assert M is not None
+            spec = spectra.get(name) if name.startswith("Z_") else None
+            cache[name] = invariants(
+                M, rotated=name in rotated, eigenvalues=None if spec is None else spec.values
+            )
+        return cache[name]
+
+    return [null_from_invariants(get(a), get(b), metric) for a, b in pairs]
+
+
+def _sampled_nulls(
+    pending: list[tuple[str, str, float | None]],
+    spectra: LayerSpectra,
+    *,
+    bank: HaarBank,
+    samples: int,
+    metric: str,
+) -> list[NullStats]:
+    """The sampled Haar null of each ``(first, second, α)``: spectra decomposed on demand."""
+    specs: dict[str, Spectrum] = {}
+
+    def get(name: str) -> Spectrum:
+        spec = spectra.get(name)
+        if spec is None:
+            spec = specs.get(name)
+            if spec is None:
+                M = spectra.matrix(name)
+                assert M is not None
+                spec = specs[name] = spectrum(M, vectors=False, ones=metric == "pearson")
+        return spec
+
+    try:
+        pairs = [(get(a), get(b), alpha) for a, b, alpha in pending]
+    except AnalysisError as exc:
+        return [NullStats(None, None, None, 0, f"sampled null: {exc.message}") for _ in pending]
+    return rotation_nulls(pairs, bank=bank, samples=samples, metric=metric)
 
 
 def relations(
@@ -245,7 +370,7 @@ def relations(
     *,
     spectra: LayerSpectra | None = None,
     metric: str = "pearson",
-    null_samples: int = 16,
+    null_samples: int = 0,
     bank: HaarBank | None = None,
     thresholds: Thresholds | None = None,
 ) -> LayerAlignment:
@@ -253,11 +378,11 @@ def relations(
 
     Args:
         m: the layer's finished matrices.
-        spectra: the layer's spectra from :func:`layer_spectra` (computed here if ``None``;
+        spectra: the layer's matrices from :func:`layer_spectra` (computed here if ``None``;
             pass them in to share one ``eigh`` per matrix with the PAH fit).
         metric: ``"pearson"`` (default) or ``"cosine"``.
-        null_samples: Haar rotations per null (default 16; 0 disables the null, so
-            ``holds`` is ``None``).
+        null_samples: Haar rotations of the optional sampled null (default 0: only the exact
+            null, which decides ``z`` and ``holds`` either way).
         bank: the run's shared :class:`HaarBank` (a fresh seed-0 bank if ``None``).
         thresholds: what "holds" requires (default ``α ≥ 0.8`` and ``z ≥ 3``).
 
@@ -269,24 +394,27 @@ def relations(
     if null_samples < 0:
         raise UsageError(f"null samples must be ≥ 0, got {null_samples}")
     thresholds = Thresholds() if thresholds is None else thresholds
-    bank = HaarBank(seed=0, samples=null_samples) if bank is None else bank
     if spectra is None:
         spectra = layer_spectra(m, cross=True, metric=metric)
     specs = RELATIONS + CROSS_TERMS
     scored = [_relation(*spec, spectra, metric) for spec in specs]
-    pending = [s for s in scored if not isinstance(s, Relation)]
-    nulls = iter(
-        rotation_nulls(
-            [(A, B, alpha) for _, A, B, alpha in pending],
-            bank=bank,
-            samples=null_samples,
-            metric=metric,
+    pending = [
+        (first, second, s[3])
+        for (_, first, second, _), s in zip(specs, scored, strict=True)
+        if not isinstance(s, Relation)
+    ]
+    exact = iter(exact_nulls([(a, b) for a, b, _ in pending], spectra, metric))
+    sampled: list[NullStats | None] = [None] * len(pending)
+    if null_samples > 0:
+        bank = HaarBank(seed=0, samples=null_samples) if bank is None else bank
+        sampled = list(
+            _sampled_nulls(pending, spectra, bank=bank, samples=null_samples, metric=metric)
         )
-    )
+    sampled_it = iter(sampled)
     done = [
         s
         if isinstance(s, Relation)
-        else _finish(rid, s[0], side, s[3], next(nulls), metric, thresholds)
+        else _finish(rid, s[0], side, s[3], next(exact), metric, thresholds, next(sampled_it))
         for (rid, _, _, side), s in zip(specs, scored, strict=True)
     ]
     n = len(RELATIONS)

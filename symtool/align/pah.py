@@ -22,7 +22,7 @@ from symtool.align.crh import LayerSpectra, layer_spectra
 from symtool.align.moments import LayerMatrices
 from symtool.align.score import UNDEFINED_REL, check_metric
 from symtool.errors import UsageError
-from symtool.linalg import _CLUSTER_REL, Spectrum, kept_support
+from symtool.linalg import _CLUSTER_REL, Spectrum, kept_support, sym
 
 Tensor = torch.Tensor
 
@@ -339,7 +339,7 @@ def _agreement(
 
 
 def fit_power(
-    M: Spectrum,
+    M: Spectrum | Tensor,
     Z: Spectrum,
     *,
     target: str = "M",
@@ -353,7 +353,8 @@ def fit_power(
     """Fit ``M ~ Z^κ`` in ``Z``'s eigenbasis (docs/theory.md §4, steps 1-6).
 
     Args:
-        M: spectrum of the target (only its float64 matrix is used).
+        M: the target: its float64 symmetric matrix, or a spectrum (only its matrix is
+            used).
         Z: spectrum of the reference.
         target: name of ``M`` for the record.
         reference: name of ``Z`` for the record.
@@ -371,12 +372,13 @@ def fit_power(
     if bootstrap < 0:
         raise UsageError(f"bootstrap resamples must be ≥ 0, got {bootstrap}")
     d = Z.dim
-    if M.dim != d:
-        raise UsageError(f"{target} is {M.dim}×{M.dim} but {reference} is {d}×{d}")
+    Mm = M.matrix if isinstance(M, Spectrum) else sym(M.detach().to(torch.float64))
+    if Mm.shape != (d, d):
+        raise UsageError(f"{target} is {tuple(Mm.shape)} but {reference} is {d}×{d}")
     z = Z.values
-    norm2 = float((M.matrix * M.matrix).sum())
-    m, agreement, agreement_blocks = _agreement(M.matrix, Z, floor, norm2)
-    scan = scan_alignments(M.matrix, Z, floor=floor, metric=metric, rayleigh=m)
+    norm2 = float((Mm * Mm).sum())
+    m, agreement, agreement_blocks = _agreement(Mm, Z, floor, norm2)
+    scan = scan_alignments(Mm, Z, floor=floor, metric=metric, rayleigh=m)
     kappa_star = alpha_star = None
     best = [(a, i) for i, a in enumerate(scan) if a is not None]
     if best:
@@ -525,10 +527,10 @@ def powers(
         spectra = layer_spectra(m, cross=False, metric=metric)
     fits = []
     for target, reference, side in FITS:
-        M, Z = spectra.get(target), spectra.get(reference)
+        M, Z = spectra.matrix(target), spectra.get(reference)
         if M is None or Z is None:
             why = [w for nm in (target, reference) if (w := spectra.reason(nm)) is not None]
-            d = Z.dim if Z is not None else (M.dim if M is not None else 0)
+            d = Z.dim if Z is not None else (int(M.shape[0]) if M is not None else 0)
             fits.append(_failed(target, reference, side, d, "failed: " + "; ".join(why)))
             continue
         fits.append(

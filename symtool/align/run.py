@@ -51,7 +51,7 @@ class AlignSettings:
     loss: str = "cross_entropy"
     moments: str = "paper"
     metric: str = "pearson"
-    null_samples: int = 16
+    null_samples: int = 0
     seed: int = 0
     layers: tuple[str, ...] = ()
     verify: bool = False

@@ -134,10 +134,14 @@ def align(
     ] = None,
     metric: Annotated[str | None, typer.Option("--metric", help="pearson | cosine.")] = None,
     null_samples: Annotated[
-        int | None, typer.Option("--null-samples", help="Haar rotations per null (0: off).")
+        int | None, typer.Option(
+            "--null-samples",
+            help="Also sample a Haar null with K rotations, a check on the exact one (0: off).",
+        )
     ] = None,
     seed: Annotated[
-        int | None, typer.Option("--seed", help="Seed of the null and bootstrap.")
+        int | None,
+        typer.Option("--seed", help="Seed of the PAH bootstrap and the sampled null (not of z)."),
     ] = None,
     layers: Annotated[
         list[str] | None, typer.Option("--layers", help="Glob on layer names (repeatable).")

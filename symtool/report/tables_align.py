@@ -19,6 +19,8 @@ def _alpha_cell(rel: dict[str, Any] | None) -> str:
         return "—"
     a, z = rel.get("alpha"), rel.get("z")
     text = f"{fmt_num(a)} [dim]{z:.1f}[/dim]" if z is not None else fmt_num(a)
+    if rel.get("borderline"):
+        text += "[yellow]≈[/yellow]"
     if rel.get("holds"):
         return f"[bold green]{text}[/bold green]"
     return text
@@ -35,8 +37,8 @@ def align_table(report: dict[str, Any], out: Console) -> None:
             title=title,
             title_justify="left",
             caption=f"cells: α ({report['provenance']['settings'].get('metric', 'pearson')}) "
-            f"and its rotation-null z; bold green = holds (α ≥ {th.get('alpha')} and "
-            f"z ≥ {th.get('z')})",
+            f"and its exact rotation-null z; bold green = holds (α ≥ {th.get('alpha')} and "
+            f"z ≥ {th.get('z')}); ≈ = borderline (z within the null's error of its threshold)",
             caption_justify="left",
         )
         t.add_column("layer")
@@ -166,6 +168,7 @@ _ALIGN_COLUMNS = [
     "null_std",
     "z",
     "holds",
+    "borderline",
     "status",
     "reason",
 ]
@@ -190,6 +193,7 @@ def align_rows(report: dict[str, Any]) -> tuple[list[str], Iterable[dict[str, An
                         "null_std": r["null_std"],
                         "z": r["z"],
                         "holds": r["holds"],
+                        "borderline": r.get("borderline"),
                         "reason": r["reason"],
                     }
             v = layer.get("verify")

@@ -16,8 +16,10 @@ from symtool.align.crh import (
     layer_spectra,
     relations,
     verify,
+    z_error,
 )
 from symtool.align.moments import LayerMatrices
+from symtool.align.null import haar_null
 from symtool.align.score import HaarBank, rotation_null
 from symtool.errors import UsageError
 from symtool.linalg import spectrum
@@ -85,7 +87,7 @@ def test_relation_table_ids_formulas_sides() -> None:
         ("b-CROSS", "-sym C_b ~ Z_b"),
     ]
     assert res.thresholds == Thresholds(0.8, 3.0)
-    assert res.metric == "pearson" and res.null_samples == 16 and res.recipe == "raw"
+    assert res.metric == "pearson" and res.null_samples == 0 and res.recipe == "raw"
     assert len(RELATIONS) == 6
 
 
@@ -148,7 +150,7 @@ def test_null_exposes_spurious_alignment_of_near_isotropic_matrices() -> None:
     assert rel.holds is False
 
 
-def test_nulls_come_from_the_shared_bank() -> None:
+def test_sampled_nulls_come_from_the_shared_bank() -> None:
     W = torch.randn(5, 8, generator=gen(12), dtype=F64)
     X = torch.randn(60, 8, generator=gen(13), dtype=F64)
     Y = torch.randn(60, 5, generator=gen(14), dtype=F64)
@@ -157,18 +159,61 @@ def test_nulls_come_from_the_shared_bank() -> None:
     res = relations(m, bank=bank, null_samples=10)
     sp = layer_spectra(m)
     for rel, (_, first, second, _) in zip(res.relations, RELATIONS, strict=True):
-        A, B = sp.get(first), sp.get(second)
+        A, B = sp.matrix(first), sp.matrix(second)
         assert A is not None and B is not None
-        null = rotation_null(A, B, rel.alpha, bank=bank, samples=10)
+        null = rotation_null(spectrum(A), spectrum(B), rel.alpha, bank=bank, samples=10)
         # the layer's nulls share one batched product over the bank: equal to round-off
-        assert rel.null_mean == pytest.approx(null.mean, rel=1e-13, abs=1e-15)
-        assert rel.null_std == pytest.approx(null.std, rel=1e-12)
-        assert rel.z == pytest.approx(null.z, rel=1e-12, abs=1e-12)
+        s = rel.sampled_null
+        assert s is not None and s.rotations == 10
+        assert s.mean == pytest.approx(null.mean, rel=1e-13, abs=1e-15)
+        assert s.std == pytest.approx(null.std, rel=1e-12)
+        assert s.z == pytest.approx(null.z, rel=1e-12, abs=1e-12)
+        # the reported null is the exact one, whatever was sampled
+        exact = haar_null(A, B)
+        assert rel.null_mean == pytest.approx(exact.mean, rel=1e-12)  # Z's traces from W
+        assert rel.null_std == pytest.approx(exact.std, rel=1e-12)
+        assert rel.null_method == exact.method == "quadrature"
     again = relations(m, bank=HaarBank(seed=4), null_samples=10, spectra=sp)
     assert again == res  # deterministic for a seed, with or without precomputed spectra
     other = relations(m, bank=HaarBank(seed=5), null_samples=10)
-    assert other.relations[0].null_mean != res.relations[0].null_mean
-    assert other.relations[0].alpha == res.relations[0].alpha
+    first, first_other = res.relations[0], other.relations[0]
+    assert first_other.sampled_null is not None and first.sampled_null is not None
+    assert first_other.sampled_null.mean != first.sampled_null.mean
+    assert (first_other.alpha, first_other.z, first_other.holds) == (
+        first.alpha, first.z, first.holds)
+    plain = relations(m)
+    assert all(r.sampled_null is None for r in plain.relations)
+    assert [(r.z, r.holds) for r in plain.relations] == [(r.z, r.holds) for r in res.relations]
+
+
+def test_z_and_holds_do_not_depend_on_any_seed() -> None:
+    # issue 16: the verdict of a relation near its threshold was a coin toss over --seed
+    W = torch.randn(6, 48, generator=gen(40), dtype=F64)
+    X = torch.randn(200, 48, generator=gen(41), dtype=F64)
+    Y = torch.randn(200, 6, generator=gen(42), dtype=F64)
+    m = layer_from_activations(W, X, Y)
+    runs = [relations(m, bank=HaarBank(seed=s), null_samples=4) for s in range(5)]
+    for r in runs[1:]:
+        for a, b in zip(r.relations + r.cross, runs[0].relations + runs[0].cross, strict=True):
+            assert (a.null_mean, a.null_std, a.z, a.holds, a.borderline) == (
+                b.null_mean, b.null_std, b.z, b.holds, b.borderline)
+    assert {r.null_method for r in runs[0].relations} == {"quadrature"}  # d = 6 and 48 ≤ 64
+
+
+def test_borderline_when_z_is_within_its_error_of_the_threshold() -> None:
+    W = torch.randn(4, 80, generator=gen(43), dtype=F64)  # d_in = 80 > 64: the series null
+    X = torch.randn(300, 80, generator=gen(44), dtype=F64)
+    Y = torch.randn(300, 4, generator=gen(45), dtype=F64)
+    m = layer_from_activations(W, X, Y)
+    rel = relations(m).relations[0]  # f-RGA, d = 80
+    assert rel.null_method == "series" and rel.z is not None and rel.null_error is not None
+    assert 0.0 < rel.null_error < 1e-2
+    err = z_error(rel.z, rel.null_error)
+    assert err == pytest.approx((abs(rel.z) + 1) * rel.null_error / (1 - rel.null_error))
+    at = relations(m, thresholds=Thresholds(alpha=-1.0, z=rel.z + 0.5 * err)).relations[0]
+    assert at.borderline is True and at.holds is False
+    far = relations(m, thresholds=Thresholds(alpha=-1.0, z=rel.z - 3 * err)).relations[0]
+    assert far.borderline is False and far.holds is True
 
 
 def test_thresholds_decide_holds() -> None:
@@ -189,8 +234,9 @@ def test_thresholds_decide_holds() -> None:
         Thresholds(z=float("nan"))
     with pytest.raises(UsageError):
         relations(m, metric="kendall")
-    no_null = relations(m, null_samples=0)
-    assert all(r.holds is None and r.z is None for r in no_null.relations)
+    # z and holds come from the exact null: no samples are needed for them
+    assert all(r.z is not None and r.holds is not None for r in loose.relations)
+    assert all(r.null_error == 0.0 or r.null_method != "exact" for r in loose.relations)
 
 
 def test_cross_term_planted_weight_decay_stationarity() -> None:
@@ -266,9 +312,12 @@ def test_layer_spectra_one_per_matrix_and_shared_with_power() -> None:
     assert sp.reasons == ()
     Z_a = sp.get("Z_a")
     assert Z_a is not None and torch.allclose(Z_a.matrix, W.T @ W)
-    X_b = sp.get("X_b")
-    assert X_b is not None and torch.allclose(X_b.matrix, -(m.C_b + m.C_b.T) / 2)
-    assert layer_spectra(m, cross=False).X_a is None
+    X_b = sp.matrix("X_b")  # used as a matrix only: not decomposed
+    assert sp.get("X_b") is None and sp.get("G_a") is None and sp.get("G_b") is None
+    assert X_b is not None and torch.allclose(X_b, -(m.C_b + m.C_b.T) / 2)
+    G_a = sp.matrix("G_a")
+    assert G_a is not None and torch.equal(G_a, (m.G_a + m.G_a.T) / 2)
+    assert layer_spectra(m, cross=False).matrix("X_a") is None
     # the spectrum's powers are the dense ones
     assert torch.allclose(matrix_power(Z_a, 1.0), W.T @ W, atol=1e-12)
     assert sp.H_a is not None and torch.equal(sp.H_a.matrix, spectrum(m.H_a).matrix)
