@@ -445,7 +445,7 @@ def run_align(
         loss_fn: a loss callable instead of ``settings.loss``.
     """
     world = world or distributed.World()
-    probe = probe or _Probe(settings, probe_found)
+    probe = probe if probe is not None else _Probe(settings, probe_found)
     analyzer = _Analyzer(settings, probe, world, model=model, loss_fn=loss_fn)
     analyzer.keep_matrices = save_matrices is not None
     report = run_report(
