@@ -87,6 +87,7 @@ class Monitor:
         self.reports: dict[str, Report] = {}
         self.last_step: int | None = None
         self._results: list[tuple[int | None, Any]] = []  # symmetry's (step, result) so far
+        self._texts: dict[str, list[str]] = {}  # each entry's JSON, serialised once
         conf = st.config_for([], config if config is not None else False)
         own = {"align": dict(align or {}), "symmetry": dict(symmetry or {}),
                "ode": dict(ode or {})}
@@ -181,6 +182,7 @@ class Monitor:
             report = {**new, "complete": False}
         else:
             report = {**old, "checkpoints": [*old.checkpoints, *new["checkpoints"]]}
+        self._texts.setdefault(analysis, []).extend(_entry_text(e) for e in new["checkpoints"])
         if analysis == "symmetry":
             from symtool.symmetry.run import sequence_from
 
@@ -199,4 +201,20 @@ class Monitor:
         for analysis, report in self.reports.items():
             target = self.path(analysis)
             assert target is not None
-            write_atomic(target, dumps(report))
+            write_atomic(target, _report_text(report, self._texts[analysis]))
+
+
+_SLOT = "\0symtool-entries\0"
+
+
+def _entry_text(entry: dict[str, Any]) -> str:
+    """One checkpoint entry as ``dumps`` writes it inside a report (4 spaces deep)."""
+    return dumps(entry).rstrip("\n").replace("\n", "\n    ")
+
+
+def _report_text(report: Report, entries: list[str]) -> str:
+    """``dumps(report)``, with the entries' text serialised once each rather than at every
+    write (a report rewritten after every step would otherwise cost O(steps²))."""
+    text = dumps({**report, "checkpoints": [_SLOT]})
+    slot = dumps(_SLOT).rstrip("\n")
+    return text.replace(slot, ",\n    ".join(entries), 1)

@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 import symtool
+from symtool.report.files import dumps
 from symtool.report.schema import validate
 from tests.api.helpers import cli_report, differences
 from tests.api.nets import mlp, probe
@@ -70,6 +71,9 @@ def test_monitor_entries_equal_the_cli_and_training_is_untouched(tmp_path: Path)
 
     align = symtool.load_report(out / "align.json")
     assert align.steps == [3, 6, 9] and align["complete"] is True
+    for name in ("align", "symmetry"):  # entries serialised once: still dumps()'s text
+        text = (out / f"{name}.json").read_text()
+        assert text == dumps(symtool.load_report(out / f"{name}.json"))
     theirs = cli_report(tmp_path, "align", ckpts, "--null-samples", "3", "--bootstrap", "8",
                         "--batch-size", "64", "--model", "tests.api.nets:mlp")
     assert differences(align.to_dict(), theirs, tol=1e-10, skip=(*WHERE, "factory")) == []
