@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         ("align_bruteforce.py", [*q, *t], None),
         ("align_memory.py", [*q, *t], None),
         ("symmetry_gpt2.py", [*q, *t, *ww], native),
+        ("callback_overhead.py", [*q, *t], None),
     ]
     t0 = time.perf_counter()
     summary: list[str] = []

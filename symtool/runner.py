@@ -17,6 +17,7 @@ from typing import Any
 from symtool import distributed
 from symtool.errors import SymtoolError, UsageError
 from symtool.inputs import checkpoints as ck
+from symtool.inputs.memory import MemoryCheckpoint
 from symtool.report.files import SCHEMA_VERSION, provenance
 
 Analyze = Callable[[ck.Checkpoint, ck.LoadedCheckpoint], dict[str, Any]]
@@ -34,6 +35,8 @@ class Loaded:
 
 
 def _read(c: ck.Checkpoint, trust_pickle: bool) -> Loaded:
+    if isinstance(c, MemoryCheckpoint):  # a live model's state dict (the Python API)
+        return Loaded(c, c.sha256(), c.load(), None)
     try:
         digest = ck.checkpoint_sha256(c)
         return Loaded(c, digest, ck.load(c, trust_pickle=trust_pickle), None)

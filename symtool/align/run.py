@@ -249,11 +249,20 @@ class _Probe:
 class _Analyzer:
     """Per-checkpoint work of ``align``; the model is built once and reused."""
 
-    def __init__(self, s: AlignSettings, probe: _Probe, world: distributed.World) -> None:
+    def __init__(
+        self,
+        s: AlignSettings,
+        probe: Any,
+        world: distributed.World,
+        *,
+        model: torch.nn.Module | None = None,
+        loss_fn: probes.LossFn | None = None,
+    ) -> None:
         self.s = s
         self.probe = probe
         self.world = world
-        self.loss = probes.resolve_loss(s.loss, base_dir=s.base_dir)
+        self.given = model  # a live model (the Python API): analysed as it is, never loaded
+        self.loss = loss_fn or probes.resolve_loss(s.loss, base_dir=s.base_dir)
         self.bank = HaarBank(seed=s.seed, samples=s.null_samples)
         self.thresholds = crh.Thresholds(s.alpha_threshold, s.z_threshold)
         self.model: torch.nn.Module | None = None
@@ -268,14 +277,16 @@ class _Analyzer:
         if self.model is not None:
             return self.model
         s = self.s
-        model = models.build_model(
-            s.factory,
-            s.model_args,
-            sd,
-            activation=s.activation,
-            base_dir=s.base_dir,
-            config_dir=hf_dir,
-        )
+        model = self.given
+        if model is None:
+            model = models.build_model(
+                s.factory,
+                s.model_args,
+                sd,
+                activation=s.activation,
+                base_dir=s.base_dir,
+                config_dir=hf_dir,
+            )
         layers, skipped = models.select_layers(model, list(s.layers) or None)
         kept = []
         self.skipped = [{"name": k.name, "reason": k.reason} for k in skipped]
@@ -306,8 +317,9 @@ class _Analyzer:
 
     def __call__(self, c: ck.Checkpoint, loaded: ck.LoadedCheckpoint) -> dict[str, Any]:
         s = self.s
-        hf_dir = None if s.factory is not None else hf.config_dir(c.path)
-        built = s.factory is not None or hf_dir is not None  # a model of its own names
+        live = self.given is not None
+        hf_dir = None if s.factory is not None or live else hf.config_dir(c.path)
+        built = s.factory is not None or hf_dir is not None or live  # its own names
         sd, prefix = models.prepare_state(
             loaded.tensors,
             strip_prefix=s.strip_prefix,
@@ -315,9 +327,10 @@ class _Analyzer:
             source=c.path,
         )
         model = self._ensure_model(sd, hf_dir)
-        if built and s.strip_prefix is None:
-            sd, prefix = models.fit_prefix(model, models.complete_tied(model, sd))
-        models.load_state(model, models.complete_tied(model, sd), source=c.path)
+        if self.given is None:
+            if built and s.strip_prefix is None:
+                sd, prefix = models.fit_prefix(model, models.complete_tied(model, sd))
+            models.load_state(model, models.complete_tied(model, sd), source=c.path)
         if s.dtype is not None:
             model.to(DTYPES[s.dtype])
         bad_weights = [
@@ -529,6 +542,9 @@ def run_align(
     save_matrices: Path | None = None,
     world: distributed.World | None = None,
     probe_found: str | None = None,
+    model: torch.nn.Module | None = None,
+    probe: Any = None,
+    loss_fn: probes.LossFn | None = None,
 ) -> dict[str, Any]:
     """The ``align`` report over a checkpoint sequence (see docs/reports.md).
 
@@ -543,10 +559,19 @@ def run_align(
             value is the whole report.
         probe_found: how the probe file was found when nobody named it (recorded as the
             probe's ``found``), e.g. ``beside the checkpoints``.
+        model: a live model to analyse as it is (the Python API): its weights are the
+            checkpoint's, so nothing is built or loaded; ``ckpts`` are its state dicts.
+        probe: probe batches from memory (:class:`symtool.inputs.memory.MemoryProbe`)
+            instead of ``settings.data``/``source``.
+        loss_fn: a loss callable instead of ``settings.loss``.
     """
     world = world or distributed.World()
-    folder = hf.config_dir(ckpts[0].path) if ckpts else None  # what the run trained
-    arch = hf.architecture(hf.read_config(folder)) if folder is not None else None
+    if model is not None:  # a live model: its own config, never a file's
+        config = getattr(model, "config", None)
+        arch = hf.architecture(config.to_dict()) if hasattr(config, "to_dict") else None
+    else:
+        folder = hf.config_dir(ckpts[0].path) if ckpts else None  # what the run trained
+        arch = hf.architecture(hf.read_config(folder)) if folder is not None else None
     if settings.loss is None:  # the model's own loss, recorded in the report
         settings = replace(settings, loss=hf.default_loss(arch))
     if settings.seq_len is None:  # recorded as used
@@ -555,8 +580,9 @@ def run_align(
     tokenizer = settings.tokenizer
     if tokenizer is None and settings.data is not None and tokens.is_text(settings.data):
         tokenizer = tokens.find_tokenizer(c.path for c in ckpts)
-    probe = _Probe(settings, probe_found, tokenizer)
-    analyzer = _Analyzer(settings, probe, world)
+    if probe is None:
+        probe = _Probe(settings, probe_found, tokenizer)
+    analyzer = _Analyzer(settings, probe, world, model=model, loss_fn=loss_fn)
     analyzer.keep_matrices = save_matrices is not None
     if progress is not None:
         progress, analyzer.stage = _staged(progress)

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
+from symtool.api.settings import ALIGN_KEYS, RUN_KEYS, SYMMETRY_KEYS
 from symtool.cli.common import (
     ConfigOpt,
     EveryOpt,
@@ -94,40 +95,6 @@ def _print_estimate(ckpts: list, settings: Any) -> int:
     for line in describe(cost):
         typer.echo(line)
     return 0
-
-
-ALIGN_KEYS: dict[str, str | tuple[str, ...] | None] = {
-    "factory": "model.factory",
-    "strip_prefix": "model.strip_prefix",
-    "activation": "model.activation",
-    "dtype": None,
-    "trust_pickle": "checkpoints.trust_pickle",
-    "inputs": "data.inputs",
-    "targets": "data.targets",
-    "mask": "data.mask",
-    "samples": "data.samples",
-    "batch_size": "data.batch_size",
-    "seq_len": "data.seq_len",
-}
-"""Settings of ``align`` whose ``symtool.toml`` key is not ``[align] <name>``."""
-
-RUN_KEYS: dict[str, str | tuple[str, ...] | None] = {
-    "factory": "model.factory",
-    "strip_prefix": "model.strip_prefix",
-    "trust_pickle": "checkpoints.trust_pickle",
-    "inputs": "data.inputs",
-    "samples": "data.samples",
-}
-"""The same for the run settings of ``ode`` and ``symmetry``."""
-
-SYMMETRY_KEYS: dict[str, str | tuple[str, ...] | None] = {
-    "activation": ("symmetry.activation", "model.activation"),
-    "dead_tau": "symmetry.tau_dead",
-    "dup_tau": "symmetry.tau_dup",
-    "rank_tau": "symmetry.tau_rank",
-    "keep_vectors": None,
-}
-"""The same for :class:`SymmetrySettings`."""
 
 
 def _data_option(data: str | None, config: RunConfig) -> tuple[Path | None, str | None]:

@@ -71,13 +71,20 @@ def run_ode(
     previous: dict[str, Any] | None = None,
     on_partial: Callable[[dict[str, Any]], None] | None = None,
     progress: Progress | None = None,
+    cell: torch.nn.Module | None = None,
+    sequences: tuple[torch.Tensor, dict[str, Any] | None] | None = None,
 ) -> dict[str, Any]:
-    """The ``ode`` report: every recurrent layer and direction of every checkpoint."""
-    seqs, probe_info = _ode_sequences(run)
-    custom: dict[str, torch.nn.Module] = {}
+    """The ``ode`` report: every recurrent layer and direction of every checkpoint.
+
+    ``cell`` is a custom cell object to use instead of building one from ``--model`` (the
+    Python API passes a copy of the user's; its weights are loaded from each checkpoint),
+    ``sequences`` probe sequences from memory and their provenance, instead of ``run.data``.
+    """
+    seqs, probe_info = _ode_sequences(run) if sequences is None else sequences
+    custom: dict[str, torch.nn.Module] = {} if cell is None else {"cell": cell}
 
     def analyze(c: ck.Checkpoint, loaded: ck.LoadedCheckpoint) -> dict[str, Any]:
-        if run.factory is not None:
+        if run.factory is not None or custom:
             return _custom_cell(c, loaded, run, seqs, custom)
         rep = ode_mod.analyze_state_dict(loaded.tensors, run.settings, sequences=seqs)
         if not rep.layers:

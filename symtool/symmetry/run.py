@@ -85,39 +85,51 @@ def run_symmetry(
     previous: dict[str, Any] | None = None,
     on_partial: Callable[[dict[str, Any]], None] | None = None,
     progress: Progress | None = None,
+    model: Any = None,
+    reference: Any = None,
 ) -> dict[str, Any]:
-    """The ``symmetry`` report: per checkpoint, then the sequence (events, modes, laws)."""
-    from symtool.report.files import from_jsonable, save_tensors_atomic
+    """The ``symmetry`` report: per checkpoint, then the sequence (events, modes, laws).
+
+    ``model`` is a live ``nn.Module`` whose graph gives the unit pairs (as ``--model``
+    does, without building or loading one); ``reference`` the first checkpoint's
+    ``SymmetryResult`` when ``ckpts`` continue a sequence analysed earlier (the training
+    callbacks analyse one step at a time).
+    """
+    from symtool.report.files import save_tensors_atomic
     from symtool.symmetry import analysis as sym
 
     results: dict[str, Any] = {}  # path -> SymmetryResult of finished checkpoints
     targets = {} if run.save_subspaces is None else subspace_paths(run.save_subspaces, ckpts)
     first: list[Any] = []
     pairs_box: list[tuple[tuple[str, ...], ...] | None] = [run.pairs]
-    model_box: list[Any] = []
+    model_box: list[Any] = [] if model is None else [model]
+    if reference is not None:
+        first.append(reference)
 
     def analyze(c: ck.Checkpoint, loaded: ck.LoadedCheckpoint) -> dict[str, Any]:
         tensors, prefix = models.prepare_state(
             loaded.tensors, strip_prefix=run.strip_prefix, name_single=False, source=c.path
         )
-        folder = hf.config_dir(c.path) if run.factory is None else None
+        live = model is not None
+        folder = hf.config_dir(c.path) if run.factory is None and not live else None
         arch = hf.architecture(hf.read_config(folder)) if folder is not None else None
-        if run.factory is not None:
+        if run.factory is not None or live:
             if not model_box:
                 model_box.append(
                     models.build_model(run.factory, run.model_args, tensors, base_dir=run.base_dir)
                 )
-            model = model_box[0]
-            config = getattr(model, "config", None)  # a Hugging Face model from a factory
+            built = model_box[0]
+            config = getattr(built, "config", None)  # a Hugging Face model
             if hasattr(config, "to_dict"):
                 arch = hf.architecture(config.to_dict())
-            if run.strip_prefix is None:  # the model's names, as align reports them
-                tensors, prefix = models.fit_prefix(model, tensors)
+            if run.strip_prefix is None and not live:  # the model's names, as align's
+                tensors, prefix = models.fit_prefix(built, tensors)
             if pairs_box[0] is None and arch is None:  # a transformer pairs by structure
-                models.load_state(model, models.complete_tied(model, tensors), source=c.path)
-                pairs_box[0] = tuple(models.graph_pairs(model))
+                if not live:  # a live model already holds these weights
+                    models.load_state(built, models.complete_tied(built, tensors), source=c.path)
+                pairs_box[0] = tuple(models.graph_pairs(built))
         tensors = models.name_single_module(tensors)
-        is_first = c.path == ckpts[0].path
+        is_first = c.path == ckpts[0].path and reference is None
         result = sym.analyse_symmetry(
             tensors,
             run.settings,
@@ -144,8 +156,7 @@ def run_symmetry(
 
     def revive(entry: dict[str, Any]) -> Any:
         """A finished entry of a resumed run back into a record for the sequence."""
-        body = {k: entry[k] for k in ("layers", "units", "attention", "softmax", "skipped")}
-        result = from_jsonable(sym.SymmetryResult, {**body, "settings": run.settings.to_dict()})
+        result = revive_entry(entry, run.settings)
         results[entry["path"]] = result
         return result
 
@@ -167,8 +178,27 @@ def run_symmetry(
         if e["status"] == "ok" and e["path"] not in results:
             revive(e)
     ok = [(e["step"], results[e["path"]]) for e in report["checkpoints"] if e["status"] == "ok"]
-    report["sequence"] = None
+    report["sequence"] = sequence_from(ok)
+    return report
+
+
+def revive_entry(entry: dict[str, Any], settings: Any) -> Any:
+    """A report entry back into the ``SymmetryResult`` it was written from."""
+    from symtool.report.files import from_jsonable
+    from symtool.symmetry import analysis as sym
+
+    body = {k: entry[k] for k in ("layers", "units", "attention", "softmax", "skipped")}
+    return from_jsonable(sym.SymmetryResult, {**body, "settings": settings.to_dict()})
+
+
+def sequence_from(ok: list[tuple[int | None, Any]]) -> dict[str, Any] | None:
+    """Events, modes and laws over (step, result) pairs; None unless ≥ 2 distinct steps.
+
+    (The training monitor grows its report one step at a time and recomputes this.)
+    """
+    from symtool.symmetry import analysis as sym
+
     steps = [s for s, _ in ok]
     if len(ok) > 1 and None not in steps and len(set(steps)) == len(steps):
-        report["sequence"] = to_jsonable(sym.analyse_sequence(ok))
-    return report
+        return to_jsonable(sym.analyse_sequence(ok))
+    return None

@@ -1,0 +1,220 @@
+"""``symtool.Monitor``: the analyses of a live model every few training steps.
+
+Each analysed step adds one entry to each analysis' report, exactly the entry
+``symtool <analysis>`` would write for a checkpoint saved at that step, and the reports
+are rewritten atomically after every step, so a killed job leaves valid reports (marked
+``complete: false`` until :meth:`Monitor.close`). Training is not disturbed: see
+:func:`symtool.api.live.preserved`. Under ``torch.distributed`` every rank must call
+:meth:`Monitor.step` (align's probe sums are reduced across ranks, each rank reading its
+share of the probe batches); only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from symtool.api import settings as st
+from symtool.api.analyses import _loss, _memory, _sequences, align_inputs
+from symtool.api.live import device_of, preserved, unwrap, world
+from symtool.api.report import Report
+from symtool.errors import UsageError
+from symtool.report.files import dumps, write_atomic
+
+ANALYSES = ("align", "symmetry", "ode")
+
+
+class Monitor:
+    """Analyse ``model`` on ``probe`` every ``every_n_steps`` training steps.
+
+    Args:
+        model: the model being trained (``DistributedDataParallel`` and ``torch.compile``
+            wrappers are looked through).
+        probe: align's probe data (anything :func:`symtool.align` takes as ``data``); for
+            ``ode``, a tensor of sequences or None.
+        out: a folder, written as ``<out>/<analysis>.json``, or with one analysis a
+            ``.json`` file; None keeps the reports in memory only.
+        analyses: any of ``align``, ``symmetry``, ``ode``.
+        every_n_steps: analyse when ``global_step % every_n_steps == 0``.
+        loss: align's loss (a name or a callable).
+        config: a ``symtool.toml`` to read settings from (none by default).
+        align, symmetry, ode: settings for one analysis only.
+        **settings: settings by their CLI names, given to every analysis that has them
+            (a name no chosen analysis has is an error).
+
+    Example::
+
+        monitor = symtool.Monitor(model, (x_probe, y_probe), out="runs/symtool", every_n_steps=100)
+        for step, batch in enumerate(loader, 1):
+            ...  # forward, backward, optimizer.step()
+            monitor.step(step)
+        monitor.close()
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        probe: Any = None,
+        *,
+        out: str | Path | None = None,
+        analyses: Sequence[str] = ("align", "symmetry"),
+        every_n_steps: int = 1,
+        loss: str | Callable[..., torch.Tensor] | None = None,
+        config: str | Path | None = None,
+        align: Mapping[str, Any] | None = None,
+        symmetry: Mapping[str, Any] | None = None,
+        ode: Mapping[str, Any] | None = None,
+        **settings: Any,
+    ) -> None:
+        unknown = [a for a in analyses if a not in ANALYSES]
+        if unknown or not analyses:
+            raise UsageError(f"analyses must be some of {', '.join(ANALYSES)} (got {analyses!r})")
+        if every_n_steps < 1:
+            raise UsageError("every_n_steps must be ≥ 1")
+        if "align" in analyses and probe is None:
+            raise UsageError("align needs probe data: Monitor(model, probe, ...)")
+        self.model = unwrap(model)
+        self.analyses = tuple(dict.fromkeys(analyses))
+        self.every_n_steps = every_n_steps
+        self.out = None if out is None else Path(out)
+        if self.out is not None and self.out.suffix == ".json" and len(self.analyses) > 1:
+            raise UsageError("out must be a folder when more than one analysis runs")
+        self.world = world()
+        self.reports: dict[str, Report] = {}
+        self.last_step: int | None = None
+        self._results: list[tuple[int | None, Any]] = []  # symmetry's (step, result) so far
+        self._texts: dict[str, list[str]] = {}  # each entry's JSON, serialised once
+        conf = st.config_for([], config if config is not None else False)
+        own = {"align": dict(align or {}), "symmetry": dict(symmetry or {}),
+               "ode": dict(ode or {})}
+        names = {
+            "align": set(st.align_names()),
+            "symmetry": set(st.symmetry_names()),
+            "ode": set(st.ode_names()),
+        }
+        shared = {st.ALIASES.get(k, k): v for k, v in settings.items()}
+        st.split(shared, set().union(*(names[a] for a in self.analyses)), "Monitor")
+        flags = {
+            a: st.split(
+                {**{k: v for k, v in shared.items() if k in names[a]}, **own[a]}, names[a], a
+            )
+            for a in self.analyses
+        }
+        self._setup: dict[str, Any] = {}
+        if "align" in self.analyses:
+            loss_fn = _loss(loss, flags["align"])
+            flags["align"].setdefault("device", device_of(self.model))
+            self._setup["align"] = align_inputs(probe, conf, flags["align"], loss_fn)
+        if "symmetry" in self.analyses:
+            self._setup["symmetry"] = st.symmetry_run(flags["symmetry"], conf)
+        if "ode" in self.analyses:
+            seqs = None
+            if isinstance(probe, torch.Tensor) and "align" not in self.analyses:
+                seqs = _sequences(probe, flags["ode"].get("samples"))
+            self._setup["ode"] = (st.ode_run(flags["ode"], conf, data=None), seqs)
+
+    def due(self, global_step: int) -> bool:
+        """Whether :meth:`step` would analyse at ``global_step``."""
+        return global_step % self.every_n_steps == 0 and global_step != self.last_step
+
+    def step(self, global_step: int, *, force: bool = False) -> dict[str, Report]:
+        """Analyse the model now if the step is due (or ``force``); write the reports.
+
+        Returns:
+            The reports so far (every analysis), whether or not this step was analysed.
+        """
+        if not (force or self.due(global_step)):
+            return self.reports
+        self.last_step = global_step
+        with torch.no_grad(), preserved(self.model):
+            for analysis in self.analyses:
+                entry_report = getattr(self, f"_{analysis}")(global_step)
+                self._add(analysis, entry_report)
+        self._write()
+        return self.reports
+
+    def close(self) -> dict[str, Report]:
+        """Mark the reports complete and write them a last time."""
+        for analysis, report in list(self.reports.items()):
+            self.reports[analysis] = Report({**report, "complete": True})
+        self._write()
+        return self.reports
+
+    # ----------------------------------------------------------------- analyses
+    def _align(self, global_step: int) -> dict[str, Any]:
+        from symtool.align.run import run_align
+
+        s, probe, loss_fn, _ = self._setup["align"]
+        ckpts = _memory(self.model, global_step)
+        with torch.enable_grad():
+            return run_align(
+                ckpts, s, model=self.model, probe=probe, loss_fn=loss_fn, world=self.world
+            )
+
+    def _symmetry(self, global_step: int) -> dict[str, Any]:
+        from symtool.symmetry.run import revive_entry, run_symmetry
+
+        run = self._setup["symmetry"]
+        reference = self._results[0][1] if self._results else None
+        report = run_symmetry(
+            _memory(self.model, global_step), run, model=self.model, reference=reference
+        )
+        entry = report["checkpoints"][0]
+        if entry["status"] == "ok":  # kept for the sequence: each entry is revived once
+            self._results.append((entry["step"], revive_entry(entry, run.settings)))
+        return report
+
+    def _ode(self, global_step: int) -> dict[str, Any]:
+        from symtool.ode.run import run_ode
+
+        run, seqs = self._setup["ode"]
+        return run_ode(_memory(self.model, global_step), run, sequences=seqs)
+
+    # ----------------------------------------------------------------- reports
+    def _add(self, analysis: str, new: dict[str, Any]) -> None:
+        new.pop("matrices", None)
+        old = self.reports.get(analysis)
+        if old is None:
+            report = {**new, "complete": False}
+        else:
+            report = {**old, "checkpoints": [*old.checkpoints, *new["checkpoints"]]}
+        self._texts.setdefault(analysis, []).extend(_entry_text(e) for e in new["checkpoints"])
+        if analysis == "symmetry":
+            from symtool.symmetry.run import sequence_from
+
+            report["sequence"] = sequence_from(self._results)
+        self.reports[analysis] = Report(report)
+
+    def path(self, analysis: str) -> Path | None:
+        """Where ``analysis``'s report is written (None without ``out``)."""
+        if self.out is None:
+            return None
+        return self.out if self.out.suffix == ".json" else self.out / f"{analysis}.json"
+
+    def _write(self) -> None:
+        if self.out is None or not self.world.is_main:
+            return
+        for analysis, report in self.reports.items():
+            target = self.path(analysis)
+            assert target is not None
+            write_atomic(target, _report_text(report, self._texts[analysis]))
+
+
+_SLOT = "\0symtool-entries\0"
+
+
+def _entry_text(entry: dict[str, Any]) -> str:
+    """One checkpoint entry as ``dumps`` writes it inside a report (4 spaces deep)."""
+    return dumps(entry).rstrip("\n").replace("\n", "\n    ")
+
+
+def _report_text(report: Report, entries: list[str]) -> str:
+    """``dumps(report)``, with the entries' text serialised once each rather than at every
+    write (a report rewritten after every step would otherwise cost O(steps²))."""
+    text = dumps({**report, "checkpoints": [_SLOT]})
+    slot = dumps(_SLOT).rstrip("\n")
+    return text.replace(slot, ",\n    ".join(entries), 1)
