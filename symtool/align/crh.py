@@ -325,8 +325,9 @@ def exact_nulls(
 ) -> list[ExactNull]:
     """Exact Haar nulls of ``α(first, Q second Qᵀ)`` for ``(first, second)`` names.
 
-    Each matrix's invariants are computed once; the rotated ``Z``'s third and fourth
-    traces come from its eigenvalues (already known), the rotated ``G``'s from one product.
+    Each matrix's invariants are computed once; a rotated matrix that :func:`layer_spectra`
+    decomposed (``Z`` always, ``G`` when it has fewer rows than its width) gives its third
+    and fourth traces from its eigenvalues, any other from one product.
     """
     rotated = {second for _, second in pairs} if metric == "pearson" else set()
     cache: dict[str, Invariants] = {}
@@ -335,7 +336,7 @@ def exact_nulls(
         if name not in cache:
             M = spectra.matrix(name)
             assert M is not None
-            spec = spectra.get(name) if name.startswith("Z_") else None
+            spec = spectra.get(name)
             cache[name] = invariants(
                 M, rotated=name in rotated, eigenvalues=None if spec is None else spec.values
             )

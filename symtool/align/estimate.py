@@ -236,20 +236,22 @@ def dry_run(ckpts: Sequence[Any], settings: Any) -> CheckpointCost:
     from symtool import distributed
     from symtool.align import run
     from symtool.inputs import checkpoints as ck
-    from symtool.inputs import models
+    from symtool.inputs import hf, models
 
-    probe = run._Probe(settings)
+    settings, tokenizer = run.settle(ckpts, settings)
+    probe = run.Probe(settings, None, tokenizer)
     analyzer = run._Analyzer(settings, probe, distributed.World())
     c = ckpts[0]
     loaded = ck.load(c, trust_pickle=settings.trust_pickle)
+    hf_dir = None if settings.factory is not None else hf.config_dir(c.path)
+    built = settings.factory is not None or hf_dir is not None
     sd, _ = models.prepare_state(
-        loaded.tensors, strip_prefix=settings.strip_prefix,
-        name_single=settings.factory is None, source=c.path,
+        loaded.tensors, strip_prefix=settings.strip_prefix, name_single=not built, source=c.path
     )
-    model = analyzer._ensure_model(sd)
-    if settings.factory is not None and settings.strip_prefix is None:
-        sd, _ = models.fit_prefix(model, sd)
-    models.load_state(model, sd, source=c.path)
+    model = analyzer._ensure_model(sd, hf_dir)
+    if built and settings.strip_prefix is None:
+        sd, _ = models.fit_prefix(model, models.complete_tied(model, sd))
+    models.load_state(model, models.complete_tied(model, sd), source=c.path)
     model.eval()
     batches = probe.batches()
     first = next(iter(batches), None)
