@@ -19,6 +19,9 @@ def settle(
 
     The loss (when not given) and the window length follow the architecture: a live
     model's own config, else the Hugging Face ``config.json`` of the first checkpoint.
+    ``--verify`` without ``--dtype`` runs a built model in float64, so the exact identities
+    it checks hold to float64 round-off (a float32 model's own output leaves them at ~1e-7);
+    a live model (the Python API, callbacks) keeps its dtype.
     """
     if model is not None:  # a live model: its own config, never a file's
         config = getattr(model, "config", None)
@@ -26,6 +29,8 @@ def settle(
     else:
         folder = hf.config_dir(ckpts[0].path) if ckpts else None  # what the run trained
         arch = hf.architecture(hf.read_config(folder)) if folder is not None else None
+    if settings.verify and settings.dtype is None and model is None:  # float64 round-off
+        settings = replace(settings, dtype="float64")
     if settings.loss is None:  # the model's own loss, recorded in the report
         settings = replace(settings, loss=hf.default_loss(arch))
     if settings.seq_len is None:  # recorded as used

@@ -126,7 +126,8 @@ def align(
         else _memory(live if live is not None else model_or_checkpoints, step)
     )
     s, probe, wrapped, found = align_inputs(
-        data, conf, flags, loss_fn, beside=None if paths is None else ckpts
+        data, conf, flags, loss_fn, beside=None if paths is None else ckpts, ckpts=ckpts,
+        model=live,
     )
     model = live
     if live is not None and s.dtype is not None:
@@ -143,6 +144,8 @@ def align_inputs(
     loss_fn: Callable[..., torch.Tensor] | None,
     *,
     beside: list[ck.Checkpoint] | None = None,
+    ckpts: Sequence[ck.Checkpoint] = (),
+    model: Any = None,
 ) -> tuple[Any, MemoryProbe | None, Callable[..., torch.Tensor], str | None]:
     """``align``'s settings, in-memory probe (None for a file), loss, and how the probe
     file was found (a probe file ``beside`` the checkpoints, when nothing names one)."""
@@ -154,6 +157,9 @@ def align_inputs(
         data_path = probes.probe_beside([c.path for c in beside])
         found = probes.FOUND_BESIDE if data_path is not None else None
     s = st.align_settings(flags, conf, data=data_path, source="<memory>" if memory else source)
+    from symtool.align.probe import settle
+
+    s, _ = settle(ckpts, s, model)  # the loss and dtype the run will use
     probe = None
     if memory:
         probe = MemoryProbe(

@@ -108,7 +108,9 @@ class Monitor:
         if "align" in self.analyses:
             loss_fn = _loss(loss, flags["align"])
             flags["align"].setdefault("device", device_of(self.model))
-            self._setup["align"] = align_inputs(probe, conf, flags["align"], loss_fn)
+            self._setup["align"] = align_inputs(
+                probe, conf, flags["align"], loss_fn, model=self.model
+            )
         if "symmetry" in self.analyses:
             self._setup["symmetry"] = st.symmetry_run(flags["symmetry"], conf)
         if "ode" in self.analyses:

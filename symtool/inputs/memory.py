@@ -168,6 +168,12 @@ class MemoryProbe:
             digest = tensors_sha256({k: v[: self.n] for k, v in self.tensors.items()})
         return {"source": self.source, "sha256": digest, "samples": self.n}
 
+    def n_batches(self) -> int | None:
+        """Batches per pass, when known in advance (tensors, not an iterable)."""
+        if self.tensors is None or self.n is None:
+            return None
+        return -(-self.n // self.batch_size)
+
     def batches(self) -> Iterator[Batch]:
         """The batches of one pass over the data."""
         if self.tensors is not None:

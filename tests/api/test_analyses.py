@@ -174,9 +174,10 @@ def test_settings_come_from_the_dataclass_defaults() -> None:
     recorded = r["provenance"]["settings"]
     for f in fields(AlignSettings):
         if f.name in ("null_samples", "bootstrap", "source", "base_dir", "model_args", "layers",
-                      "strip_prefix"):
-            continue
+                      "strip_prefix", "tokenizer", "seq_len", "loss"):
+            continue  # tokenizer, seq_len: text probes only; loss: settled by the model
         assert recorded[f.name] == f.default, f.name
+    assert AlignSettings.loss is None and recorded["loss"] == "cross_entropy"  # not an HF model
 
 
 def test_state_dict_saved_to_a_file_and_in_memory_agree(tmp_path: Path) -> None:
