@@ -338,7 +338,10 @@ def exact_nulls(
             assert M is not None
             spec = spectra.get(name)
             cache[name] = invariants(
-                M, rotated=name in rotated, eigenvalues=None if spec is None else spec.values
+                M,
+                rotated=name in rotated,
+                eigenvalues=None if spec is None else spec.values,
+                symmetric=True,  # sym(M) in float64, from layer_spectra
             )
         return cache[name]
 

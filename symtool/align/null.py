@@ -149,8 +149,36 @@ def _symmetric64(M: Tensor) -> Tensor:
     return 0.5 * (M64 + M64.T)
 
 
+_ROW_BLOCK = 256
+"""Rows per block of the one pass that forms the squared norms (bounded temporaries)."""
+
+
+def _squared_norms(M64: Tensor, trace: float, rows: Tensor, total: float) -> tuple[float, ...]:
+    """``‖M‖²``, ``‖M − (tr M/d) I‖²``, ``‖M − mean(M) 11ᵀ‖²`` and ``‖M1 − mean(M1) 1‖²``,
+    each formed from its own entries (no cancellation: a near-multiple of ``I`` or of
+    ``11ᵀ`` must be recognised), in one pass over row blocks of ``_ROW_BLOCK`` rows, so
+    the temporaries are ``_ROW_BLOCK × d`` however large ``d`` is."""
+    d = M64.shape[0]
+    shift, mean = trace / d, total / (d * d)
+    frob = dev = centred = 0.0
+    for i in range(0, d, _ROW_BLOCK):
+        blk = M64[i : i + _ROW_BLOCK]
+        frob += float(torch.tensordot(blk, blk, dims=2))
+        c = blk - mean
+        centred += float(torch.tensordot(c, c, dims=2))
+        c = blk.clone()  # the block of M − (tr M/d) I, formed from its own entries
+        torch.diagonal(c, offset=i).sub_(shift)
+        dev += float(torch.tensordot(c, c, dims=2))
+    row_dev = rows - total / d
+    return frob, dev, centred, float((row_dev * row_dev).sum())
+
+
 def invariants(
-    M: Tensor, *, rotated: bool = True, eigenvalues: Tensor | None = None
+    M: Tensor,
+    *,
+    rotated: bool = True,
+    eigenvalues: Tensor | None = None,
+    symmetric: bool = False,
 ) -> Invariants:
     """Invariants of one symmetric matrix, O(d²); the rotated side adds one O(d³) step.
 
@@ -161,31 +189,36 @@ def invariants(
             quadrature keeps, else from one product ``M̃ M̃``).
         eigenvalues: ``M``'s eigenvalues when already known (``Z = WᵀW`` from the singular
             values of ``W``): the rotated side then needs no O(d³) step at all.
+        symmetric: ``M`` is already an exactly symmetric float64 matrix (``sym(M)``, as
+            :func:`symtool.align.crh.layer_spectra` prepares it): skip the check and the
+            symmetrising copy.
 
     Raises:
         ValueError: ``M`` not square or not symmetric.
     """
     d = int(M.shape[0]) if M.ndim == 2 else 0
-    M64 = _symmetric64(M) if d > 0 and bool(torch.isfinite(M).all()) else None
+    finite = d > 0 and bool(torch.isfinite(M).all())
+    if symmetric and M.dtype == torch.float64 and M.ndim == 2 and M.shape[0] == M.shape[1]:
+        M64 = M.detach() if finite else None
+    else:
+        M64 = _symmetric64(M) if finite else None
     if M64 is None:
         if M.ndim != 2 or M.shape[0] != M.shape[1]:
             raise ValueError(f"need a square matrix, got shape {tuple(M.shape)}")
         return Invariants(d, False, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
     trace = float(torch.diagonal(M64).sum())
-    dev = M64 - (trace / d) * torch.eye(d, dtype=torch.float64, device=M64.device)
     rows = M64.sum(dim=1)
     total = float(rows.sum())
-    centred = M64 - total / (d * d)
-    row_dev = rows - total / d
+    frob_sq, dev_sq, centred_sq, row_dev_sq = _squared_norms(M64, trace, rows, total)
     base = {
         "dim": d,
         "finite": True,
-        "frob_sq": float((M64 * M64).sum()),
+        "frob_sq": frob_sq,
         "trace": trace,
-        "dev_sq": float((dev * dev).sum()),
-        "centred_sq": float((centred * centred).sum()),
+        "dev_sq": dev_sq,
+        "centred_sq": centred_sq,
         "total": total,
-        "row_dev_sq": float((row_dev * row_dev).sum()),
+        "row_dev_sq": row_dev_sq,
     }
     if not rotated:
         return Invariants(**base)
@@ -203,6 +236,7 @@ def invariants(
             return Invariants(**base, dev3=dev3, dev4=dev4)
         sphere = _sphere_averages(d, lam, trace, base["frob_sq"], base["dev_sq"], dev3, dev4)
         return Invariants(**base, dev3=dev3, dev4=dev4, sphere=sphere)
+    dev = M64 - (trace / d) * torch.eye(d, dtype=torch.float64, device=M64.device)
     dev2 = dev @ dev
     return Invariants(**base, dev3=float((dev * dev2).sum()), dev4=float((dev2 * dev2).sum()))
 

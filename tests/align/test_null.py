@@ -348,3 +348,24 @@ def test_known_eigenvalues_give_the_same_invariants() -> None:
         assert nb.std == pytest.approx(na.std, rel=1e-10)
     with pytest.raises(ValueError, match="eigenvalues"):
         ex.invariants(torch.eye(3, dtype=F64), eigenvalues=torch.ones(2, dtype=F64))
+
+
+def test_block_pass_norms_equal_the_dense_formulas() -> None:
+    # invariants form ‖M‖², ‖M̃‖², ‖M_c‖² over row blocks; a near-multiple of I keeps its
+    # tiny traceless part (no cancellation) and symmetric=True skips only the copy
+    g = torch.Generator().manual_seed(9)
+    for d in (3, 300, 600):
+        X = torch.randn((d, d), generator=g, dtype=F64)
+        for M in (X + X.T, 5.0 * torch.eye(d, dtype=F64) + 1e-9 * (X + X.T)):
+            inv = ex.invariants(M, rotated=False)
+            t, tot = float(M.trace()), float(M.sum())
+            dev = M - (t / d) * torch.eye(d, dtype=F64)
+            cen = M - tot / d**2
+            r = M.sum(dim=1) - tot / d
+            assert inv.frob_sq == pytest.approx(float((M * M).sum()), rel=1e-12)
+            assert inv.dev_sq == pytest.approx(float((dev * dev).sum()), rel=1e-9)
+            assert inv.centred_sq == pytest.approx(float((cen * cen).sum()), rel=1e-12)
+            assert inv.row_dev_sq == pytest.approx(float((r * r).sum()), rel=1e-9, abs=1e-30)
+            fast = ex.invariants(M, rotated=False, symmetric=True)
+            keys = ("frob_sq", "trace", "dev_sq", "centred_sq", "total", "row_dev_sq")
+            assert [getattr(fast, k) for k in keys] == [getattr(inv, k) for k in keys]
