@@ -149,36 +149,28 @@ def _symmetric64(M: Tensor) -> Tensor:
     return 0.5 * (M64 + M64.T)
 
 
-_ROW_BLOCK = 256
-"""Rows per block of the one pass that forms the squared norms (bounded temporaries)."""
+_ROW_BLOCK = 256  # rows per block of the pass below: temporaries of 256 × d, not d × d
 
 
 def _squared_norms(M64: Tensor, trace: float, rows: Tensor, total: float) -> tuple[float, ...]:
-    """``‖M‖²``, ``‖M − (tr M/d) I‖²``, ``‖M − mean(M) 11ᵀ‖²`` and ``‖M1 − mean(M1) 1‖²``,
-    each formed from its own entries (no cancellation: a near-multiple of ``I`` or of
-    ``11ᵀ`` must be recognised), in one pass over row blocks of ``_ROW_BLOCK`` rows, so
-    the temporaries are ``_ROW_BLOCK × d`` however large ``d`` is."""
+    """``‖M‖²``, ``‖M̃‖²``, ``‖M_c‖²``, ``‖M1 − mean(M1) 1‖²`` in one pass over row blocks,
+    each from its own entries (no cancellation: near-multiples of I or 11ᵀ are recognised)."""
     d = M64.shape[0]
     shift, mean = trace / d, total / (d * d)
     frob = dev = centred = 0.0
     for i in range(0, d, _ROW_BLOCK):
         blk = M64[i : i + _ROW_BLOCK]
         frob += float(torch.tensordot(blk, blk, dims=2))
-        c = blk - mean
-        centred += float(torch.tensordot(c, c, dims=2))
-        c = blk.clone()  # the block of M − (tr M/d) I, formed from its own entries
-        torch.diagonal(c, offset=i).sub_(shift)
-        dev += float(torch.tensordot(c, c, dims=2))
-    row_dev = rows - total / d
-    return frob, dev, centred, float((row_dev * row_dev).sum())
+        centred += float(torch.linalg.vector_norm(blk - mean)) ** 2
+        saved = torch.diagonal(blk, offset=i).clone()  # M − (tr M/d) I, in place on the block
+        torch.diagonal(blk, offset=i).sub_(shift)
+        dev += float(torch.tensordot(blk, blk, dims=2))
+        torch.diagonal(blk, offset=i).copy_(saved)  # M restored bit for bit
+    return frob, dev, centred, float(((rows - total / d) ** 2).sum())
 
 
 def invariants(
-    M: Tensor,
-    *,
-    rotated: bool = True,
-    eigenvalues: Tensor | None = None,
-    symmetric: bool = False,
+    M: Tensor, *, rotated: bool = True, eigenvalues: Tensor | None = None, symmetric: bool = False
 ) -> Invariants:
     """Invariants of one symmetric matrix, O(d²); the rotated side adds one O(d³) step.
 
@@ -189,9 +181,8 @@ def invariants(
             quadrature keeps, else from one product ``M̃ M̃``).
         eigenvalues: ``M``'s eigenvalues when already known (``Z = WᵀW`` from the singular
             values of ``W``): the rotated side then needs no O(d³) step at all.
-        symmetric: ``M`` is already an exactly symmetric float64 matrix (``sym(M)``, as
-            :func:`symtool.align.crh.layer_spectra` prepares it): skip the check and the
-            symmetrising copy.
+        symmetric: ``M`` is exactly symmetric float64 already (as ``layer_spectra`` gives
+            it): no check, no symmetrising copy.
 
     Raises:
         ValueError: ``M`` not square or not symmetric.

@@ -366,6 +366,8 @@ def test_block_pass_norms_equal_the_dense_formulas() -> None:
             assert inv.dev_sq == pytest.approx(float((dev * dev).sum()), rel=1e-9)
             assert inv.centred_sq == pytest.approx(float((cen * cen).sum()), rel=1e-12)
             assert inv.row_dev_sq == pytest.approx(float((r * r).sum()), rel=1e-9, abs=1e-30)
+            before = M.clone()
             fast = ex.invariants(M, rotated=False, symmetric=True)
+            assert torch.equal(M, before)  # its diagonal is shifted in place and restored
             keys = ("frob_sq", "trace", "dev_sq", "centred_sq", "total", "row_dev_sq")
             assert [getattr(fast, k) for k in keys] == [getattr(inv, k) for k in keys]
