@@ -21,19 +21,15 @@ from functools import partial
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from symtool.align.moments import LayerAccumulator, LayerMatrices
+from symtool.align.rows import as_rows, chunk, im2col, row_keep
 from symtool.errors import AnalysisError, ProbeError
 from symtool.inputs.models import LayerRef
 from symtool.inputs.probes import Batch, Inputs
 
 Tensor = torch.Tensor
-
-_CHUNK_ELEMENTS = 1 << 25
-"""Upper bound on one row matrix (rows × width) built at once; larger calls are chunked."""
-
 
 # --------------------------------------------------------------------------- records
 @dataclass
@@ -362,7 +358,7 @@ def _fwd_hook(
     else:
         lead = tuple(inp.shape[:-1])
     try:
-        keep = _row_keep(mask_box[0], tuple(lead))
+        keep = row_keep(mask_box[0], tuple(lead))
     except ValueError as exc:
         st.failure = str(exc)
         return
@@ -375,26 +371,6 @@ def _fwd_hook(
 def _grad_hook(st: _Layer, call: _Call, grad: Tensor) -> None:
     """Tensor hook on a layer output: process the call with its gradient."""
     _process(st, call, grad)
-
-
-def _row_keep(mask: Tensor | None, lead: tuple[int, ...]) -> Tensor | None:
-    """Boolean keep-vector over a layer's rows (``prod(lead)``), or ``None`` for all rows.
-
-    A mask whose shape is a prefix of the rows' leading shape is broadcast over the extra
-    axes (a ``(B,)`` mask drops whole samples everywhere); a mask with more axes than the
-    rows keeps a row when any mask entry it covers is ``True`` (a ``(B, T)`` mask on a
-    pooled ``(B,)`` layer); anything else is a mismatch.
-    """
-    if mask is None:
-        return None
-    ms = tuple(mask.shape)
-    if lead[: len(ms)] == ms:
-        keep = mask.reshape(ms + (1,) * (len(lead) - len(ms))).expand(lead).reshape(-1)
-    elif ms[: len(lead)] == lead:
-        keep = mask.reshape((*lead, -1)).any(dim=-1).reshape(-1)
-    else:
-        raise ValueError(f"mask of shape {ms} does not fit this layer's rows {lead}")
-    return None if bool(keep.all()) else keep
 
 
 def _process(st: _Layer, call: _Call, grad: Tensor) -> None:
@@ -416,17 +392,12 @@ def _process(st: _Layer, call: _Call, grad: Tensor) -> None:
                 return
             lead = out.shape[1:-1] if st.ref.kind == "linear" else out.shape[2:]
             width = max(st.ref.d_in, st.ref.d_out)
-            step = _chunk(out.shape[0], math.prod(lead) * width)
+            step = chunk(out.shape[0], math.prod(lead) * width)
             for start in range(0, out.shape[0], step):
                 _add_rows(st, call, inp, out, grad, slice(start, start + step), out_ok)
     except (RuntimeError, ValueError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         st.failure = first
-
-
-def _chunk(n: int, per_sample: int) -> int:
-    """Samples per chunk so one row matrix stays under :data:`_CHUNK_ELEMENTS`."""
-    return max(1, min(n, _CHUNK_ELEMENTS // max(per_sample, 1)))
 
 
 def _add_rows(
@@ -439,10 +410,10 @@ def _add_rows(
         inp, out, grad = inp[sl], out[sl], grad[sl]
     owned: set[str] = set()
     if ref.kind == "linear":
-        h_a, own = _rows(inp, ref.d_in, dtype)
+        h_a, own = as_rows(inp, ref.d_in, dtype)
         out_rows_src, grad_src = out, grad
     else:
-        h_a, own = _rows(_im2col(ref.module, inp), ref.d_in, dtype)
+        h_a, own = as_rows(im2col(ref.module, inp), ref.d_in, dtype)
         out_rows_src, grad_src = out.movedim(1, -1), grad.movedim(1, -1)
     if own:
         owned.add("h_a")
@@ -454,14 +425,14 @@ def _add_rows(
         h_a = h_a[keep]
         owned.add("h_a")
     if out_ok:
-        h_b, own = _rows(out_rows_src, ref.d_out, dtype, st.bias)
+        h_b, own = as_rows(out_rows_src, ref.d_out, dtype, st.bias)
         if keep is not None:
             h_b, own = h_b[keep], True
     else:  # output modified in place later (e.g. ReLU(inplace=True)): recompute W h_a
         h_b, own = h_a @ st.W.T, True
     if own:
         owned.add("h_b")
-    g_b, own = _rows(grad_src, ref.d_out, dtype)
+    g_b, own = as_rows(grad_src, ref.d_out, dtype)
     if keep is not None:
         g_b, own = g_b[keep], True
     if own:
@@ -469,46 +440,3 @@ def _add_rows(
     g_a = g_b @ st.W
     owned.add("g_a")
     st.acc.add(h_a, h_b, g_b, g_a, owned=frozenset(owned))
-
-
-def _rows(
-    src: Tensor, width: int, dtype: torch.dtype, bias: Tensor | None = None
-) -> tuple[Tensor, bool]:
-    """``src`` (features last) as ``rows × width`` in ``dtype``, minus ``bias``, in one pass.
-
-    Returns:
-        The rows and whether they are a fresh tensor (free to overwrite).
-    """
-    if bias is None and src.dtype == dtype:
-        rows = src.reshape(-1, width)
-        return rows, rows.untyped_storage().data_ptr() != src.untyped_storage().data_ptr()
-    buf = torch.empty(src.shape, dtype=dtype, device=src.device)
-    if bias is None:
-        buf.copy_(src)
-    elif torch.can_cast(torch.promote_types(src.dtype, bias.dtype), dtype):
-        torch.sub(src, bias, out=buf)
-    else:
-        buf.copy_(src)
-        buf.sub_(bias)
-    return buf.view(-1, width), True
-
-
-def _im2col(module: nn.Module, x: Tensor) -> Tensor:
-    """Patches of a conv input as a strided view ``(B, *out_positions, C_in, *kernel)``.
-
-    Honours stride, dilation, numeric and string padding and every ``padding_mode``; rows
-    flatten in the order of ``weight.reshape(C_out, -1)``.
-    """
-    nd = len(module.kernel_size)
-    pad = list(module._reversed_padding_repeated_twice)
-    if any(pad):
-        mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
-        x = F.pad(x, pad, mode=mode)
-    for i, (k, s, d) in enumerate(
-        zip(module.kernel_size, module.stride, module.dilation, strict=True)
-    ):
-        x = x.unfold(2 + i, (k - 1) * d + 1, s)
-        if d > 1:
-            x = x[..., ::d]
-    perm = [0, *range(2, 2 + nd), 1, *range(2 + nd, 2 + 2 * nd)]
-    return x.permute(perm)

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import grad, vmap
 
-from symtool.align.capture import _im2col, capture
+from symtool.align.capture import capture
+from symtool.align.rows import im2col as _im2col
 from symtool.errors import ProbeError
 from symtool.inputs.models import select_layers
 from symtool.inputs.probes import Batch, cross_entropy_sum, mse_sum
