@@ -62,6 +62,10 @@ KEYS: dict[str, dict[str, tuple[type, ...]]] = {
         "alpha_threshold": _Num,
         "z_threshold": _Num,
         "gemm_dtype": (str,),
+        "collapse": (bool,),
+        "nfa": (bool,),
+        "nfa_exact_max": (int,),
+        "nfa_projections": (int,),
     },
     "symmetry": {
         "activation": (str,),

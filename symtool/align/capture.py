@@ -23,11 +23,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from symtool.align.agop import AgopSums
+from symtool.align.collapse import ClassSums
+from symtool.align.extras import Extras, Plan, directions, plan, row_labels
+from symtool.align.forward import batch_size, forward_loss, to_device
 from symtool.align.moments import LayerAccumulator, LayerMatrices
 from symtool.align.rows import as_rows, chunk, im2col, row_keep
-from symtool.errors import AnalysisError, ProbeError
+from symtool.errors import AnalysisError
 from symtool.inputs.models import LayerRef
-from symtool.inputs.probes import Batch, Inputs
+from symtool.inputs.probes import Batch
 
 Tensor = torch.Tensor
 
@@ -54,6 +58,7 @@ class CaptureResult:
     recipe: str
     sums: dict[str, LayerAccumulator] = field(repr=False)
     weights: dict[str, Tensor] = field(repr=False)
+    extras: CapturedExtras | None = field(default=None, repr=False)
 
     def merge(self, other: CaptureResult) -> CaptureResult:
         """Combine two runs over different data (shards) into the result of both."""
@@ -97,6 +102,29 @@ class CaptureResult:
             return None
 
 
+@dataclass
+class CapturedExtras:
+    """Sums for neural collapse and the NFA (``Extras``), per layer name.
+
+    Attributes:
+        collapse: class-wise sums of the layers whose rows carry labels.
+        collapse_skipped: why a layer has no class-wise sums.
+        agop: AGOP sums (output side) per layer.
+        plan: the extra backward passes of the first batch (``None``: none ran).
+        classifier: the layer feeding the classes (last called with ``d_out`` = classes).
+        n_classes: classes of the model output (its last axis), when it has one.
+        labels_reason: why no row has labels (targets not class labels), else ``None``.
+    """
+
+    collapse: dict[str, ClassSums] = field(default_factory=dict)
+    collapse_skipped: dict[str, str] = field(default_factory=dict)
+    agop: dict[str, AgopSums] = field(default_factory=dict)
+    plan: Plan | None = None
+    classifier: str | None = None
+    n_classes: int | None = None
+    labels_reason: str | None = None
+
+
 @dataclass(eq=False)
 class _Call:
     """One forward call of a layer, waiting for its output gradient."""
@@ -106,6 +134,7 @@ class _Call:
     in_version: int
     out_version: int
     keep: Tensor | None
+    labels: Tensor | None = None
     done: bool = False
 
 
@@ -120,6 +149,23 @@ class _Layer:
     failure: str | None = None
     calls: int = 0
     pending: list[_Call] = field(default_factory=list)
+    order: int | None = None
+    cls: ClassSums | None = None
+    cls_why: str | None = None
+    agop: AgopSums | None = None
+    agop_rows: list[Tensor] = field(default_factory=list)
+    batch_rows: int = 0
+
+
+@dataclass(eq=False)
+class _Run:
+    """Capture-wide state the hooks read: the batch's mask and labels, the phase."""
+
+    extras: Extras
+    mask: Tensor | None = None
+    labels: Tensor | None = None
+    agop_phase: bool = False
+    called: int = 0
 
 
 # --------------------------------------------------------------------------- capture
@@ -134,6 +180,7 @@ def capture(
     device: str | torch.device = "cpu",
     gemm_dtype: torch.dtype = torch.float64,
     finish: bool = True,
+    extras: Extras | None = None,
 ) -> CaptureResult:
     """Stream the per-layer moments of docs/theory.md §1-2 over all batches.
 
@@ -150,6 +197,8 @@ def capture(
         gemm_dtype: dtype of the per-batch products (sums are always float64).
         finish: finish every layer's matrices now; ``False`` leaves that to
             :meth:`CaptureResult.take`, one layer at a time.
+        extras: also stream class-wise sums (neural collapse) and run the AGOP's extra
+            backward passes (NFA), docs/theory.md §3; the result's ``extras`` holds them.
 
     Raises:
         ProbeError: the model cannot run on a batch, or the loss is not a scalar.
@@ -166,8 +215,10 @@ def capture(
         )
         for ref in layers
     }
+    run = _Run(extras or Extras())
+    found = CapturedExtras() if run.extras.active else None
+    generator = torch.Generator().manual_seed(run.extras.seed)
     leaves: list[Tensor] = []
-    mask_box: list[Tensor | None] = [None]
     handles = []
     flags = {p: p.requires_grad for p in model.parameters()}
     was_training = model.training
@@ -178,23 +229,37 @@ def capture(
             p.requires_grad_(False)
         for st in states.values():
             handles.append(st.ref.module.register_forward_pre_hook(partial(_pre_hook, leaves)))
-            handles.append(st.ref.module.register_forward_hook(partial(_fwd_hook, st, mask_box)))
+            handles.append(st.ref.module.register_forward_hook(partial(_fwd_hook, st, run)))
         with torch.enable_grad():
             for batch in batches:
-                x = _to(batch.x, device, fdtype)
+                x = to_device(batch.x, device, fdtype)
                 y = batch.y.to(device)
-                mask_box[0] = None if batch.mask is None else batch.mask.to(device)
+                run.mask = None if batch.mask is None else batch.mask.to(device)
+                if found is not None and run.extras.collapse:
+                    run.labels, found.labels_reason = row_labels(
+                        y, shift=run.extras.shift_labels
+                    )
                 leaves.clear()
-                loss = _loss(model, x, y, loss_fn)
+                for st in states.values():
+                    st.batch_rows = 0
+                loss, out = forward_loss(model, x, y, loss_fn)
+                agop = run.extras.nfa and bool(leaves) and out.requires_grad
                 if leaves and loss.requires_grad:
-                    torch.autograd.grad(loss, leaves, allow_unused=True)
+                    torch.autograd.grad(loss, leaves, allow_unused=True, retain_graph=agop)
                 del loss
                 for st in states.values():
                     for call in st.pending:
                         if not call.done:  # output did not reach the loss: g_b = 0
                             _process(st, call, torch.zeros_like(call.out))
+                if found is not None:
+                    _first_batch(found, states, out)
+                if agop:
+                    assert found is not None
+                    _agop_passes(states, run, found, out, leaves, generator)
+                del out
+                for st in states.values():
                     st.pending.clear()
-                n_samples += _batch_size(x)
+                n_samples += batch_size(x)
                 n_batches += 1
     finally:
         for h in handles:
@@ -202,6 +267,7 @@ def capture(
         leaves.clear()
         for st in states.values():
             st.pending.clear()
+            st.agop_rows.clear()
         for p, flag in flags.items():
             p.requires_grad_(flag)
         model.train(was_training)
@@ -211,7 +277,78 @@ def capture(
     sums = {name: st.acc for name, st in states.items()}
     weights = {ref.name: ref.weight_matrix().to(torch.float64, copy=True) for ref in layers}
     failed = {name: st.failure for name, st in states.items() if st.failure is not None}
-    return _finish(sums, weights, failed, n_samples, n_batches, recipe, finish=finish)
+    if found is not None:
+        _collect(found, states, failed)
+    result = _finish(sums, weights, failed, n_samples, n_batches, recipe, finish=finish)
+    result.extras = found
+    return result
+
+
+def _first_batch(found: CapturedExtras, states: dict[str, _Layer], out: Tensor) -> None:
+    """After the first batch: the output's classes and the layer that feeds them."""
+    if found.n_classes is not None or out.ndim < 2:
+        return
+    found.n_classes = int(out.shape[-1])
+    feeding = [st for st in states.values() if st.order is not None
+               and st.ref.d_out == found.n_classes]
+    if feeding:
+        found.classifier = max(feeding, key=lambda st: st.order or 0).ref.name
+
+
+def _agop_passes(
+    states: dict[str, _Layer],
+    run: _Run,
+    found: CapturedExtras,
+    out: Tensor,
+    leaves: list[Tensor],
+    generator: torch.Generator,
+) -> None:
+    """The batch's extra backward passes from the output; each layer adds ``Σ g_b g_bᵀ``.
+
+    The output-gradient hooks route every pass's rows to :meth:`_Layer.agop_rows`
+    (``run.agop_phase``); a layer the output does not depend on adds zero rows.
+    """
+    p = plan(out, run.extras)
+    if found.plan is None:
+        found.plan = p
+    run.agop_phase = True
+    try:
+        for st in states.values():
+            if st.agop is None and st.failure is None:
+                st.agop = AgopSums(p.method, p.passes)
+            if st.agop is not None:
+                st.agop.rows(st.batch_rows)
+        for i, v in enumerate(directions(out, p, generator)):
+            torch.autograd.grad(
+                out, leaves, grad_outputs=v, allow_unused=True, retain_graph=i < p.passes - 1
+            )
+            for st in states.values():
+                if st.agop is None or st.failure is not None:
+                    continue
+                rows = st.agop_rows
+                g_b = torch.cat(rows) if rows else st.W.new_zeros((st.batch_rows, st.ref.d_out))
+                rows.clear()
+                st.agop.add(g_b, st.W)
+        for st in states.values():
+            if st.agop is not None:
+                st.agop.end_batch()
+    finally:
+        run.agop_phase = False
+
+
+def _collect(found: CapturedExtras, states: dict[str, _Layer], failed: Mapping[str, str]) -> None:
+    """Move the per-layer extra sums into ``found`` (failed layers keep none)."""
+    for name, st in states.items():
+        if name in failed:
+            continue
+        if st.cls is not None and st.cls_why is None:
+            found.collapse[name] = st.cls
+        elif st.cls_why is not None:
+            found.collapse_skipped[name] = st.cls_why
+        elif found.labels_reason is not None:
+            found.collapse_skipped[name] = found.labels_reason
+        if st.agop is not None:
+            found.agop[name] = st.agop
 
 
 def all_reduce(
@@ -273,58 +410,6 @@ def _finish(
     return CaptureResult(done, bad, n_samples, n_batches, recipe, dict(sums), dict(weights))
 
 
-def _loss(
-    model: nn.Module, x: Inputs, y: Tensor, loss_fn: Callable[[Tensor, Tensor], Tensor]
-) -> Tensor:
-    """Forward one batch and return its scalar loss."""
-    try:
-        if isinstance(x, Tensor):
-            out = model(x)
-        elif isinstance(x, dict):
-            out = model(**x)
-        else:
-            out = model(*x)
-    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        raise ProbeError(
-            f"model forward failed on a probe batch: {type(exc).__name__}: {first}"
-        ) from exc
-    if isinstance(out, Mapping) and "logits" in out:
-        out = out["logits"]
-    elif isinstance(out, (tuple, list)) and out:
-        out = out[0]
-    if not isinstance(out, Tensor):
-        raise ProbeError(f"model returned {type(out).__name__}; expected a tensor of outputs")
-    try:
-        loss = loss_fn(out, y)
-    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        raise ProbeError(
-            f"loss failed on output {tuple(out.shape)} and target {tuple(y.shape)}: {first}"
-        ) from exc
-    if not isinstance(loss, Tensor) or loss.numel() != 1:
-        raise ProbeError("the loss must return one number: the sum over its loss terms")
-    return loss.reshape(())
-
-
-def _to(x: Inputs, device: torch.device, fdtype: torch.dtype | None) -> Inputs:
-    """Move inputs to the device, casting floating tensors to the model's dtype."""
-    if isinstance(x, Tensor):
-        dtype = fdtype if fdtype is not None and x.is_floating_point() else None
-        return x.detach().to(device=device, dtype=dtype)
-    if isinstance(x, dict):
-        return {k: _to(v, device, fdtype) for k, v in x.items()}
-    return tuple(_to(v, device, fdtype) for v in x)
-
-
-def _batch_size(x: Inputs) -> int:
-    """Samples in a batch: the first axis of the first input tensor."""
-    if isinstance(x, Tensor):
-        return x.shape[0] if x.ndim else 1
-    first = next(iter(x.values())) if isinstance(x, dict) else x[0]
-    return _batch_size(first)
-
-
 # --------------------------------------------------------------------------- hooks
 def _pre_hook(leaves: list[Tensor], module: nn.Module, args: tuple[object, ...]) -> object:
     """Give the layer a leaf copy of its input so its output requires grad (params frozen)."""
@@ -337,9 +422,7 @@ def _pre_hook(leaves: list[Tensor], module: nn.Module, args: tuple[object, ...])
     return None
 
 
-def _fwd_hook(
-    st: _Layer, mask_box: list[Tensor | None], module: nn.Module, args: tuple, out: object
-) -> None:
+def _fwd_hook(st: _Layer, run: _Run, module: nn.Module, args: tuple, out: object) -> None:
     """Record the call's input and output and register the gradient hook on the output."""
     st.calls += 1
     if st.failure is not None:
@@ -358,19 +441,56 @@ def _fwd_hook(
     else:
         lead = tuple(inp.shape[:-1])
     try:
-        keep = row_keep(mask_box[0], tuple(lead))
+        keep = row_keep(run.mask, tuple(lead))
     except ValueError as exc:
         st.failure = str(exc)
         return
+    if st.order is None:
+        st.order, run.called = run.called, run.called + 1
     call = _Call(inp.detach(), out.detach(), inp._version, out._version, keep)
+    if run.extras.collapse and run.labels is not None and st.cls_why is None:
+        call.labels = _call_labels(st, run.labels, tuple(lead), conv)
     st.pending.append(call)
     if out.requires_grad:
-        out.register_hook(partial(_grad_hook, st, call))
+        out.register_hook(partial(_grad_hook, st, call, run))
 
 
-def _grad_hook(st: _Layer, call: _Call, grad: Tensor) -> None:
-    """Tensor hook on a layer output: process the call with its gradient."""
-    _process(st, call, grad)
+def _call_labels(st: _Layer, labels: Tensor, lead: tuple[int, ...], conv: bool) -> Tensor | None:
+    """The call's labels, one per row, when its rows carry their own (else why not)."""
+    if tuple(labels.shape) == lead:
+        if st.cls is None:
+            st.cls = ClassSums()
+        return labels.reshape(-1)
+    st.cls, shape = None, tuple(labels.shape)
+    if conv:
+        st.cls_why = f"rows are a convolution's output positions {lead}; labels are {shape}"
+    else:
+        st.cls_why = f"rows {lead} do not each carry a label (labels {shape})"
+    return None
+
+
+def _grad_hook(st: _Layer, call: _Call, run: _Run, grad: Tensor) -> None:
+    """Tensor hook on a layer output: process the call with its gradient (an AGOP pass's
+    gradient goes to the layer's AGOP rows instead)."""
+    if run.agop_phase:
+        _agop_grad(st, call, grad)
+    else:
+        _process(st, call, grad)
+
+
+def _agop_grad(st: _Layer, call: _Call, grad: Tensor) -> None:
+    """One AGOP pass's output-gradient rows of a call (masked rows dropped)."""
+    if st.failure is not None or st.agop is None:
+        return
+    with torch.no_grad():
+        if st.ref.kind != "linear":
+            if grad.ndim == len(st.ref.module.kernel_size) + 1:
+                grad = grad.unsqueeze(0)
+            grad = grad.movedim(1, -1)
+        rows, _ = as_rows(grad, st.ref.d_out, st.W.dtype)
+        if call.keep is not None:
+            rows = rows[call.keep]
+        st.agop_rows.append(rows)
 
 
 def _process(st: _Layer, call: _Call, grad: Tensor) -> None:
@@ -417,13 +537,16 @@ def _add_rows(
         out_rows_src, grad_src = out.movedim(1, -1), grad.movedim(1, -1)
     if own:
         owned.add("h_a")
-    keep = call.keep
-    if keep is not None and batched:
-        per = h_a.shape[0] // max(out.shape[0], 1)
-        keep = keep[sl.start * per : sl.start * per + h_a.shape[0]]
+    n0, keep, labels = h_a.shape[0], call.keep, call.labels
+    first = (sl.start or 0) * (n0 // max(out.shape[0], 1)) if batched else 0
     if keep is not None:
+        keep = keep[first : first + n0]
         h_a = h_a[keep]
         owned.add("h_a")
+    st.batch_rows += h_a.shape[0]
+    if labels is not None and st.cls is not None:  # before acc.add may reuse h_a in place
+        labels = labels[first : first + n0]
+        st.cls.add(h_a, labels if keep is None else labels[keep])
     if out_ok:
         h_b, own = as_rows(out_rows_src, ref.d_out, dtype, st.bias)
         if keep is not None:

@@ -104,15 +104,17 @@ def layer_cost(
     *,
     raw_too: bool = False,
     null_samples: int = 0,
+    extra: int = 0,
 ) -> LayerCost:
-    """The formula's terms for one layer of ``d_out × d_in`` with ``rows`` probe rows."""
+    """The formula's terms for one layer of ``d_out × d_in`` with ``rows`` probe rows
+    (``extra``: bytes of its ``--collapse``/``--nfa`` sums)."""
     sq = d_in * d_in + d_out * d_out
     m, big = min(d_in, d_out), max(d_in, d_out)
     capture = None if rows is None else 2.0 * rows * (sq + d_in * d_out)
     per_side = 11.0 + (2.0 * values_factor() if null_samples > 0 else 0.0)
     decompose = per_side * (d_in**3 + d_out**3) + 9.0 * m**3 + 4.0 * big * big * m
     return LayerCost(
-        name, d_in, d_out, rows, layer_bytes(d_in, d_out, raw_too=raw_too), 8 * 6 * sq,
+        name, d_in, d_out, rows, layer_bytes(d_in, d_out, raw_too=raw_too) + extra, 8 * 6 * sq,
         capture, decompose,
     )
 
@@ -265,7 +267,7 @@ def dry_run(ckpts: Sequence[Any], settings: Any) -> CheckpointCost:
     raw_too = settings.verify and settings.moments == "paper"
     costs = [
         layer_cost(r.name, r.d_in, r.d_out, rows.get(r.name), raw_too=raw_too,
-                   null_samples=settings.null_samples)
+                   null_samples=settings.null_samples, extra=analyzer._extra(r))
         for r in analyzer.layers
     ]
     groups = [[r.name for r in g] for g in analyzer.groups]

@@ -16,8 +16,9 @@ from typing import Any
 import torch
 
 from symtool import distributed
+from symtool.align import agop, collapse, crh, nearest, pah, records
 from symtool.align import capture as cap
-from symtool.align import crh, pah
+from symtool.align.extras import Extras, extra_bytes
 from symtool.align.moments import layer_bytes
 from symtool.align.probe import Probe, settle
 from symtool.align.score import METRICS, HaarBank
@@ -70,6 +71,14 @@ class AlignSettings:
     alpha_threshold: float = 0.8
     z_threshold: float = 3.0
     gemm_dtype: str = "float64"
+    collapse: bool = False
+    """Neural collapse NC1–NC4 on layers whose rows carry class labels (docs/theory.md §3)."""
+    nfa: bool = False
+    """The neural feature ansatz: α(Z_a, AGOP) and α(Z_a, AGOP^½) (docs/theory.md §3)."""
+    nfa_exact_max: int = 64
+    """Exact AGOP (a backward pass per output coordinate) up to this many per sample."""
+    nfa_projections: int = 8
+    """Gaussian projections per batch when a sample has more output coordinates."""
     base_dir: Path = field(default_factory=Path.cwd)
 
     def __post_init__(self) -> None:
@@ -93,7 +102,7 @@ class AlignSettings:
                 problems.append(f"--{name.replace('_', '-')} must be ≥ 0")
         if self.seq_len is not None and self.seq_len < 2:
             problems.append("--seq-len must be ≥ 2")
-        for name in ("batch_size", "max_layer_dim"):
+        for name in ("batch_size", "max_layer_dim", "nfa_exact_max", "nfa_projections"):
             if getattr(self, name) < 1:
                 problems.append(f"--{name.replace('_', '-')} must be ≥ 1")
         if self.samples is not None and self.samples < 1:
@@ -123,77 +132,6 @@ class AlignSettings:
         return d
 
 
-@dataclass(frozen=True)
-class AlignLayer:
-    """One layer of one checkpoint in an ``align`` report (docs/reports.md).
-
-    A layer that could not be analysed has ``status: failed``, its ``reason``, and no
-    numbers; its name, kind and shape are still reported.
-    """
-
-    name: str
-    kind: str
-    d_in: int
-    d_out: int
-    rows: int | None = None
-    skipped_rows: dict[str, int] | None = None
-    status: str = "ok"
-    reason: str | None = None
-    relations: dict[str, dict[str, Any]] | None = None
-    cross_terms: dict[str, dict[str, Any]] | None = None
-    verify: dict[str, Any] | None = None
-    pah: dict[str, Any] | None = None
-    warnings: list[dict[str, Any]] | None = None
-
-
-FEW_ROWS_AFFECTS = {
-    "a": ("f-RGA", "f-GWA", "f-RWA", "f-CROSS", "H_a~Z_a", "G_a~Z_a"),
-    "b": ("b-RGA", "b-GWA", "b-RWA", "b-CROSS", "H_b~Z_b", "G_b~Z_b"),
-}
-"""What a side's moments with fewer rows than their dimension affect: its relations,
-cross term and PAH fits (``H``, ``G`` have rank ≤ rows there)."""
-
-
-def layer_warnings(
-    rows: int, d_in: int, d_out: int, spectra: crh.LayerSpectra | None = None
-) -> list[dict[str, Any]]:
-    """A layer's warnings (docs/reports.md): fewer probe rows than a side's dimension, and
-    decompositions that needed a fallback solver (the spectrum's ``note``).
-
-    With ``n`` rows, ``H`` and ``G`` of a side of dimension ``d > n`` have rank at most
-    ``n``: their alignment with ``Z`` is measured on an ``n``-dimensional subspace only.
-    """
-    out: list[dict[str, Any]] = []
-    for side, d, label in (("a", d_in, "d_in"), ("b", d_out, "d_out")):
-        if rows < d:
-            out.append(
-                {
-                    "kind": "few_rows",
-                    "message": f"{rows} probe rows < {label} = {d}: H_{side} and G_{side} "
-                    f"have rank ≤ {rows}, so side {side}'s relations and PAH fits see "
-                    "only that subspace (use more probe samples)",
-                    "affects": list(FEW_ROWS_AFFECTS[side]),
-                }
-            )
-    if spectra is not None:
-        for name in crh.MATRIX_NAMES:
-            sp = spectra.get(name)
-            if sp is not None and sp.note:
-                affects = [rid for rid, a, b, _ in (*crh.RELATIONS, *crh.CROSS_TERMS)
-                           if name in (a, b)]
-                out.append({"kind": "solver_fallback", "message": f"{name}: {sp.note}",
-                            "affects": affects})
-    return out
-
-
-def _layer_json(layer: AlignLayer) -> dict[str, Any]:
-    """A layer's report entry; ``warnings`` is written only when there are some."""
-    d = to_jsonable(layer)
-    if not d.get("warnings"):
-        d.pop("warnings", None)
-    return d
-
-
 class _Analyzer:
     """Per-checkpoint work of ``align``; the model is built once and reused."""
 
@@ -220,6 +158,22 @@ class _Analyzer:
         self.matrices: dict[str, torch.Tensor] = {}
         self.keep_matrices = False
         self.stage: Callable[[str], None] = lambda text: None
+        self.extras = Extras(
+            collapse=s.collapse,
+            nfa=s.nfa,
+            nfa_exact_max=s.nfa_exact_max,
+            nfa_projections=s.nfa_projections,
+            seed=s.seed,
+            shift_labels=s.loss == "causal_lm",
+        )
+        if self.extras.active and world.active and world.mode == "data":
+            raise UsageError(
+                "--collapse and --nfa do not run data-parallel yet; "
+                "run them in one process (or with checkpoints split across ranks)"
+            )
+
+    def _extra(self, ref: models.LayerRef) -> int:
+        return extra_bytes(ref.d_in, ref.d_out, self.extras)
 
     def _ensure_model(self, sd: dict[str, torch.Tensor], hf_dir: Path | None) -> torch.nn.Module:
         if self.model is not None:
@@ -241,7 +195,7 @@ class _Analyzer:
         raw_too = s.verify and s.moments == "paper"
         budget = None if s.max_memory is None else s.max_memory * 2**30
         for ref in layers:
-            need = layer_bytes(ref.d_in, ref.d_out, raw_too=raw_too)
+            need = layer_bytes(ref.d_in, ref.d_out, raw_too=raw_too) + self._extra(ref)
             if max(ref.d_in, ref.d_out) > s.max_layer_dim:
                 why = f"{ref.d_out}×{ref.d_in} exceeds --max-layer-dim {s.max_layer_dim}"
             elif budget is not None and need > budget:
@@ -260,7 +214,7 @@ class _Analyzer:
                 + (f": {why}{more}" if why else "")
             )
         self.model, self.layers = model, kept
-        self.groups = partition_layers(kept, budget, raw_too=raw_too)
+        self.groups = partition_layers(kept, budget, raw_too=raw_too, extra=self._extra)
         return model
 
     def __call__(self, c: ck.Checkpoint, loaded: ck.LoadedCheckpoint) -> dict[str, Any]:
@@ -291,6 +245,7 @@ class _Analyzer:
             at = f"pass {i + 1}/{n_groups}: " if n_groups > 1 else ""
             span = group[0].name if len(group) == 1 else f"{group[0].name} … {group[-1].name}"
             result = self._capture(model, group, f"{at}capture {span}")
+            beside = self._collapse(model, group, result, at)
             if result.n_samples == 0:
                 what = f"probe source {s.source!r}" if s.source else f"probe data {s.data}"
                 raise ProbeError(f"{what} gave no samples: nothing to capture")
@@ -308,13 +263,13 @@ class _Analyzer:
                 )
                 m = result.take(ref.name)  # finished now; its sums are dropped
                 if m is None:
-                    why = _why_failed(ref.name, result.failed, bad_weights)
-                    failed = AlignLayer(
+                    why = records.why_failed(ref.name, result.failed, bad_weights)
+                    failed = records.AlignLayer(
                         ref.name, ref.kind, ref.d_in, ref.d_out, status="failed", reason=why
                     )
-                    done[ref.name] = _layer_json(failed)
+                    done[ref.name] = records.layer_json(failed)
                     continue
-                done[ref.name] = self._layer(ref, m)
+                done[ref.name] = self._layer(ref, m, result, beside.get(ref.name))
                 if self.keep_matrices:
                     self._keep(c, ref.name, m)
                 del m  # one layer's matrices at a time
@@ -345,12 +300,59 @@ class _Analyzer:
             device=s.device,
             gemm_dtype=DTYPES[s.gemm_dtype],
             finish=False,
+            extras=self.extras if self.extras.active else None,
         )
         if data_parallel:
             result = cap.all_reduce(result, group, self.world, finish=False)
         return result
 
-    def _layer(self, ref: models.LayerRef, m: Any) -> dict[str, Any]:
+    def _collapse(
+        self, model: torch.nn.Module, group: list[models.LayerRef], result: cap.CaptureResult,
+        at: str,
+    ) -> dict[str, dict[str, Any]]:
+        """``collapse`` records of a group's layers: NC1–NC3 from the class-wise sums, then
+        NC4 from one forward-only pass over the probe (docs/theory.md §3)."""
+        ex = result.extras
+        if ex is None or not self.s.collapse:
+            return {}
+        out: dict[str, dict[str, Any]] = {}
+        finished: dict[str, collapse.Collapse] = {}
+        for ref in group:
+            if ref.name in result.failed:
+                continue
+            sums = ex.collapse.pop(ref.name, None)
+            if sums is None:
+                why = ex.collapse_skipped.get(ref.name, "no labelled rows reached this layer")
+                out[ref.name] = records.collapse_skipped(why)
+                continue
+            W = result.weights[ref.name] if ref.name == ex.classifier else None
+            finished[ref.name] = collapse.finish(sums, classifier=W)
+            del sums
+        means = {n: (c.means, c.present) for n, c in finished.items() if c.nc1 is not None}
+        nc4: dict[str, nearest.Disagreement] = {}
+        if means:
+            label = f"{at}nearest-class-mean pass (NC4)"
+            nc4 = nearest.disagreements(
+                model,
+                group,
+                _counted(self.probe.batches(), self.probe.n_batches(), label, self.stage),
+                means,
+                shift_labels=self.extras.shift_labels,
+                device=self.s.device,
+            )
+        for n, c in finished.items():
+            out[n] = records.collapse_record(
+                c, nc4.get(n), n if n == ex.classifier and c.nc3 is not None else None
+            )
+        return out
+
+    def _layer(
+        self,
+        ref: models.LayerRef,
+        m: Any,
+        result: cap.CaptureResult | None = None,
+        collapsed: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         s = self.s
         spectra = crh.layer_spectra(m, cross=True, metric=s.metric)
         al = crh.relations(
@@ -361,17 +363,17 @@ class _Analyzer:
             bank=self.bank,
             thresholds=self.thresholds,
         )
-        out = AlignLayer(
+        out = records.AlignLayer(
             name=ref.name,
             kind=ref.kind,
             d_in=ref.d_in,
             d_out=ref.d_out,
             rows=m.n,
             skipped_rows=dict(m.skipped_rows),
-            relations={r.id: _relation(r) for r in al.relations},
-            cross_terms={r.id: _relation(r) for r in al.cross},
+            relations={r.id: records.relation(r) for r in al.relations},
+            cross_terms={r.id: records.relation(r) for r in al.cross},
             verify=to_jsonable(crh.verify(m)) if s.verify else None,
-            warnings=layer_warnings(m.n, ref.d_in, ref.d_out, spectra) or None,
+            warnings=records.layer_warnings(m.n, ref.d_in, ref.d_out, spectra) or None,
         )
         if s.pah:
             pw = pah.powers(
@@ -382,8 +384,15 @@ class _Analyzer:
                 seed=s.seed,
                 metric=s.metric,
             )
-            out = replace(out, pah=_pah(pw))
-        return _layer_json(out)
+            out = replace(out, pah=records.pah_record(pw))
+        if collapsed is not None:
+            out = replace(out, collapse=collapsed)
+        sums = None if result is None or result.extras is None else result.extras.agop.pop(
+            ref.name, None)
+        if sums is not None:
+            found = agop.nfa(sums, m.W, metric=s.metric, thresholds=self.thresholds)
+            out = replace(out, nfa=records.nfa_record(found, out.relations))
+        return records.layer_json(out)
 
     def _keep(self, c: ck.Checkpoint, layer: str, m: Any) -> None:
         tag = f"step_{c.step}" if c.step is not None else c.name
@@ -413,19 +422,24 @@ def _counted(
 
 
 def partition_layers(
-    layers: list[models.LayerRef], budget: float | None, *, raw_too: bool = False
+    layers: list[models.LayerRef],
+    budget: float | None,
+    *,
+    raw_too: bool = False,
+    extra: Callable[[models.LayerRef], int] | None = None,
 ) -> list[list[models.LayerRef]]:
     """Split layers, in model order, into groups whose sums fit ``budget`` bytes together.
 
     Each group is one pass over the probe data (``--max-memory``); ``None`` is one group.
     A layer that alone exceeds the budget gets a group of its own (callers skip those).
+    ``extra`` gives a layer's bytes beyond its moments (``--collapse``, ``--nfa`` sums).
     """
     if budget is None:
         return [list(layers)] if layers else []
     groups: list[list[models.LayerRef]] = []
     used = 0.0
     for ref in layers:
-        need = layer_bytes(ref.d_in, ref.d_out, raw_too=raw_too)
+        need = layer_bytes(ref.d_in, ref.d_out, raw_too=raw_too) + (extra(ref) if extra else 0)
         if groups and used + need <= budget:
             groups[-1].append(ref)
             used += need
@@ -433,34 +447,6 @@ def partition_layers(
             groups.append([ref])
             used = need
     return groups
-
-
-def _why_failed(name: str, failed: dict[str, str], bad_weights: list[str]) -> str:
-    """Why a layer has no matrices, naming the layers with non-finite weights if any."""
-    why = failed.get(name, "no matrices")
-    if name in bad_weights:
-        return f"non-finite weights; {why}"
-    if bad_weights:
-        return f"{why}, propagated from non-finite weights in {', '.join(bad_weights)}"
-    return why
-
-
-def _relation(r: crh.Relation) -> dict[str, Any]:
-    d = to_jsonable(r)
-    d.pop("id")
-    return d
-
-
-def _pah(pw: pah.LayerPowers) -> dict[str, Any]:
-    fits = {}
-    for f in pw.fits:
-        d = to_jsonable(f)
-        fits[f"{f.target}~{f.reference}"] = d
-    return {
-        "fits": fits,
-        "consistency": to_jsonable(pw.consistency),
-        "phase": to_jsonable(pw.phase),
-    }
 
 
 def _staged(progress: Progress) -> tuple[Progress, Callable[[str], None]]:

@@ -215,6 +215,36 @@ def align(
             "over the probe data each (same results).",
         ),
     ] = None,
+    collapse_on: Annotated[
+        bool | None,
+        typer.Option(
+            "--collapse/--no-collapse",
+            help="Neural collapse NC1–NC4 on layers whose rows carry class labels "
+            "(one extra forward pass for NC4).",
+        ),
+    ] = None,
+    nfa: Annotated[
+        bool | None,
+        typer.Option(
+            "--nfa/--no-nfa",
+            help="Neural feature ansatz: α(Z_a, AGOP) and α(Z_a, AGOP^½) (extra backward "
+            "passes per batch: one per output coordinate, or --nfa-projections).",
+        ),
+    ] = None,
+    nfa_exact_max: Annotated[
+        int | None,
+        typer.Option(
+            "--nfa-exact-max",
+            help="Exact AGOP up to this many output coordinates per sample (default 64).",
+        ),
+    ] = None,
+    nfa_projections: Annotated[
+        int | None,
+        typer.Option(
+            "--nfa-projections",
+            help="Gaussian projections per batch for larger outputs (default 8).",
+        ),
+    ] = None,
     save_matrices: Annotated[
         Path | None,
         typer.Option(
@@ -286,6 +316,10 @@ def align(
         "device": device,
         "max_layer_dim": max_layer_dim,
         "max_memory": max_memory,
+        "collapse": collapse_on,
+        "nfa": nfa,
+        "nfa_exact_max": nfa_exact_max,
+        "nfa_projections": nfa_projections,
     }
     settings = resolve(
         AlignSettings,
