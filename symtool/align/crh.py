@@ -348,6 +348,37 @@ def exact_nulls(
     return [null_from_invariants(get(a), get(b), metric) for a, b in pairs]
 
 
+def score_pair(
+    rid: str,
+    formula: str,
+    side: str,
+    A: Tensor,
+    B: Tensor,
+    *,
+    metric: str = "pearson",
+    thresholds: Thresholds | None = None,
+    eigenvalues: Tensor | None = None,
+) -> Relation:
+    """α(A, B) with the exact Haar null of α(A, Q B Qᵀ), as a Relation (same record as the six).
+
+    For scores beside the six relations (NFA, docs/theory.md §3): ``A`` fixed, ``B`` rotated,
+    both symmetrised in float64; ``eigenvalues``: ``B``'s, when known (spares the null's
+    ``O(d³)`` step). A non-finite matrix gives a failed record with the reason.
+    """
+    check_metric(metric)
+    thresholds = Thresholds() if thresholds is None else thresholds
+    A64, B64 = symmetric64(A), symmetric64(B)
+    bad = [name for name, M in (("A", A64), ("B", B64)) if not all_finite(M)]
+    if bad:
+        why = f"failed: non-finite entries in {' and '.join(bad)}"
+        return Relation(rid, formula, side, None, None, None, None, None, why)
+    alpha = alignment(A64, B64, metric, assume_finite=True)
+    ia = invariants(A64, rotated=False, symmetric=True)
+    ib = invariants(B64, rotated=metric == "pearson", eigenvalues=eigenvalues, symmetric=True)
+    null = null_from_invariants(ia, ib, metric)
+    return _finish(rid, formula, side, alpha, null, metric, thresholds, None)
+
+
 def _sampled_nulls(
     pending: list[tuple[str, str, float | None]],
     spectra: LayerSpectra,
