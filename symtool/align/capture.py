@@ -315,9 +315,12 @@ def _agop_passes(
     try:
         for st in states.values():
             if st.agop is None and st.failure is None:
-                st.agop = AgopSums(p.method, p.passes)
-            if st.agop is not None:
-                st.agop.rows(st.batch_rows)
+                st.agop = AgopSums(p.method, p.passes, outputs=p.outputs)
+            if st.agop is not None:  # rows of one sample share its output's vectors
+                whole = len(st.pending) == 1 and st.pending[0].keep is None
+                per = out.shape[0] if out.ndim >= 2 else None
+                ok = whole and per and st.batch_rows % per == 0
+                st.agop.rows(st.batch_rows, samples=per if ok else None)
         for i, v in enumerate(directions(out, p, generator)):
             torch.autograd.grad(
                 out, leaves, grad_outputs=v, allow_unused=True, retain_graph=i < p.passes - 1

@@ -32,7 +32,7 @@ def test_layer_warnings_name_few_rows_and_solver_fallbacks(monkeypatch) -> None:
     from symtool import linalg as la
     from symtool.align import crh
     from symtool.align.moments import LayerAccumulator
-    from symtool.align.run import FEW_ROWS_AFFECTS, layer_warnings
+    from symtool.align.records import FEW_ROWS_AFFECTS, layer_warnings
 
     g = torch.Generator().manual_seed(4)
     W = torch.randn(3, 8, generator=g, dtype=torch.float64)
