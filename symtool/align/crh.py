@@ -10,6 +10,8 @@ Prepare a layer's matrices once with :func:`layer_spectra` (float64, symmetrised
 :func:`symtool.align.pah.powers`; both compute it themselves when not given one. The null of
 every relation is exact (:mod:`symtool.align.null`: traces, no decomposition), so ``G`` and
 the cross terms are decomposed only for the optional sampled null (``null_samples > 0``).
+:func:`score_pair` scores one further pair the same way (the NFA scores of
+:mod:`symtool.align.agop`).
 """
 
 from __future__ import annotations

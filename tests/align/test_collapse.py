@@ -123,7 +123,7 @@ def test_random_features_match_dense_reference(seed: int, n: int, d: int, C: int
 
 def test_large_common_offset_keeps_full_precision() -> None:
     """Sums about the first batch's mean: an offset of 1e6 costs nothing, where uncentred
-    sums ``Σhhᵀ − Σ n_c μ_c μ_cᵀ`` would lose ~12 digits."""
+    sums ``Σhhᵀ − Σ n_c μ_c μ_cᵀ`` lose ~12 digits of NC1 (7e-4 relative error here)."""
     h, y = _random(5, 300, 8, 4, offset=1e6)
     sums = ClassSums(4)
     for part in torch.split(torch.arange(300), 64):
@@ -133,7 +133,7 @@ def test_large_common_offset_keeps_full_precision() -> None:
     # the naive route really is that bad here (the test has teeth)
     naive = ClassSums(4, reference=torch.zeros(8, dtype=F64))
     naive.add(h, y)
-    assert abs(finish(naive).nc1 - ref["nc1"]) > 1e-8 * ref["nc1"]
+    assert abs(finish(naive).nc1 - ref["nc1"]) > 1e-5 * ref["nc1"]
 
 
 def test_batches_shards_and_all_reduce_equal_one_batch() -> None:
