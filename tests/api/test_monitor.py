@@ -146,3 +146,24 @@ def test_a_killed_training_job_leaves_valid_reports(tmp_path: Path) -> None:
         assert report["complete"] is False
         assert len(report["checkpoints"]) >= 2
     # (a kill during a write may leave a .tmp file beside them; the reports are whole)
+
+
+def test_monitor_with_collapse_and_nfa_equals_the_cli(tmp_path: Path) -> None:
+    """Issue 18 through the callbacks' engine: NC and NFA entries of a live run equal the
+    CLI's on checkpoints saved at the same steps, and training stays bit-identical."""
+    out, ckpts = tmp_path / "out", tmp_path / "ckpts"
+    ckpts.mkdir()
+    save_file(probe(), str(ckpts / "probe.safetensors"))
+    plain = _train(6)
+    mon = _Deferred(probe=probe(), out=out, every_n_steps=3, bootstrap=0, batch_size=64,
+                    analyses=("align",), collapse=True, nfa=True)
+    watched = _train(6, mon, save=ckpts)
+    for (k, a), b in zip(plain.state_dict().items(), watched.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    align = symtool.load_report(out / "align.json")
+    layers = align.checkpoints[-1]["layers"]
+    assert all(layer["collapse"]["status"] == "ok" for layer in layers)
+    assert all(layer["nfa"]["agop"]["method"] == "exact" for layer in layers)
+    theirs = cli_report(tmp_path, "align", ckpts, "--bootstrap", "0", "--batch-size", "64",
+                        "--collapse", "--nfa", "--model", "tests.api.nets:mlp")
+    assert differences(align.to_dict(), theirs, tol=1e-10, skip=(*WHERE, "factory")) == []
