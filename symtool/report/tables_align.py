@@ -1,4 +1,7 @@
 """Table and CSV rows of ``align`` reports: α and z per relation, PAH exponents, the trend.
+
+Neural collapse and the NFA (docs/theory.md §3; optional records) are rendered by
+:mod:`symtool.report.tables_collapse`.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from symtool.report.tables import fmt_num, heading, layer_rows
+from symtool.report.tables_collapse import collapse_rows, collapse_table
 
 _REL_IDS = ("f-RGA", "f-GWA", "f-RWA", "b-RGA", "b-GWA", "b-RWA")
 
@@ -56,6 +60,7 @@ def align_table(report: dict[str, Any], out: Console) -> None:
         _undefined_notes(e, out)
         _warning_notes(e, out)
         _pah_table(e, out)
+        collapse_table(report, e, out)
         for sk in e.get("skipped_layers") or []:
             out.print(f"  skipped {sk['name']}: {sk['reason']}")
     if sum(1 for e in report["checkpoints"] if e["status"] == "ok") > 1:
@@ -250,5 +255,6 @@ def align_rows(report: dict[str, Any]) -> tuple[list[str], Iterable[dict[str, An
                     "value": ph.get("distance"),
                     "reason": ph.get("reason"),
                 }
+            yield from collapse_rows(lb, layer)
 
     return _ALIGN_COLUMNS, rows()
