@@ -13,7 +13,12 @@ from rich.console import Console
 from rich.table import Table
 
 from symtool.report.tables import fmt_num, heading, layer_rows
-from symtool.report.tables_collapse import collapse_rows, collapse_table
+from symtool.report.tables_collapse import (
+    collapse_rows,
+    collapse_table,
+    has_collapse_or_nfa,
+    trend_cells,
+)
 
 _REL_IDS = ("f-RGA", "f-GWA", "f-RWA", "b-RGA", "b-GWA", "b-RWA")
 
@@ -77,6 +82,10 @@ def _align_trend(report: dict[str, Any], out: Console) -> None:
     t.add_column("step", justify="right")
     for rid in _REL_IDS:
         t.add_column(f"{rid}\n{formulas.get(rid, '')}", justify="right")
+    extra = any(has_collapse_or_nfa(e.get("layers") or []) for e in report["checkpoints"])
+    if extra:
+        t.add_column("NC1\nclassifier input", justify="right")
+        t.add_column("NFA\nZ_a ~ AGOP_a", justify="right")
     for e in report["checkpoints"]:
         if e["status"] != "ok":
             t.add_row(fmt_num(e["step"]), "[red]failed[/red]")
@@ -89,6 +98,8 @@ def _align_trend(report: dict[str, Any], out: Console) -> None:
             holds = sum(1 for la in ok if la["relations"][rid]["holds"])
             mean = sum(vals) / len(vals) if vals else None
             cells.append(f"{fmt_num(mean)} ({holds}/{len(ok)})")
+        if extra:
+            cells += trend_cells(ok)
         t.add_row(fmt_num(e["step"]), *cells)
     out.print(t)
 

@@ -135,6 +135,22 @@ def _collapse_notes(layers: list[dict[str, Any]], out: Console) -> None:
                           f"{rel['reason']}[/dim]")
 
 
+def trend_cells(layers: list[dict[str, Any]]) -> list[str]:
+    """The over-training table's two cells of one checkpoint (its ok layers): NC1 of the
+    layer feeding the classifier (the last layer with an ok collapse record when none is
+    marked), and NFA's α averaged over layers with how many hold, as for the relations."""
+    ok = [la for la in layers if (la.get("collapse") or {}).get("status") == "ok"]
+    fed = [la for la in ok if la["collapse"].get("classifier")] or ok[-1:]
+    nc1 = fmt_num(fed[0]["collapse"].get("nc1")) if fed else "—"
+    rels = [((la.get("nfa") or {}).get("relations") or {}).get("NFA") or {} for la in layers]
+    alphas = [r["alpha"] for r in rels if r.get("alpha") is not None]
+    holds = sum(1 for r in rels if r.get("holds"))
+    mean = sum(alphas) / len(alphas) if alphas else None
+    nfa = f"{fmt_num(mean)} ({holds}/{len(layers)})" if any(la.get("nfa") for la in layers) \
+        else "—"
+    return [f"{nc1} ({fed[0]['name']})" if fed else nc1, nfa]
+
+
 def collapse_rows(lb: dict[str, Any], layer: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """Long CSV rows of one layer's ``collapse`` and ``nfa`` records (docs/reports.md, CSV).
 

@@ -276,7 +276,19 @@ def test_table_shows_the_numbers_and_why_some_are_missing(rep: dict, align_text:
     assert f"layer 0: collapse skipped: {SKIP_REASON}" in text
     assert f"layer 2: NFA failed: {NFA_FAIL_REASON}" in text
     assert "R=8 ±0.06" in text
-    assert "Neural collapse" not in _table(json.loads(align_text))
+    # over training: NC1 of the classifier's input layer and NFA's mean α, per step
+    trend = text[text.index("Over training"):].splitlines()
+    for e in (e for e in rep["checkpoints"] if e["status"] == "ok"):
+        (row,) = [ln for ln in trend if ln.startswith(f"│ {e['step']:>5} ")]
+        nc1 = e["layers"][-1]["collapse"]["nc1"]
+        alphas = [la["nfa"]["relations"]["NFA"]["alpha"] for la in e["layers"]
+                  if la["nfa"]["relations"]]
+        holds = sum(la["nfa"]["relations"]["NFA"]["holds"] for la in e["layers"]
+                    if la["nfa"]["relations"])
+        assert f"{fmt_num(nc1)} (6)" in row
+        assert f"{fmt_num(sum(alphas) / len(alphas))} ({holds}/4)" in row
+    plain = _table(json.loads(align_text))
+    assert "Neural collapse" not in plain and "AGOP" not in plain
 
 
 # -------------------------------------------------------------------------- diff
