@@ -167,7 +167,7 @@ def plot_command(
         str | None,
         typer.Option(
             "--kind",
-            help="Figure: align relations|kappa|pah, symmetry ranks|spectra, ode "
+            help="Figure: align relations|kappa|pah|collapse, symmetry ranks|spectra, ode "
             "stability|lyapunov (first is the default), or all (one page).",
         ),
     ] = None,

@@ -27,7 +27,7 @@ import torch
 from symtool._version import __version__
 from symtool.errors import ReportError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 #: Fields whose values change between otherwise identical runs (docs/reports.md).
 VOLATILE_FIELDS = ("created", "duration_s")
 

@@ -36,8 +36,17 @@ HEADLINE = ("alpha", "kappa", "value", "lambda_1", "translation")
 
 
 #: Short metric names per report kind, formatted with the report's settings: the
-#: headline threshold of per-threshold lists.
+#: headline threshold of per-threshold lists; align's neural collapse and NFA numbers
+#: (docs/metrics.md; docs/theory.md §3).
 ALIASES: dict[str, dict[str, str]] = {
+    "align": {
+        "NC1": "collapse.nc1",
+        "NC2": "collapse.equiangularity",
+        "NC3": "collapse.nc3",
+        "NC4": "collapse.nc4",
+        "NFA": "nfa.relations.NFA.alpha",
+        "NFA_sqrt": "nfa.relations.NFA_sqrt.alpha",
+    },
     "symmetry": {
         "rank": "ranks.{rank_tau}.rank",
         "gaussian_rank": "ranks.{rank_tau}.gaussian_rank",
@@ -151,7 +160,7 @@ def resolve(report: Mapping[str, Any], metric: str) -> Resolved:
     head, _, rest = metric.partition(".")
     if rest and head in groups[1:]:
         groups, metric = (head,), rest
-    metric = _alias(report, metric)
+    asked, metric = metric, _alias(report, metric)
     glob = any(ch in metric for ch in "*?")
     found = {g: h for g in groups if (h := _hits(universes["layer", g], metric, glob))}
     if len(found) > 1:
@@ -175,6 +184,7 @@ def resolve(report: Mapping[str, Any], metric: str) -> Resolved:
                      if g in present and (hit := _schema_hit(report, g, metric))}
         if len(by_schema) == 1:
             (group, hit), = by_schema.items()
+            _opted_in(report, hit, asked)
             return Resolved("layer", group, (hit,))
     if len(groups) == 1 and len(layer_groups(report)) > 1:
         held = [g for g in layer_groups(report) if _hits(universes["layer", g], metric, glob)]
@@ -193,6 +203,27 @@ def resolve(report: Mapping[str, Any], metric: str) -> Resolved:
     else:
         hint = "did you mean"
     raise ReportError(f"unknown metric {metric!r} in this report; {hint}: {', '.join(close)}")
+
+
+#: Optional layer records and the ``align`` option that writes them.
+OPT_IN = {"collapse": "--collapse", "nfa": "--nfa"}
+
+
+def _opted_in(report: Mapping[str, Any], path: Path_, metric: str) -> None:
+    """Refuse a metric of an opt-in record (``collapse``, ``nfa``) in a report made
+    without its option: every layer would fail "not reported", which says less.
+
+    Raises:
+        ReportError: the report's settings do not have the option on.
+    """
+    option = OPT_IN.get(path[0]) if path else None
+    settings = (report.get("provenance") or {}).get("settings") or {}
+    if option is not None and not settings.get(path[0]):
+        named = repr(metric) if metric == dotted(path) else f"{metric!r} ({dotted(path)})"
+        raise ReportError(
+            f"metric {named} is not in this report: it was made without {option} "
+            f"(symtool align {option})"
+        )
 
 
 def _schema_leaves(report: Mapping[str, Any], group: str) -> list[tuple[str, ...]]:

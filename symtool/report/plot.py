@@ -10,6 +10,9 @@ Figures per report kind (``--kind``; ``all`` puts every figure of the kind on on
   relation), with the rotation null band ``null_mean ± 2 null_std`` (docs/metrics.md).
 * align ``kappa``: PAH exponents κ of ``M ~ Z^κ`` over steps with their bootstrap 95%
   interval, one panel per layer.
+* align ``collapse``: per layer, NC1 over steps (log axis) and the NFA's α(Z_a, AGOP_a),
+  α(Z_a, AGOP_a^1/2) beside f-GWA's α, for reports made with ``align --collapse``/``--nfa``
+  (docs/theory.md §3); ``all`` includes it only for those reports.
 * align ``pah``: log-log ``m_i`` against ``z_i`` with the report's fitted line
   ``e^c z^κ`` for one checkpoint (``--step``), per layer (``--layer``). The report has no
   eigenvalues: with ``--matrices`` (from ``symtool align --save-matrices``) the points
@@ -19,13 +22,13 @@ Figures per report kind (``--kind``; ``all`` puts every figure of the kind on on
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from symtool.errors import UsageError
 from symtool.report import entries as en
-from symtool.report import figures_align, figures_ode, figures_symmetry
+from symtool.report import figures_align, figures_collapse, figures_ode, figures_symmetry
 from symtool.report.figure_parts import Builder, PlotOptions, Sizer, n_panels, n_square
 from symtool.report.files import write_atomic
 
@@ -78,7 +81,10 @@ def plot_report(
     figures = FIGURES.get(report_kind)
     if not figures:
         raise UsageError(f"no figures for {report_kind} reports")
-    names = list(figures) if kind == "all" else [kind or next(iter(figures))]
+    if kind == "all":  # optional figures only where the report has their fields
+        names = [n for n in figures if OPTIONAL.get((report_kind, n), _always)(report)]
+    else:
+        names = [kind or next(iter(figures))]
     for name in names:
         if name not in figures:
             raise UsageError(
@@ -125,6 +131,7 @@ FIGURES: dict[str, dict[str, tuple[Builder, Sizer]]] = {
         "relations": (figures_align.align_relations, figures_align.relations_size),
         "kappa": (figures_align.align_kappa, figures_align.kappa_size),
         "pah": (figures_align.align_pah, figures_align.pah_size),
+        "collapse": (figures_collapse.align_collapse, figures_collapse.collapse_size),
     },
     "symmetry": {
         "ranks": (figures_symmetry.symmetry_ranks, n_panels),
@@ -136,3 +143,14 @@ FIGURES: dict[str, dict[str, tuple[Builder, Sizer]]] = {
     },
 }
 """Figure builders and their page sizes, per report kind and ``--kind``."""
+
+
+def _always(report: Mapping[str, Any]) -> bool:
+    return True
+
+
+OPTIONAL: dict[tuple[str, str], Callable[[Mapping[str, Any]], bool]] = {
+    ("align", "collapse"): figures_collapse.has_collapse,
+}
+"""Figures drawn only for reports with their (opt-in) fields: ``--kind all`` leaves them
+out of other reports; asked for by name they say what is missing."""

@@ -1,4 +1,7 @@
 """Table and CSV rows of ``align`` reports: α and z per relation, PAH exponents, the trend.
+
+Neural collapse and the NFA (docs/theory.md §3; optional records) are rendered by
+:mod:`symtool.report.tables_collapse`.
 """
 
 from __future__ import annotations
@@ -10,6 +13,12 @@ from rich.console import Console
 from rich.table import Table
 
 from symtool.report.tables import fmt_num, heading, layer_rows
+from symtool.report.tables_collapse import (
+    collapse_rows,
+    collapse_table,
+    has_collapse_or_nfa,
+    trend_cells,
+)
 
 _REL_IDS = ("f-RGA", "f-GWA", "f-RWA", "b-RGA", "b-GWA", "b-RWA")
 
@@ -56,6 +65,7 @@ def align_table(report: dict[str, Any], out: Console) -> None:
         _undefined_notes(e, out)
         _warning_notes(e, out)
         _pah_table(e, out)
+        collapse_table(report, e, out)
         for sk in e.get("skipped_layers") or []:
             out.print(f"  skipped {sk['name']}: {sk['reason']}")
     if sum(1 for e in report["checkpoints"] if e["status"] == "ok") > 1:
@@ -72,6 +82,10 @@ def _align_trend(report: dict[str, Any], out: Console) -> None:
     t.add_column("step", justify="right")
     for rid in _REL_IDS:
         t.add_column(f"{rid}\n{formulas.get(rid, '')}", justify="right")
+    extra = any(has_collapse_or_nfa(e.get("layers") or []) for e in report["checkpoints"])
+    if extra:
+        t.add_column("NC1\nclassifier input", justify="right")
+        t.add_column("NFA\nZ_a ~ AGOP_a", justify="right")
     for e in report["checkpoints"]:
         if e["status"] != "ok":
             t.add_row(fmt_num(e["step"]), "[red]failed[/red]")
@@ -84,6 +98,8 @@ def _align_trend(report: dict[str, Any], out: Console) -> None:
             holds = sum(1 for la in ok if la["relations"][rid]["holds"])
             mean = sum(vals) / len(vals) if vals else None
             cells.append(f"{fmt_num(mean)} ({holds}/{len(ok)})")
+        if extra:
+            cells += trend_cells(ok)
         t.add_row(fmt_num(e["step"]), *cells)
     out.print(t)
 
@@ -250,5 +266,6 @@ def align_rows(report: dict[str, Any]) -> tuple[list[str], Iterable[dict[str, An
                     "value": ph.get("distance"),
                     "reason": ph.get("reason"),
                 }
+            yield from collapse_rows(lb, layer)
 
     return _ALIGN_COLUMNS, rows()
