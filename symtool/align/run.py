@@ -102,7 +102,9 @@ class AlignSettings:
                 problems.append(f"--{name.replace('_', '-')} must be ≥ 0")
         if self.seq_len is not None and self.seq_len < 2:
             problems.append("--seq-len must be ≥ 2")
-        for name in ("batch_size", "max_layer_dim", "nfa_exact_max", "nfa_projections"):
+        if self.nfa_exact_max < 0:
+            problems.append("--nfa-exact-max must be ≥ 0 (0: always projections)")
+        for name in ("batch_size", "max_layer_dim", "nfa_projections"):
             if getattr(self, name) < 1:
                 problems.append(f"--{name.replace('_', '-')} must be ≥ 1")
         if self.samples is not None and self.samples < 1:
