@@ -176,6 +176,6 @@ def align_collapse(fig: Any, report: Mapping[str, Any], options: PlotOptions) ->
     legend_caption(fig, list(handles.values()), list(handles), names_caption(prefix),
                    zero_line, gaps.caption())
     fig.suptitle(
-        f"Neural collapse and the neural feature ansatz over training{source_label(options)} "
-        f"— grey band: NFA's rotation null mean ± 2 std; dotted: threshold α = {threshold}"
+        f"Neural collapse and the neural feature ansatz over training{source_label(options)}\n"
+        f"grey band: NFA's rotation null mean ± 2 std; dotted: threshold α = {threshold}"
     )
