@@ -38,6 +38,7 @@ def test_python_md_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         "['0', '2', '4', '6']",
         "<Sequential step 400>",
         "<summed_ce>",
+        "6 1.0",
         "unknown align setting 'null_sample'; valid: activation",
         "[5, 10, 15, 20]",
         "contracting",
