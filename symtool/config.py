@@ -63,6 +63,7 @@ KEYS: dict[str, dict[str, tuple[type, ...]]] = {
         "z_threshold": _Num,
         "gemm_dtype": (str,),
         "collapse": (bool,),
+        "collapse_lm": (bool,),
         "nfa": (bool,),
         "nfa_exact_max": (int,),
         "nfa_projections": (int,),

@@ -30,6 +30,8 @@ from symtool.report.files import to_jsonable
 from symtool.runner import Progress, run_report
 
 RECIPES = ("paper", "raw")
+LM_LOSSES = ("causal_lm", "masked_lm")
+"""Losses whose classes are a vocabulary: ``--collapse`` skips them unless ``--collapse-lm``."""
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -73,6 +75,9 @@ class AlignSettings:
     gemm_dtype: str = "float64"
     collapse: bool = False
     """Neural collapse NC1–NC4 on layers whose rows carry class labels (docs/theory.md §3)."""
+    collapse_lm: bool = False
+    """Neural collapse also under a language-model loss, whose classes are the vocabulary
+    (``C·d`` float64 class sums per layer): off unless asked."""
     nfa: bool = False
     """The neural feature ansatz: α(Z_a, AGOP) and α(Z_a, AGOP^½) (docs/theory.md §3)."""
     nfa_exact_max: int = 64
@@ -160,8 +165,9 @@ class _Analyzer:
         self.matrices: dict[str, torch.Tensor] = {}
         self.keep_matrices = False
         self.stage: Callable[[str], None] = lambda text: None
+        self.lm_off = s.collapse and not s.collapse_lm and s.loss in LM_LOSSES
         self.extras = Extras(
-            collapse=s.collapse,
+            collapse=s.collapse and not self.lm_off,
             nfa=s.nfa,
             nfa_exact_max=s.nfa_exact_max,
             nfa_projections=s.nfa_projections,
@@ -315,6 +321,11 @@ class _Analyzer:
         """``collapse`` records of a group's layers: NC1–NC3 from the class-wise sums, then
         NC4 from one forward-only pass over the probe (docs/theory.md §3)."""
         ex = result.extras
+        if self.lm_off:
+            why = (f"neural collapse is off under the {self.s.loss} loss, whose classes are "
+                   "the vocabulary (C·d float64 sums per layer); ask with --collapse-lm")
+            return {ref.name: records.collapse_skipped(why) for ref in group
+                    if ref.name not in result.failed}
         if ex is None or not self.s.collapse:
             return {}
         out: dict[str, dict[str, Any]] = {}

@@ -223,6 +223,14 @@ def align(
             "(one extra forward pass for NC4).",
         ),
     ] = None,
+    collapse_lm: Annotated[
+        bool | None,
+        typer.Option(
+            "--collapse-lm/--no-collapse-lm",
+            help="With --collapse, also under a language-model loss (classes = the "
+            "vocabulary: C·d float64 sums per layer).",
+        ),
+    ] = None,
     nfa: Annotated[
         bool | None,
         typer.Option(
@@ -317,6 +325,7 @@ def align(
         "max_layer_dim": max_layer_dim,
         "max_memory": max_memory,
         "collapse": collapse_on,
+        "collapse_lm": collapse_lm,
         "nfa": nfa,
         "nfa_exact_max": nfa_exact_max,
         "nfa_projections": nfa_projections,

@@ -151,3 +151,44 @@ def test_bf16_weights_are_read_into_a_float32_model(runs: dict[str, Path], tmp_p
         assert entry["status"] == "ok"
         for la in entry["layers"]:
             assert la["status"] == "ok" and la["verify"]["h_b_error"] < 1e-6
+
+
+def test_collapse_of_a_causal_lm_is_asked_for_and_uses_next_token_labels(
+    runs: dict[str, Path],
+) -> None:
+    """``--collapse`` skips an LM's vocabulary classes unless ``collapse_lm``; asked, the
+    LM head's NC numbers equal a dense reference on its input rows labelled with the next
+    token (padding and the last position dropped)."""
+    from tests.align.test_capture_extras import _dense_nc
+
+    off = _align(runs["gpt2"], collapse=True)
+    head = off["checkpoints"][-1]["layers"][-1]["collapse"]
+    assert head["status"] == "skipped" and "--collapse-lm" in head["reason"]
+
+    rep = _align(runs["gpt2"], collapse=True, collapse_lm=True, nfa=True)
+    head = rep["checkpoints"][-1]["layers"][-1]
+    import transformers as tf
+
+    model = tf.AutoModelForCausalLM.from_pretrained(
+        runs["gpt2"] / "checkpoint-20", attn_implementation="eager").double().eval()
+    probe = hf_runs.token_probe()
+    ids, mask = probe["input_ids"], probe["attention_mask"]
+    seen: list[torch.Tensor] = []
+    handle = model.lm_head.register_forward_hook(lambda m, a, o: seen.append(a[0].detach()))
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask).logits
+    handle.remove()
+    nxt = torch.full_like(ids, -100)
+    nxt[:, :-1] = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
+    keep = (mask == 1) & (nxt >= 0)
+    h, y = seen[0][keep].numpy(), nxt[keep].numpy()
+    ref = _dense_nc(h, y, model.lm_head.weight.detach().numpy())
+    col = head["collapse"]
+    assert col["status"] == "ok" and col["rows"] == int(keep.sum())
+    assert col["classes"] == len(np.unique(y))
+    for key in ("nc1", "equinorm", "equiangularity", "nc3"):
+        assert col[key] == pytest.approx(ref[key], rel=1e-9), key
+    pred = logits.argmax(-1)[keep].numpy()
+    assert col["nc4"] == pytest.approx(float((ref["near"] != pred).mean()), abs=1e-15)
+    nfa = head["nfa"]
+    assert nfa["agop"]["method"] == "projection" and nfa["agop"]["error"] > 0

@@ -15,7 +15,8 @@ from typing import Any
 
 SKIP_REASON = "rows are positions of one sample; labels are per sample"
 NFA_FAIL_REASON = "AGOP backward pass failed: no gradient reached the layer (test)"
-NFA_SETTINGS = {"collapse": True, "nfa": True, "nfa_projections": 8, "nfa_exact_max": 64}
+NFA_SETTINGS = {"collapse": True, "collapse_lm": False, "nfa": True, "nfa_projections": 8,
+                "nfa_exact_max": 64}
 
 
 def nc1(step: int, index: int) -> float:

@@ -108,7 +108,7 @@ def test_schemas_are_package_data() -> None:
 
 
 NULL_FIELDS_V4 = ("null_method", "null_error", "borderline", "sampled_null")
-SETTINGS_V5 = ("collapse", "nfa", "nfa_projections", "nfa_exact_max")
+SETTINGS_V5 = ("collapse", "collapse_lm", "nfa", "nfa_projections", "nfa_exact_max")
 
 
 def test_reports_of_the_previous_version_still_validate(align_report: dict) -> None:
