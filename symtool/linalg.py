@@ -163,6 +163,24 @@ def add_gram_(out: Tensor, x: Tensor) -> None:
         out += torch.from_numpy(np.ascontiguousarray(tri.T))
 
 
+def centred_power_traces(M64: Tensor, shift: float) -> tuple[float, float]:
+    """``tr D³`` and ``tr D⁴`` of ``D = M − shift·I`` for an exactly symmetric float64 ``M``.
+
+    ``D² = DᵀD`` is formed as its lower triangle (:func:`add_gram_`: half a GEMM on the
+    host); then ``tr D³ = ⟨D, D²⟩`` and ``tr D⁴ = ‖D²‖²``, each read from the triangle
+    (off-diagonal entries twice). The shift is applied to a copy's diagonal only.
+    """
+    D = M64.clone()
+    D.diagonal().sub_(shift)
+    tri = torch.zeros_like(D)
+    add_gram_(tri, D)
+    low = torch.tril(tri)
+    d_low, d_diag = low.diagonal(), D.diagonal()
+    tr3 = 2.0 * float((D * low).sum()) - float((d_diag * d_low).sum())
+    tr4 = 2.0 * float((low * low).sum()) - float((d_low * d_low).sum())
+    return tr3, tr4
+
+
 def gram(X: Tensor, *, mirror: bool = True) -> Tensor:
     """``XᵀX`` of a matrix or a batch of matrices, float64, from its lower triangle
     (:func:`add_gram_`).

@@ -377,3 +377,22 @@ def test_spectra_agree_at_one_and_two_threads() -> None:
     assert torch.allclose(got[0][1][:, top], got[1][1][:, top], atol=1e-9)
     assert torch.allclose(got[0][2], got[1][2], atol=1e-9)
     assert torch.allclose(got[0][3], got[1][3], atol=1e-9)
+
+
+@pytest.mark.parametrize("d", [1, 2, 7, 130, 257])
+def test_centred_power_traces_equal_the_dense_products(d: int) -> None:
+    """``tr D³``, ``tr D⁴`` of ``D = M − sI`` from the lower triangle of ``D²`` equal the
+    dense ``⟨D, DD⟩`` and ``‖DD‖²`` to round-off (the exact null's rotated side)."""
+    from symtool.linalg import centred_power_traces
+
+    g = torch.Generator().manual_seed(d)
+    X = torch.randn(d, d + 3, generator=g, dtype=torch.float64)
+    M = X @ X.T
+    M = (M + M.T) / 2
+    s = float(M.trace()) / d
+    D = M - s * torch.eye(d, dtype=torch.float64)
+    D2 = D @ D
+    tr3, tr4 = centred_power_traces(M, s)
+    scale3 = float((D.abs() @ D.abs() * D.abs()).sum())  # round-off scale of tr D³
+    assert abs(tr3 - float((D * D2).sum())) <= 1e-13 * scale3
+    assert tr4 == pytest.approx(float((D2 * D2).sum()), rel=1e-13)

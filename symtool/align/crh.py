@@ -134,7 +134,8 @@ def layer_spectra(m: LayerMatrices, *, cross: bool = True, metric: str = "pearso
     reasons: list[tuple[str, str]] = []
     factors = m.factors or {}
     for name, M in raw.items():
-        M64 = symmetric64(M)
+        exact = m.symmetric and name[0] in "HG" and M.dtype == torch.float64
+        M64 = M.detach() if exact else symmetric64(M)
         if not all_finite(M64):
             reasons.append((name, f"{_LABEL.get(name, name)}: matrix has non-finite entries"))
             continue

@@ -54,6 +54,9 @@ class LayerMatrices:
     recipe: str
     raw: dict[str, Tensor] | None = None
     factors: dict[str, Tensor] | None = None
+    symmetric: bool = False
+    """``H_a, G_a, H_b, G_b`` are exactly symmetric float64 (:meth:`LayerAccumulator.finish`
+    makes them so), so consumers need not check or symmetrise them."""
 
 
 RECIPES = ("paper", "raw")
@@ -367,6 +370,7 @@ class LayerAccumulator:
             recipe=self.recipe,
             raw=raw,
             factors=factors or None,
+            symmetric=True,
         )
 
     def _rows(self, v: str) -> Tensor:

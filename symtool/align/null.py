@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from symtool.align.score import UNDEFINED_REL, check_metric
+from symtool.linalg import centred_power_traces
 
 Tensor = torch.Tensor
 
@@ -227,9 +228,8 @@ def invariants(
             return Invariants(**base, dev3=dev3, dev4=dev4)
         sphere = _sphere_averages(d, lam, trace, base["frob_sq"], base["dev_sq"], dev3, dev4)
         return Invariants(**base, dev3=dev3, dev4=dev4, sphere=sphere)
-    dev = M64 - (trace / d) * torch.eye(d, dtype=torch.float64, device=M64.device)
-    dev2 = dev @ dev
-    return Invariants(**base, dev3=float((dev * dev2).sum()), dev4=float((dev2 * dev2).sum()))
+    dev3, dev4 = centred_power_traces(M64, trace / d)  # tr M̃³, tr M̃⁴ from half a GEMM
+    return Invariants(**base, dev3=dev3, dev4=dev4)
 
 
 # --------------------------------------------------------------------------- cosine

@@ -369,6 +369,7 @@ def fit_power(
     seed: int = 0,
     metric: str = "pearson",
     factor: Tensor | None = None,
+    symmetric: bool = False,
 ) -> PowerFit:
     """Fit ``M ~ Z^κ`` in ``Z``'s eigenbasis (docs/theory.md §4, steps 1-6).
 
@@ -389,6 +390,7 @@ def fit_power(
         seed: seed of the bootstrap generator (each fit uses its own generator).
         metric: alignment metric of the power scan.
         factor: ``Y`` with ``M = YᵀY`` (rows fewer than ``d``), for cheaper products.
+        symmetric: ``M`` is exactly symmetric float64 already (``layer_spectra``'s).
 
     Returns:
         :class:`PowerFit`; undefined numbers are ``None`` with a reason.
@@ -398,7 +400,10 @@ def fit_power(
     if bootstrap < 0:
         raise UsageError(f"bootstrap resamples must be ≥ 0, got {bootstrap}")
     d = Z.dim
-    Mm = M.matrix if isinstance(M, Spectrum) else symmetric64(M)
+    if isinstance(M, Spectrum):
+        Mm = M.matrix
+    else:
+        Mm = M if symmetric and M.dtype == torch.float64 else symmetric64(M)
     if Mm.shape != (d, d):
         raise UsageError(f"{target} is {tuple(Mm.shape)} but {reference} is {d}×{d}")
     z = Z.values
@@ -570,6 +575,7 @@ def powers(
                 seed=seed,
                 metric=metric,
                 factor=(m.factors or {}).get(target),
+                symmetric=True,  # LayerSpectra's matrices are sym(M) in float64
             )
         )
     fits_t = tuple(fits)
