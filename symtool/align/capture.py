@@ -6,9 +6,10 @@ docs/theory.md §1-2. Per captured layer and sample row: ``h_a`` = the layer inp
 registered on the output inside the forward hook), and the local ``g_a = g_b W``. Rows feed
 :class:`~symtool.align.moments.LayerAccumulator`; nothing per-sample is stored.
 
-One forward and one backward per batch, in eval mode, with parameters frozen: gradients
-reach the hooked outputs through leaf copies of the captured layers' own inputs, so no
-parameter gradient is ever computed. Hooks are removed and the model's ``requires_grad``
+One forward and one backward per batch, in eval mode, with parameters frozen: an output
+that would need no gradient (its inputs need none) is replaced by a copy of a leaf, where
+the backward pass starts, so no parameter gradient, and no gradient of a first layer's
+input, is ever computed. Hooks are removed and the model's ``requires_grad``
 flags and training mode restored in ``finally``.
 """
 
@@ -166,6 +167,8 @@ class _Run:
     labels: Tensor | None = None
     agop_phase: bool = False
     called: int = 0
+    leaves: list[Tensor] = field(default_factory=list)
+    """The batch's gradient leaves: outputs that would otherwise need no gradient."""
 
 
 # --------------------------------------------------------------------------- capture
@@ -218,7 +221,7 @@ def capture(
     run = _Run(extras or Extras())
     found = CapturedExtras() if run.extras.active else None
     generator = torch.Generator().manual_seed(run.extras.seed)
-    leaves: list[Tensor] = []
+    leaves = run.leaves
     handles = []
     flags = {p: p.requires_grad for p in model.parameters()}
     was_training = model.training
@@ -228,7 +231,6 @@ def capture(
         for p in flags:
             p.requires_grad_(False)
         for st in states.values():
-            handles.append(st.ref.module.register_forward_pre_hook(partial(_pre_hook, leaves)))
             handles.append(st.ref.module.register_forward_hook(partial(_fwd_hook, st, run)))
         with torch.enable_grad():
             for batch in batches:
@@ -414,28 +416,31 @@ def _finish(
 
 
 # --------------------------------------------------------------------------- hooks
-def _pre_hook(leaves: list[Tensor], module: nn.Module, args: tuple[object, ...]) -> object:
-    """Give the layer a leaf copy of its input so its output requires grad (params frozen)."""
-    if args and isinstance(args[0], Tensor):
-        x = args[0]
-        if x.is_floating_point() and not x.requires_grad:
-            leaf = x.detach().requires_grad_()
-            leaves.append(leaf)
-            return (leaf, *args[1:])
-    return None
+def _fwd_hook(
+    st: _Layer, run: _Run, module: nn.Module, args: tuple, out: object
+) -> Tensor | None:
+    """Record the call's input and output and register the gradient hook on the output.
 
-
-def _fwd_hook(st: _Layer, run: _Run, module: nn.Module, args: tuple, out: object) -> None:
-    """Record the call's input and output and register the gradient hook on the output."""
+    With the parameters frozen, an output computed from inputs that need no gradient
+    (the first layer, a layer after a frozen embedding) does not require one either: it is
+    replaced by a copy of a leaf, so the backward pass starts its gradients there and never
+    computes one for the layer's input. (A copy, not the leaf itself, so that a later
+    in-place operation such as ``ReLU(inplace=True)`` may modify it.)
+    """
     st.calls += 1
     if st.failure is not None:
-        return
+        return None
     if not args or not isinstance(args[0], Tensor) or not isinstance(out, Tensor):
         st.failure = "called without a positional input tensor or returned a non-tensor"
-        return
+        return None
     if not torch.is_grad_enabled():
         st.failure = "the layer ran with gradients disabled (torch.no_grad inside the model)"
-        return
+        return None
+    replaced = None
+    if not out.requires_grad and out.is_floating_point():
+        leaf = out.detach().requires_grad_()
+        run.leaves.append(leaf)
+        out = replaced = leaf.clone()
     inp = args[0]
     conv = st.ref.kind != "linear"
     unbatched = conv and inp.ndim == len(module.kernel_size) + 1
@@ -447,7 +452,7 @@ def _fwd_hook(st: _Layer, run: _Run, module: nn.Module, args: tuple, out: object
         keep = row_keep(run.mask, tuple(lead))
     except ValueError as exc:
         st.failure = str(exc)
-        return
+        return replaced
     if st.order is None:
         st.order, run.called = run.called, run.called + 1
     call = _Call(inp.detach(), out.detach(), inp._version, out._version, keep)
@@ -456,6 +461,7 @@ def _fwd_hook(st: _Layer, run: _Run, module: nn.Module, args: tuple, out: object
     st.pending.append(call)
     if out.requires_grad:
         out.register_hook(partial(_grad_hook, st, call, run))
+    return replaced
 
 
 def _call_labels(st: _Layer, labels: Tensor, lead: tuple[int, ...], conv: bool) -> Tensor | None:
