@@ -117,9 +117,23 @@ def short_names(names: Sequence[str]) -> tuple[dict[str, str], str]:
     return {n: ".".join(p[common:]) for n, p in zip(names, parts, strict=True)}, prefix
 
 
+LABEL_WIDTH = 16
+"""Characters of a layer name on one line of an axis label; longer names wrap at a dot."""
+
+
 def layer_label(short: str) -> str:
-    """``layer 4`` for a bare number (Sequential indices), else the name alone."""
-    return short if any(ch.isalpha() for ch in short) else f"layer {short}"
+    """``layer 4`` for a bare number (Sequential indices), else the name, wrapped at the
+    dot nearest its middle when longer than :data:`LABEL_WIDTH` (so a vertical label does
+    not run into the next panel: ``transformer.h.0`` / ``.attn.c_attn``)."""
+    if not any(ch.isalpha() for ch in short):
+        return f"layer {short}"
+    dots = [i for i, ch in enumerate(short) if ch == "."]
+    if len(short) <= LABEL_WIDTH or not dots:
+        return short
+    # nearest the middle, preferring a cut after a block index (``h.0`` | ``.attn``)
+    cut = min(dots, key=lambda i: abs(i - len(short) / 2)
+              - (LABEL_WIDTH / 4 if short[:i].rsplit(".", 1)[-1].isdigit() else 0))
+    return f"{short[:cut]}\n{short[cut:]}"
 
 
 def names_caption(prefix: str) -> str:

@@ -300,3 +300,14 @@ def test_failed_values_are_marked_and_explained(reports: dict, figure: str) -> N
     ]
     assert len(crosses) == (2 if figure == "relations" else 1)
     assert all(list(c.get_xdata()) == [float(step)] for c in crosses)
+
+
+def test_long_layer_names_wrap_at_a_dot_after_the_block_index() -> None:
+    """Vertical axis labels of long names take two lines, cut after the block index, so
+    they do not run into the neighbouring panel; short names and indices stay as they are."""
+    from symtool.report.figure_parts import layer_label
+
+    assert layer_label("transformer.h.0.attn.c_attn") == "transformer.h.0\n.attn.c_attn"
+    assert layer_label("model.layers.11.mlp.down_proj") == "model.layers.11\n.mlp.down_proj"
+    assert layer_label("layer4.1.conv2") == "layer4.1.conv2"
+    assert layer_label("6") == "layer 6"
