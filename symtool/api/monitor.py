@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from symtool.api import settings as st
-from symtool.api.analyses import _loss, _memory, _sequences, align_inputs
+from symtool.api.jobs import align_inputs, loss_of, memory, sequences
 from symtool.api.live import device_of, preserved, unwrap, world
 from symtool.api.report import Report
 from symtool.errors import UsageError
@@ -106,7 +106,7 @@ class Monitor:
         }
         self._setup: dict[str, Any] = {}
         if "align" in self.analyses:
-            loss_fn = _loss(loss, flags["align"])
+            loss_fn = loss_of(loss, flags["align"])
             flags["align"].setdefault("device", device_of(self.model))
             self._setup["align"] = align_inputs(
                 probe, conf, flags["align"], loss_fn, model=self.model
@@ -116,7 +116,7 @@ class Monitor:
         if "ode" in self.analyses:
             seqs = None
             if isinstance(probe, torch.Tensor) and "align" not in self.analyses:
-                seqs = _sequences(probe, flags["ode"].get("samples"))
+                seqs = sequences(probe, flags["ode"].get("samples"))
             self._setup["ode"] = (st.ode_run(flags["ode"], conf, data=None), seqs)
 
     def due(self, global_step: int) -> bool:
@@ -151,7 +151,7 @@ class Monitor:
         from symtool.align.run import run_align
 
         s, probe, loss_fn, _ = self._setup["align"]
-        ckpts = _memory(self.model, global_step)
+        ckpts = memory(self.model, global_step)
         with torch.enable_grad():
             return run_align(
                 ckpts, s, model=self.model, probe=probe, loss_fn=loss_fn, world=self.world
@@ -163,7 +163,7 @@ class Monitor:
         run = self._setup["symmetry"]
         reference = self._results[0][1] if self._results else None
         report = run_symmetry(
-            _memory(self.model, global_step), run, model=self.model, reference=reference
+            memory(self.model, global_step), run, model=self.model, reference=reference
         )
         entry = report["checkpoints"][0]
         if entry["status"] == "ok":  # kept for the sequence: each entry is revived once
@@ -174,7 +174,7 @@ class Monitor:
         from symtool.ode.run import run_ode
 
         run, seqs = self._setup["ode"]
-        return run_ode(_memory(self.model, global_step), run, sequences=seqs)
+        return run_ode(memory(self.model, global_step), run, sequences=seqs)
 
     # ----------------------------------------------------------------- reports
     def _add(self, analysis: str, new: dict[str, Any]) -> None:
