@@ -91,8 +91,8 @@ def _print_estimate(job: Any) -> int:
 def _data_arg(data: str | None) -> str | None:
     """``--data``: a file as given, or ``file.py:function`` made absolute when the file is
     in the working directory (:func:`local_spec`)."""
-    if data is None or Path(data).suffix.lower() in (".safetensors", ".pt", ".pth", ".npz") \
-            or Path(data).exists():
+    files = (".safetensors", ".pt", ".pth", ".npz")
+    if data is None or Path(data).suffix.lower() in files or Path(data).exists():
         return data
     return local_spec(data)
 
