@@ -360,6 +360,30 @@ def ode_job(
     return Job("ode", memory(target, step), run, extra=extra)
 
 
+def inspect_report(
+    paths: Sequence[str | Path],
+    *,
+    config: str | Path | bool | None = None,
+    tensors: bool | None = None,
+    trust_pickle: bool | None = None,
+    steps: str | None = None,
+    every: int | None = None,
+    last: int | None = None,
+) -> dict[str, Any]:
+    """``symtool inspect``'s report: checkpoints in step order and, by default for a single
+    one, every tensor and the analyses it gets."""
+    from symtool.config import pick
+    from symtool.inspection import inspect_checkpoints
+
+    conf = st.config_for(paths, config)
+    ckpts = st.checkpoints(paths, conf, {"steps": steps, "every": every, "last": last})
+    return inspect_checkpoints(
+        ckpts,
+        tensors=len(ckpts) == 1 if tensors is None else tensors,
+        trust_pickle=bool(pick(trust_pickle, conf, "checkpoints", "trust_pickle", None)),
+    )
+
+
 def sequences(x: torch.Tensor, samples: int | None) -> tuple[torch.Tensor, dict[str, Any]]:
     """Probe sequences from a tensor, checked as a file's are, and their provenance."""
     if not x.is_floating_point() or x.ndim not in (2, 3):

@@ -9,7 +9,7 @@ exit code. No math, no defaults and no orchestration here.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -24,7 +24,6 @@ from symtool.cli.common import (
     ResumeOpt,
     StepsOpt,
     TrustOpt,
-    checkpoints_from,
     command,
     failed_layers,
     local_spec,
@@ -35,7 +34,9 @@ from symtool.cli.common import (
     say,
     undefined_values,
 )
-from symtool.config import find_config, pick
+
+if TYPE_CHECKING:
+    from symtool.api.jobs import Job
 
 
 @command
@@ -57,21 +58,18 @@ def inspect(
     out: OutOpt = None,
 ) -> int:
     """List checkpoints in step order and, for one, every tensor and the analyses it gets."""
-    from symtool.inspection import inspect_checkpoints
+    from symtool.api.jobs import inspect_report
 
-    config = find_config(paths, config_path)
-    ckpts = checkpoints_from(paths, config, steps=steps, every=every, last=last)
-    report = inspect_checkpoints(
-        ckpts,
-        tensors=len(ckpts) == 1 if tensors is None else tensors,
-        trust_pickle=bool(pick(trust_pickle, config, "checkpoints", "trust_pickle", None)),
+    report = inspect_report(
+        paths, config=config_path, tensors=tensors, trust_pickle=trust_pickle, steps=steps,
+        every=every, last=last,
     )
     output_sink(fmt, out).emit(report)
     return report_exit_code(report)
 
 
 
-def _print_estimate(job: Any) -> int:
+def _print_estimate(job: Job) -> int:
     """``align --dry-run``: the estimate per layer and per checkpoint, on stdout."""
     from symtool.align.estimate import describe, human_bytes, human_seconds
 

@@ -1,5 +1,5 @@
-"""What every command shares: error handling and exit codes, common options, checkpoint
-selection, the sink, progress on stderr and partial reports for ``--resume``.
+"""What every command shares: error handling and exit codes, common options, the sink,
+progress on stderr and partial reports written to ``--out`` (for ``--resume``).
 
 Exit codes (README, one place): 0 ok, 1 a check or some checkpoint/layer failed while others
 were analysed, 2 bad usage or input, 3 internal error, 130 interrupted.
@@ -19,7 +19,6 @@ import typer
 
 from symtool.config import RunConfig
 from symtool.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, SymtoolError, UsageError
-from symtool.inputs import checkpoints as ck
 from symtool.report.sink import Sink
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -141,21 +140,6 @@ ModelArgOpt = Annotated[
 OutOpt = Annotated[
     Path | None, typer.Option("--out", "-o", help="Write the report here (atomically).")
 ]
-
-
-def checkpoints_from(
-    paths: list[str],
-    config: RunConfig,
-    *,
-    steps: str | None,
-    every: int | None,
-    last: int | None,
-) -> list[ck.Checkpoint]:
-    """Discover and select checkpoints as the analyses do
-    (:func:`symtool.api.settings.checkpoints`)."""
-    from symtool.api.settings import checkpoints
-
-    return checkpoints(paths, config, {"steps": steps, "every": every, "last": last})
 
 
 def output_sink(fmt: str | None, out: Path | None) -> Sink:
