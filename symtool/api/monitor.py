@@ -3,7 +3,9 @@
 Each analysed step adds one entry to each analysis' report, exactly the entry
 ``symtool <analysis>`` would write for a checkpoint saved at that step, and the reports
 are rewritten atomically after every step, so a killed job leaves valid reports (marked
-``complete: false`` until :meth:`Monitor.close`). Training is not disturbed: see
+``complete: false`` until :meth:`Monitor.close`). A job restarted from its own checkpoint
+continues those reports (``resume=True``, the default): entries for steps below the first
+step analysed after the restart are kept, later ones replaced. Training is not disturbed: see
 :func:`symtool.api.live.preserved`. Under ``torch.distributed`` every rank must call
 :meth:`Monitor.step` (align's probe sums are reduced across ranks, each rank reading its
 share of the probe batches); only rank 0 writes.
@@ -11,6 +13,7 @@ share of the probe batches); only rank 0 writes.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,11 +22,11 @@ import torch
 from torch import nn
 
 from symtool.api import settings as st
-from symtool.api.analyses import _loss, _memory, _sequences, align_inputs
+from symtool.api.jobs import align_inputs, loss_of, memory, sequences
 from symtool.api.live import device_of, preserved, unwrap, world
 from symtool.api.report import Report
-from symtool.errors import UsageError
-from symtool.report.files import dumps, write_atomic
+from symtool.errors import SymtoolError, UsageError
+from symtool.report.files import dumps, read_report, to_jsonable, write_atomic
 
 ANALYSES = ("align", "symmetry", "ode")
 
@@ -42,6 +45,11 @@ class Monitor:
         every_n_steps: analyse when ``global_step % every_n_steps == 0``.
         loss: align's loss (a name or a callable).
         config: a ``symtool.toml`` to read settings from (none by default).
+        resume: continue the reports already under ``out`` (a training job restarted from
+            its checkpoint): at the first analysed step ``s``, their entries for steps
+            below ``s`` are kept and the rest replaced. A report made with other settings
+            (or another schema version) is an error, raised here, before training goes on;
+            False starts the reports afresh (overwriting them at the first analysed step).
         align, symmetry, ode: settings for one analysis only.
         **settings: settings by their CLI names, given to every analysis that has them
             (a name no chosen analysis has is an error).
@@ -65,6 +73,7 @@ class Monitor:
         every_n_steps: int = 1,
         loss: str | Callable[..., torch.Tensor] | None = None,
         config: str | Path | None = None,
+        resume: bool = True,
         align: Mapping[str, Any] | None = None,
         symmetry: Mapping[str, Any] | None = None,
         ode: Mapping[str, Any] | None = None,
@@ -106,7 +115,7 @@ class Monitor:
         }
         self._setup: dict[str, Any] = {}
         if "align" in self.analyses:
-            loss_fn = _loss(loss, flags["align"])
+            loss_fn = loss_of(loss, flags["align"])
             flags["align"].setdefault("device", device_of(self.model))
             self._setup["align"] = align_inputs(
                 probe, conf, flags["align"], loss_fn, model=self.model
@@ -116,8 +125,40 @@ class Monitor:
         if "ode" in self.analyses:
             seqs = None
             if isinstance(probe, torch.Tensor) and "align" not in self.analyses:
-                seqs = _sequences(probe, flags["ode"].get("samples"))
+                seqs = sequences(probe, flags["ode"].get("samples"))
             self._setup["ode"] = (st.ode_run(flags["ode"], conf, data=None), seqs)
+        self._earlier: dict[str, dict[str, Any]] = {}  # reports a restarted job continues
+        if resume and self.out is not None and self.world.is_main:
+            for analysis in self.analyses:
+                earlier = self._earlier_report(analysis)
+                if earlier is not None:
+                    self._earlier[analysis] = earlier
+
+    def _earlier_report(self, analysis: str) -> dict[str, Any] | None:
+        """The report already at ``analysis``'s path, checked to be continuable."""
+        from symtool.report.files import SCHEMA_VERSION
+        from symtool.runner import check_resumable
+
+        path = self.path(analysis)
+        if path is None or not path.exists():
+            return None
+        try:
+            report = read_report(str(path))
+            setup = self._setup[analysis]
+            settings = setup[0] if isinstance(setup, tuple) else setup
+            head = {
+                "schema": f"symtool/{analysis}",
+                "schema_version": SCHEMA_VERSION,
+                "provenance": {"settings": json.loads(dumps(to_jsonable(settings.public())))},
+            }
+            check_resumable(report, head)
+        except SymtoolError as exc:
+            why = str(exc).removeprefix("--resume: ").split("; remove it")[0]
+            raise UsageError(
+                f"Monitor cannot continue {path}: {why}; pass resume=False to start it "
+                "afresh, or choose another out"
+            ) from None
+        return report
 
     def due(self, global_step: int) -> bool:
         """Whether :meth:`step` would analyse at ``global_step``."""
@@ -132,6 +173,8 @@ class Monitor:
         if not (force or self.due(global_step)):
             return self.reports
         self.last_step = global_step
+        for analysis in list(self._earlier):
+            self._continue(analysis, self._earlier.pop(analysis), global_step)
         with torch.no_grad(), preserved(self.model):
             for analysis in self.analyses:
                 entry_report = getattr(self, f"_{analysis}")(global_step)
@@ -151,7 +194,7 @@ class Monitor:
         from symtool.align.run import run_align
 
         s, probe, loss_fn, _ = self._setup["align"]
-        ckpts = _memory(self.model, global_step)
+        ckpts = memory(self.model, global_step)
         with torch.enable_grad():
             return run_align(
                 ckpts, s, model=self.model, probe=probe, loss_fn=loss_fn, world=self.world
@@ -163,7 +206,7 @@ class Monitor:
         run = self._setup["symmetry"]
         reference = self._results[0][1] if self._results else None
         report = run_symmetry(
-            _memory(self.model, global_step), run, model=self.model, reference=reference
+            memory(self.model, global_step), run, model=self.model, reference=reference
         )
         entry = report["checkpoints"][0]
         if entry["status"] == "ok":  # kept for the sequence: each entry is revived once
@@ -174,9 +217,27 @@ class Monitor:
         from symtool.ode.run import run_ode
 
         run, seqs = self._setup["ode"]
-        return run_ode(_memory(self.model, global_step), run, sequences=seqs)
+        return run_ode(memory(self.model, global_step), run, sequences=seqs)
 
     # ----------------------------------------------------------------- reports
+    def _continue(self, analysis: str, earlier: dict[str, Any], first_step: int) -> None:
+        """Take over ``earlier``'s entries for steps below ``first_step`` (a restart)."""
+        kept = [
+            e for e in earlier.get("checkpoints", [])
+            if e.get("step") is not None and e["step"] < first_step
+        ]
+        if not kept:
+            return  # nothing to keep: the report starts afresh
+        if analysis == "symmetry":
+            from symtool.symmetry.run import revive_entry
+
+            settings = self._setup["symmetry"].settings
+            self._results = [
+                (e["step"], revive_entry(e, settings)) for e in kept if e["status"] == "ok"
+            ]
+        self._texts[analysis] = [_entry_text(e) for e in kept]
+        self.reports[analysis] = Report({**earlier, "complete": False, "checkpoints": kept})
+
     def _add(self, analysis: str, new: dict[str, Any]) -> None:
         new.pop("matrices", None)
         old = self.reports.get(analysis)

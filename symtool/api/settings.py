@@ -113,7 +113,7 @@ def checkpoints(
         found, **{k: pick(flags.get(k), config, "checkpoints", k, None) for k in SELECTION}
     )
     if not chosen:
-        raise UsageError("no checkpoint left after steps/every/last")
+        raise UsageError("no checkpoint left after --steps/--every/--last")
     return chosen
 
 
@@ -153,6 +153,7 @@ def align_settings(
         model_args=model_args(flags, config),
         data=data,
         source=source,
+        tokenizer=flags.get("tokenizer") or config.path_value("data", "tokenizer"),
         base_dir=config.base_dir,
     )
 
@@ -182,11 +183,6 @@ def symmetry_run(flags: Mapping[str, Any], config: RunConfig) -> Any:
         keys=SYMMETRY_KEYS,
         **{**SymmetrySettings.threshold_lists(**taus), **lists},
     )
-    pairs = flags.get("pairs")
-    if pairs is None:
-        pairs = config.get("symmetry", "pairs", None)
-    if pairs:
-        pairs = tuple(tuple(str(x).split(":")) if isinstance(x, str) else tuple(x) for x in pairs)
     return resolve(
         SymmetryRun,
         flags,
@@ -194,11 +190,31 @@ def symmetry_run(flags: Mapping[str, Any], config: RunConfig) -> Any:
         "symmetry",
         keys=RUN_KEYS,
         settings=settings,
-        pairs=pairs or None,
+        pairs=unit_pairs(flags.get("pairs"), config),
         model_args=model_args(flags, config),
         base_dir=config.base_dir,
-        save_subspaces=None,
+        save_subspaces=flags.get("save_subspaces"),
     )
+
+
+def unit_pairs(
+    items: Iterable[Any] | None, config: RunConfig
+) -> tuple[tuple[str, ...], ...] | None:
+    """Unit pairs ``IN:OUT[:ACTIVATION]`` (strings, or tuples as they are) over
+    ``[symmetry] pairs``; None when neither names any."""
+    raw = list(items) if items else config.get("symmetry", "pairs", None)
+    if not raw:
+        return None
+    out = []
+    for item in raw:
+        if not isinstance(item, str):
+            out.append(tuple(item))
+            continue
+        parts = tuple(p.strip() for p in item.split(":"))
+        if len(parts) not in (2, 3) or not all(parts):
+            raise UsageError(f"--pair expects IN:OUT or IN:OUT:ACTIVATION (got {item!r})")
+        out.append(parts)
+    return tuple(out)
 
 
 def symmetry_names() -> tuple[str, ...]:
@@ -206,7 +222,7 @@ def symmetry_names() -> tuple[str, ...]:
     from symtool.symmetry.records import SymmetrySettings
     from symtool.symmetry.run import SymmetryRun
 
-    run = [n for n in _fields(SymmetryRun) if n not in ("settings", "base_dir", "save_subspaces")]
+    run = [n for n in _fields(SymmetryRun) if n not in ("settings", "base_dir")]
     return (*_fields(SymmetrySettings), *run)
 
 

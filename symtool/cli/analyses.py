@@ -1,18 +1,18 @@
 """The analysis commands: ``inspect``, ``align``, ``symmetry``, ``ode``.
 
-Each parses its options, merges them with ``symtool.toml`` and the settings' own defaults
-(:func:`symtool.config.resolve`), calls the analysis' ``run_*`` and hands the report to the
-sink. No math and no defaults here.
+Each parses its options and hands them, by the settings' names, to the job the Python API
+runs too (:mod:`symtool.api.jobs`: settings merged with ``symtool.toml`` and the defaults,
+checkpoints, probe, resume), then renders the report through the sink and turns it into an
+exit code. No math, no defaults and no orchestration here.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from symtool.api.settings import ALIGN_KEYS, RUN_KEYS, SYMMETRY_KEYS
 from symtool.cli.common import (
     ConfigOpt,
     EveryOpt,
@@ -24,19 +24,19 @@ from symtool.cli.common import (
     ResumeOpt,
     StepsOpt,
     TrustOpt,
-    checkpoints_from,
     command,
     failed_layers,
     local_spec,
+    model_arg_flags,
     output_sink,
-    parse_model_args,
     report_exit_code,
     run_with_resume,
     say,
     undefined_values,
 )
-from symtool.config import RunConfig, find_config, pick, resolve
-from symtool.errors import UsageError
+
+if TYPE_CHECKING:
+    from symtool.api.jobs import Job
 
 
 @command
@@ -58,36 +58,25 @@ def inspect(
     out: OutOpt = None,
 ) -> int:
     """List checkpoints in step order and, for one, every tensor and the analyses it gets."""
-    from symtool.inspection import inspect_checkpoints
+    from symtool.api.jobs import inspect_report
 
-    config = find_config(paths, config_path)
-    ckpts = checkpoints_from(paths, config, steps=steps, every=every, last=last)
-    report = inspect_checkpoints(
-        ckpts,
-        tensors=len(ckpts) == 1 if tensors is None else tensors,
-        trust_pickle=bool(pick(trust_pickle, config, "checkpoints", "trust_pickle", None)),
+    report = inspect_report(
+        paths, config=config_path, tensors=tensors, trust_pickle=trust_pickle, steps=steps,
+        every=every, last=last,
     )
     output_sink(fmt, out).emit(report)
     return report_exit_code(report)
 
 
 
-def _print_estimate(ckpts: list, settings: Any) -> int:
+def _print_estimate(job: Job) -> int:
     """``align --dry-run``: the estimate per layer and per checkpoint, on stdout."""
-    from symtool.align.estimate import (
-        EFFICIENCY,
-        describe,
-        dry_run,
-        human_bytes,
-        human_seconds,
-    )
+    from symtool.align.estimate import describe, human_bytes, human_seconds
 
-    cost = dry_run(ckpts, settings)
-    rate = cost.gemm_gflops * 1e9 * EFFICIENCY
-    typer.echo(f"{len(ckpts)} checkpoint(s); estimate for each (docs/performance.md):")
-    for c in cost.layers:
+    cost, seconds = job.estimate()
+    typer.echo(f"{len(job.checkpoints)} checkpoint(s); estimate for each (docs/performance.md):")
+    for c, secs in zip(cost.layers, seconds, strict=True):
         rows = "?" if c.rows is None else str(c.rows)
-        secs = (c.decompose_flops + (c.capture_flops or 0.0)) / rate
         typer.echo(
             f"  {c.name}  {c.d_out}×{c.d_in}  rows {rows}  sums {human_bytes(c.sums_bytes)}"
             f"  ≈ {human_seconds(secs)}"
@@ -97,18 +86,13 @@ def _print_estimate(ckpts: list, settings: Any) -> int:
     return 0
 
 
-def _data_option(data: str | None, config: RunConfig) -> tuple[Path | None, str | None]:
-    """``--data`` is a file, or ``module:function``; else the config's path/source."""
-    if data is not None:
-        if (
-            Path(data).suffix.lower() in (".safetensors", ".pt", ".pth", ".npz")
-            or Path(data).exists()
-        ):
-            return Path(data), None
-        if ":" in data:
-            return None, local_spec(data)
-        return Path(data), None
-    return config.path_value("data", "path"), config.get("data", "source")
+def _data_arg(data: str | None) -> str | None:
+    """``--data``: a file as given, or ``file.py:function`` made absolute when the file is
+    in the working directory (:func:`local_spec`)."""
+    files = (".safetensors", ".pt", ".pth", ".npz")
+    if data is None or Path(data).suffix.lower() in files or Path(data).exists():
+        return data
+    return local_spec(data)
 
 
 StripPrefixOpt = Annotated[
@@ -284,97 +268,55 @@ def align(
     out: OutOpt = None,
 ) -> int:
     """Six CRH relations and PAH exponents per layer, from hooks on probe data."""
-    from symtool import distributed
-    from symtool.align.run import AlignSettings, run_align
-    from symtool.inputs import hf
+    from symtool.api.jobs import align_job
 
-    config = find_config(paths, config_path)
     sink = output_sink(fmt, out)
-    data_path, source = _data_option(data, config)
-    # checkpoints first, so an empty folder says "no checkpoints", not "no probe data"
-    ckpts = checkpoints_from(paths, config, steps=steps, every=every, last=last)
-    probe_found = None
-    if data_path is None and source is None:  # no --data, and the config names none
-        from symtool.inputs.probes import FOUND_BESIDE, probe_beside
-
-        data_path = probe_beside([c.path for c in ckpts])
-        probe_found = FOUND_BESIDE if data_path is not None else None
-    flags = {
-        "factory": local_spec(model),
-        "strip_prefix": strip_prefix,
-        "activation": activation,
-        "dtype": dtype,
-        "trust_pickle": trust_pickle,
-        "inputs": inputs,
-        "targets": targets,
-        "mask": mask,
-        "samples": samples,
-        "batch_size": batch_size,
-        "seq_len": seq_len,
-        "loss": local_spec(loss),
-        "moments": moments,
-        "metric": metric,
-        "null_samples": null_samples,
-        "seed": seed,
-        "layers": layers,
-        "verify": verify,
-        "pah": pah_on,
-        "pah_floor": pah_floor,
-        "bootstrap": bootstrap,
-        "device": device,
-        "max_layer_dim": max_layer_dim,
-        "max_memory": max_memory,
-        "collapse": collapse_on,
-        "collapse_lm": collapse_lm,
-        "nfa": nfa,
-        "nfa_exact_max": nfa_exact_max,
-        "nfa_projections": nfa_projections,
-    }
-    settings = resolve(
-        AlignSettings,
-        flags,
-        config,
-        "align",
-        keys=ALIGN_KEYS,
-        model_args=parse_model_args(model_arg, config),
-        data=data_path,
-        source=source,
-        tokenizer=tokenizer or config.path_value("data", "tokenizer"),
-        base_dir=config.base_dir,
+    job = align_job(
+        paths,
+        _data_arg(data),
+        loss=local_spec(loss),
+        config=config_path,
+        factory=local_spec(model),
+        model_args=model_arg_flags(model_arg),
+        strip_prefix=strip_prefix,
+        activation=activation,
+        dtype=dtype,
+        trust_pickle=trust_pickle,
+        tokenizer=tokenizer,
+        inputs=inputs,
+        targets=targets,
+        mask=mask,
+        samples=samples,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        moments=moments,
+        metric=metric,
+        null_samples=null_samples,
+        seed=seed,
+        layers=layers,
+        verify=verify,
+        pah=pah_on,
+        pah_floor=pah_floor,
+        bootstrap=bootstrap,
+        device=device,
+        max_layer_dim=max_layer_dim,
+        max_memory=max_memory,
+        collapse=collapse_on,
+        collapse_lm=collapse_lm,
+        nfa=nfa,
+        nfa_exact_max=nfa_exact_max,
+        nfa_projections=nfa_projections,
+        steps=steps,
+        every=every,
+        last=last,
     )
     if dry_run:
-        return _print_estimate(ckpts, settings)
-    world = distributed.from_env(parallel, settings.device)
-    if probe_found and world.is_main:
-        say(f"using probe data {data_path} (found {probe_found})")
-    note = hf.loss_note(ckpts[0].path, settings.loss) if ckpts else None
-    if note and world.is_main:
-        say(note)
-    try:
-        report = run_with_resume(
-            lambda previous, on_partial, progress: run_align(
-                ckpts,
-                settings,
-                previous=previous,
-                on_partial=on_partial,
-                progress=progress,
-                save_matrices=save_matrices,
-                world=world,
-                probe_found=probe_found,
-            ),
-            sink,
-            resume=resume,
-        )
-    finally:
-        if world.active:
-            distributed.finalize()
-    if not world.is_main:
+        return _print_estimate(job)
+    report = run_with_resume(
+        job, sink, resume=resume, save_matrices=save_matrices, parallel=parallel, on_note=say
+    )
+    if report is None:  # not rank 0 of a torchrun world
         return 0
-    matrices = report.pop("matrices", None)
-    if save_matrices is not None and matrices:
-        from symtool.report.files import save_tensors_atomic
-
-        save_tensors_atomic(save_matrices, matrices)
     sink.emit(report)
     undefined = undefined_values(report)
     return report_exit_code(report) or (1 if failed_layers(report) or undefined else 0)
@@ -426,55 +368,32 @@ def ode(
     out: OutOpt = None,
 ) -> int:
     """Recurrent cells read as ODE integrators: stability, timescales, Lyapunov exponents."""
-    from symtool.ode.analysis import OdeSettings
-    from symtool.ode.run import OdeRun, run_ode
+    from symtool.api.jobs import ode_job
 
-    config = find_config(paths, config_path)
     sink = output_sink(fmt, out)
-    data_path = Path(data) if data is not None else config.path_value("data", "path")
-    run = resolve(
-        OdeRun,
-        {"inputs": inputs, "samples": samples, "factory": local_spec(model),
-         "trust_pickle": trust_pickle},
-        config,
-        "ode",
-        keys=RUN_KEYS,
-        settings=resolve(
-            OdeSettings,
-            {"nonlinearity": nonlinearity, "batch_first": batch_first, "lyapunov_k": lyapunov_k,
-             "warmup": warmup, "dt": dt, "seed": seed},
-            config,
-            "ode",
-            keys={"batch_first": "data.batch_first"},
-        ),
-        data=data_path,
-        model_args=parse_model_args(model_arg, config),
-        base_dir=config.base_dir,
+    job = ode_job(
+        paths,
+        data,
+        config=config_path,
+        inputs=inputs,
+        samples=samples,
+        factory=local_spec(model),
+        model_args=model_arg_flags(model_arg),
+        trust_pickle=trust_pickle,
+        nonlinearity=nonlinearity,
+        batch_first=batch_first,
+        lyapunov_k=lyapunov_k,
+        warmup=warmup,
+        dt=dt,
+        seed=seed,
+        steps=steps,
+        every=every,
+        last=last,
     )
-    ckpts = checkpoints_from(paths, config, steps=steps, every=every, last=last)
-    report = run_with_resume(
-        lambda previous, on_partial, progress: run_ode(
-            ckpts, run, previous=previous, on_partial=on_partial, progress=progress
-        ),
-        sink,
-        resume=resume,
-    )
+    report = run_with_resume(job, sink, resume=resume)
+    assert report is not None
     sink.emit(report)
     return report_exit_code(report) or (1 if failed_layers(report) else 0)
-
-
-def _pairs(items: list[str] | None, config: RunConfig) -> tuple[tuple[str, ...], ...] | None:
-    """``--pair IN:OUT[:ACTIVATION]`` (repeatable) over ``[symmetry] pairs``."""
-    raw = items if items else config.get("symmetry", "pairs", None)
-    if not raw:
-        return None
-    out = []
-    for item in raw:
-        parts = tuple(p.strip() for p in str(item).split(":"))
-        if len(parts) not in (2, 3) or not all(parts):
-            raise UsageError(f"--pair expects IN:OUT or IN:OUT:ACTIVATION (got {item!r})")
-        out.append(parts)
-    return tuple(out)
 
 
 @command
@@ -535,45 +454,30 @@ def symmetry(
     out: OutOpt = None,
 ) -> int:
     """Broken and restored parameter symmetries from weights alone, and when they changed."""
-    from symtool.symmetry.records import SymmetrySettings
-    from symtool.symmetry.run import SymmetryRun, run_symmetry
+    from symtool.api.jobs import symmetry_job
 
-    config = find_config(paths, config_path)
     sink = output_sink(fmt, out)
-    settings = resolve(
-        SymmetrySettings,
-        {"activation": activation, "dead_tau": tau_dead, "dup_tau": tau_dup,
-         "rank_tau": tau_rank, "keep_vectors": all_values or None},
-        config,
-        "symmetry",
-        keys=SYMMETRY_KEYS,
-        **SymmetrySettings.threshold_lists(
-            dead=pick(tau_dead, config, "symmetry", "tau_dead", None),
-            dup=pick(tau_dup, config, "symmetry", "tau_dup", None),
-            rank=pick(tau_rank, config, "symmetry", "tau_rank", None),
-        ),
-    )
-    run = resolve(
-        SymmetryRun,
-        {"heads": heads, "classifier": classifier, "factory": local_spec(model),
-         "strip_prefix": strip_prefix, "trust_pickle": trust_pickle},
-        config,
-        "symmetry",
-        keys=RUN_KEYS,
-        settings=settings,
-        pairs=_pairs(pair, config),
-        model_args=parse_model_args(model_arg, config),
-        base_dir=config.base_dir,
+    job = symmetry_job(
+        paths,
+        config=config_path,
+        activation=activation,
+        dead_tau=tau_dead,
+        dup_tau=tau_dup,
+        rank_tau=tau_rank,
+        keep_vectors=all_values or None,
+        heads=heads,
+        classifier=classifier,
+        factory=local_spec(model),
+        model_args=model_arg_flags(model_arg),
+        strip_prefix=strip_prefix,
+        trust_pickle=trust_pickle,
+        pairs=pair,
         save_subspaces=save_subspaces,
+        steps=steps,
+        every=every,
+        last=last,
     )
-    ckpts = checkpoints_from(paths, config, steps=steps, every=every, last=last)
-    report = run_with_resume(
-        lambda previous, on_partial, progress: run_symmetry(
-            ckpts, run, previous=previous, on_partial=on_partial, progress=progress
-        ),
-        sink,
-        resume=resume,
-    )
+    report = run_with_resume(job, sink, resume=resume)
+    assert report is not None
     sink.emit(report)
     return report_exit_code(report)
-

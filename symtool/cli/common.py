@@ -1,5 +1,5 @@
-"""What every command shares: error handling and exit codes, common options, checkpoint
-selection, the sink, progress on stderr and partial reports for ``--resume``.
+"""What every command shares: error handling and exit codes, common options, the sink,
+progress on stderr and partial reports written to ``--out`` (for ``--resume``).
 
 Exit codes (README, one place): 0 ok, 1 a check or some checkpoint/layer failed while others
 were analysed, 2 bad usage or input, 3 internal error, 130 interrupted.
@@ -17,9 +17,8 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from symtool.config import RunConfig, pick
+from symtool.config import RunConfig
 from symtool.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, SymtoolError, UsageError
-from symtool.inputs import checkpoints as ck
 from symtool.report.sink import Sink
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -143,28 +142,6 @@ OutOpt = Annotated[
 ]
 
 
-def checkpoints_from(
-    paths: list[str],
-    config: RunConfig,
-    *,
-    steps: str | None,
-    every: int | None,
-    last: int | None,
-) -> list[ck.Checkpoint]:
-    """Discover and select checkpoints, never mistaking the probe file for one."""
-    exclude = [p for p in (config.path_value("data", "path"), config.path) if p is not None]
-    found = ck.discover(paths, exclude=exclude)
-    chosen = ck.select(
-        found,
-        steps=pick(steps, config, "checkpoints", "steps", None),
-        every=pick(every, config, "checkpoints", "every", None),
-        last=pick(last, config, "checkpoints", "last", None),
-    )
-    if not chosen:
-        raise UsageError("no checkpoint left after --steps/--every/--last")
-    return chosen
-
-
 def output_sink(fmt: str | None, out: Path | None) -> Sink:
     if fmt is not None and fmt not in ("table", "json", "csv"):
         raise UsageError(f"--format must be table, json or csv (got {fmt!r})")
@@ -244,6 +221,11 @@ def parse_model_args(pairs: list[str] | None, config: RunConfig) -> dict[str, An
     return args
 
 
+def model_arg_flags(pairs: list[str] | None) -> dict[str, Any]:
+    """``--model-arg key=value`` alone (the job merges them over ``[model.args]``)."""
+    return parse_model_args(pairs, RunConfig())
+
+
 def local_spec(spec: str | None) -> str | None:
     """A ``file.py:function`` given on the command line, made absolute when the file is in
     the working directory (as a ``--data FILE`` path is); otherwise left to be resolved
@@ -285,24 +267,22 @@ def progress_bar(enabled: bool):
 
 
 def run_with_resume(
-    run: Callable[..., dict[str, Any]], sink: Sink, *, resume: bool
-) -> dict[str, Any]:
-    """Run with partial reports written to ``--out`` after each checkpoint; resume from one."""
-    from symtool.report.files import read_report, write_atomic
+    job: Any, sink: Sink, *, resume: bool, **run: Any
+) -> dict[str, Any] | None:
+    """Run ``job`` (:class:`symtool.api.jobs.Job`) with a progress bar on a terminal and
+    partial reports written to ``--out`` after each checkpoint; with ``--resume``, continue
+    the report already there. ``run``: more :meth:`Job.run` keywords."""
+    from symtool.report.files import write_atomic
 
-    previous = None
-    if resume:
-        if sink.out is None or sink.fmt != "json":
-            raise UsageError("--resume needs --out FILE.json (the partial report to continue)")
-        if sink.out.exists():
-            previous = read_report(str(sink.out))
+    if resume and (sink.out is None or sink.fmt != "json"):
+        raise UsageError("--resume needs --out FILE.json (the partial report to continue)")
 
     def on_partial(partial: dict[str, Any]) -> None:
         if sink.out is not None and sink.fmt == "json":
-            write_atomic(
-                sink.out, sink.render({k: v for k, v in partial.items() if k != "matrices"})
-            )
+            write_atomic(sink.out, sink.render(partial))
 
     bar, update = progress_bar(sys.stderr.isatty())
     with bar:
-        return run(previous, on_partial, update)
+        return job.run(
+            previous=sink.out if resume else None, on_partial=on_partial, progress=update, **run
+        )

@@ -31,6 +31,9 @@ class SymtoolCallback(TrainerCallback):
         analyses: any of ``align``, ``symmetry``, ``ode``.
         out: the folder the reports go to (``<out>/align.json``, ...).
         targets: the key of the targets in dict probes (``labels``).
+        resume: continue the reports already under ``out`` when training restarts from a
+            checkpoint (entries below the first step analysed after it are kept); see
+            :class:`symtool.Monitor`.
         **settings: as :class:`symtool.Monitor` takes them (``loss=``, ``null_samples=``,
             ``align={...}``, ...).
     """
@@ -43,6 +46,7 @@ class SymtoolCallback(TrainerCallback):
         analyses: Sequence[str] = ("align", "symmetry"),
         out: str | Path = "symtool",
         targets: str = "labels",
+        resume: bool = True,
         **settings: Any,
     ) -> None:
         self.probe = probe
@@ -50,6 +54,7 @@ class SymtoolCallback(TrainerCallback):
         self.analyses = tuple(analyses)
         self.out = out
         self.settings = {"targets": targets, **settings} if "align" in analyses else settings
+        self.resume = resume
         self.monitor: Monitor | None = None
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -60,6 +65,7 @@ class SymtoolCallback(TrainerCallback):
             out=self.out,
             analyses=self.analyses,
             every_n_steps=self.every_n_steps,
+            resume=self.resume,
             **self.settings,
         )
 

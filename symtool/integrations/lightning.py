@@ -34,6 +34,9 @@ class SymtoolCallback(Callback):
         out: the folder the reports go to (``<out>/align.json``, ...).
         module: the attribute of the ``LightningModule`` holding the network to analyse
             (e.g. ``"model"``); None analyses the ``LightningModule`` itself.
+        resume: continue the reports already under ``out`` when training restarts from a
+            checkpoint (entries below the first step analysed after it are kept); see
+            :class:`symtool.Monitor`.
         **settings: as :class:`symtool.Monitor` takes them (``loss=``, ``null_samples=``,
             ``align={...}``, ...).
     """
@@ -46,6 +49,7 @@ class SymtoolCallback(Callback):
         analyses: Sequence[str] = ("align", "symmetry"),
         out: str | Path = "symtool",
         module: str | None = None,
+        resume: bool = True,
         **settings: Any,
     ) -> None:
         super().__init__()
@@ -55,6 +59,7 @@ class SymtoolCallback(Callback):
         self.out = out
         self.module = module
         self.settings = settings
+        self.resume = resume
         self.monitor: Monitor | None = None
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
@@ -66,6 +71,7 @@ class SymtoolCallback(Callback):
             out=self.out,
             analyses=self.analyses,
             every_n_steps=self.every_n_steps,
+            resume=self.resume,
             **self.settings,
         )
 

@@ -41,6 +41,7 @@ def test_python_md_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         "6 1.0",
         "unknown align setting 'null_sample'; valid: activation",
         "[5, 10, 15, 20]",
+        "[5, 10, 15]",
         "contracting",
     ):
         assert line in printed, line

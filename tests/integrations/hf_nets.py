@@ -1,8 +1,9 @@
 """Tiny Hugging Face models for the Trainer tests (``--model tests.integrations.hf_nets:...``).
 
-``Tiny`` is a ``PreTrainedModel`` whose linear maps are ``nn.Linear`` (align captures
-them); ``gpt2`` a 2-layer GPT-2 from a local config (its ``Conv1D`` maps are analysed by
-``symmetry`` here; align's capture of ``Conv1D`` is another change).
+``Tiny`` is a ``PreTrainedModel`` whose linear maps are ``nn.Linear``; ``gpt2`` a 2-layer
+GPT-2 from a local config (``Conv1D`` maps, tied head), ``gpt2_eager`` the same with eager
+attention, as ``symtool align`` builds a Hugging Face checkpoint (PyTorch's fused SDPA
+attention differs from it by float32 round-off).
 """
 
 from __future__ import annotations
@@ -40,9 +41,16 @@ def tiny() -> Tiny:
     return Tiny(TinyConfig())
 
 
-def gpt2() -> GPT2LMHeadModel:
-    config = GPT2Config(
+def _config() -> GPT2Config:
+    return GPT2Config(
         vocab_size=64, n_positions=16, n_embd=32, n_layer=2, n_head=2,
         resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1,
     )
-    return GPT2LMHeadModel(config)
+
+
+def gpt2() -> GPT2LMHeadModel:
+    return GPT2LMHeadModel(_config())
+
+
+def gpt2_eager() -> GPT2LMHeadModel:
+    return GPT2LMHeadModel._from_config(_config(), attn_implementation="eager")

@@ -80,3 +80,49 @@ def test_lightning_callback(tmp_path: Path) -> None:
                         "--batch-size", "64", "--model", "tests.api.nets:mlp")
     assert differences(report.to_dict(), theirs, tol=1e-10, skip=WHERE) == []
     assert symtool.load_report(out / "symmetry.json").steps == [3, 6, 9]
+
+
+class Crash(L.Callback):
+    """Kills training at ``step`` (after the other callbacks' ``on_train_batch_end``)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            raise RuntimeError("killed")
+
+
+def test_fit_from_ckpt_path_continues_the_reports(tmp_path: Path) -> None:
+    """``trainer.fit(model, ckpt_path=...)`` after a crash at step 4 (checkpoint at 3):
+    the report keeps step 2's entry, replaces the rest and stays valid."""
+    from symtool.report.schema import validate
+
+    out, ckpts = tmp_path / "out", tmp_path / "ckpts"
+    data = probe(512, seed=1)
+    loader = DataLoader(TensorDataset(data["x"], data["y"]), batch_size=32, shuffle=True)
+
+    def fit(callbacks: list, ckpt_path: Path | None = None) -> None:
+        L.seed_everything(0, verbose=False)
+        saver = L.callbacks.ModelCheckpoint(dirpath=ckpts, every_n_train_steps=3, save_top_k=-1)
+        trainer = L.Trainer(
+            max_steps=9, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+            enable_model_summary=False, callbacks=[*callbacks, saver], default_root_dir=tmp_path,
+        )
+        trainer.fit(Lit(), loader, ckpt_path=ckpt_path)
+
+    def callback() -> SymtoolCallback:
+        return SymtoolCallback(probe(), every_n_steps=2, out=out, module="net", bootstrap=0)
+
+    with pytest.raises(RuntimeError, match="killed"):
+        fit([callback(), Crash(4)])
+    killed = symtool.load_report(out / "align.json")
+    assert killed.steps == [2, 4] and killed["complete"] is False
+    (ckpt,) = ckpts.glob("*step=3*.ckpt")
+    fit([callback()], ckpt_path=ckpt)
+    for name in ("align", "symmetry"):
+        report = symtool.load_report(out / f"{name}.json")
+        assert report.steps == [2, 4, 6, 8] and report["complete"] is True
+        assert validate(report.to_dict()) == name
+    report = symtool.load_report(out / "align.json")
+    assert differences(report.checkpoints[0], killed.checkpoints[0], tol=0) == []
