@@ -109,7 +109,7 @@ def _blank(obj: object) -> object:
 def _normalise(text: str) -> str:
     """JSON without volatile fields; other text with timing columns and SVG ids blanked."""
     try:
-        return json.dumps(_blank(json.loads(text)), indent=1, sort_keys=False) + "\n"
+        return _timing(json.dumps(_blank(json.loads(text)), indent=1, sort_keys=False) + "\n")
     except ValueError:
         pass
     lines = []
@@ -122,7 +122,13 @@ def _normalise(text: str) -> str:
     out = re.sub(r'(<dc:date>)[^<]*(</dc:date>)', r"\1<date>\2", out)
     out = re.sub(r'id="[a-z]+[0-9a-f]{10}"', 'id="<id>"', out)
     out = re.sub(r'#[a-z]+[0-9a-f]{10}\b', "#<id>", out)
-    return out
+    return _timing(out)
+
+
+def _timing(text: str) -> str:
+    """``inspect``'s estimate, timed on this machine: its GEMM rate and the seconds from it."""
+    text = re.sub(r"≈ [0-9.e+-]+ s of decompositions", "≈ <s> s of decompositions", text)
+    return re.sub(r"at [0-9.]+ GFLOP/s", "at <rate> GFLOP/s", text)
 
 
 def _csv_blank(text: str) -> str:

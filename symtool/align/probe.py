@@ -25,7 +25,12 @@ def settle(
     """
     if model is not None:  # a live model: its own config, never a file's
         config = getattr(model, "config", None)
-        arch = hf.architecture(config.to_dict()) if hasattr(config, "to_dict") else None
+        cfg = config.to_dict() if hasattr(config, "to_dict") else None
+        if cfg is not None and not cfg.get("architectures"):
+            # built from a config: no class name recorded until save_pretrained writes it
+            # (what `symtool align` then reads), so take the class itself
+            cfg = {**cfg, "architectures": [type(model).__name__]}
+        arch = hf.architecture(cfg) if cfg is not None else None
     else:
         folder = hf.config_dir(ckpts[0].path) if ckpts else None  # what the run trained
         arch = hf.architecture(hf.read_config(folder)) if folder is not None else None

@@ -220,8 +220,6 @@ def align_inputs(
         data_path = probes.probe_beside([c.path for c in beside])
         found = probes.FOUND_BESIDE if data_path is not None else None
     s = st.align_settings(flags, conf, data=data_path, source="<memory>" if in_memory else source)
-    if s.loss is None and model is not None:
-        s = replace(s, loss=live_loss(model))
     if model is None and not in_memory:
         return s, None, loss_fn, found
     from symtool.align.probe import settle
@@ -240,22 +238,6 @@ def align_inputs(
         return fn(logits(output), target)
 
     return s, probe, wrapped, found
-
-
-def live_loss(model: nn.Module) -> str | None:
-    """The loss a live Hugging Face model trains with, by its class when its config names no
-    architecture (a model built from a config has none until ``save_pretrained`` writes
-    its class name, which is what ``symtool align`` then reads from ``config.json``);
-    None: as ``settle`` finds it."""
-    from symtool.inputs import hf
-
-    config = getattr(model, "config", None)
-    if not hasattr(config, "to_dict"):
-        return None
-    cfg = config.to_dict()
-    if cfg.get("architectures"):
-        return None
-    return hf.default_loss(hf.architecture({**cfg, "architectures": [type(model).__name__]}))
 
 
 def align_job(
