@@ -3,7 +3,7 @@
 Trains the fixture MLP (``fixtures/mlp_wd``: 16 → 32 → 32 → 32 → 4, its 512-sample probe)
 with SGD, batch 64, for ``--steps`` steps, without a monitor and with
 ``symtool.Monitor(..., every_n_steps=k)`` (align + symmetry at the CLI's default settings:
-16 null rotations, 200 bootstrap resamples), for each ``k`` of ``--every``; and a 2-layer
+the exact null, 200 bootstrap resamples), for each ``k`` of ``--every``; and a 2-layer
 GPT-2 (width 64, 16-token sequences, AdamW, batch 16) with a symmetry monitor. Prints
 ``overhead = (t_monitor − t_plain) / t_plain`` per case: medians of interleaved repeats.
 
