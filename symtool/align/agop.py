@@ -23,6 +23,8 @@ from typing import Any
 import torch
 
 from symtool.align import crh
+from symtool.align.bases import symmetric64
+from symtool.align.null import invariants
 from symtool.errors import AnalysisError
 from symtool.linalg import add_gram_, all_finite, full_from_lower, gram
 from symtool.report.files import to_jsonable
@@ -277,6 +279,7 @@ def nfa(
     sums: AgopSums,
     W: Tensor,
     *,
+    Z: Tensor | None = None,
     metric: str = "pearson",
     thresholds: crh.Thresholds | None = None,
 ) -> Nfa:
@@ -285,6 +288,8 @@ def nfa(
     Args:
         sums: the layer's streamed :class:`AgopSums`.
         W: the layer weight ``d_out × d_in`` (conv: reshaped kernel).
+        Z: ``Z_a = WᵀW`` in float64 when the caller has it (``LayerSpectra``'s), else
+            formed here.
         metric: ``"pearson"`` (default) or ``"cosine"``.
         thresholds: what "holds" requires (default ``α ≥ 0.8`` and ``z ≥ 3``).
 
@@ -301,13 +306,17 @@ def nfa(
             crh.Relation("NFA_sqrt", NFA_SQRT_FORMULA, "a", None, None, None, None, None, why),
         )
         return Nfa(fail, sums.method, sums.outputs, R, None, exc.message, "failed")
-    W64 = W.detach().to(device=A.device, dtype=F64)
-    Z = gram(W64.reshape(W64.shape[0], -1))
+    if Z is None:
+        W64 = W.detach().to(device=A.device, dtype=F64)
+        Z = gram(W64.reshape(W64.shape[0], -1))
+    Z = symmetric64(Z)
     error, why = projection_error(sums, A)
+    fixed = invariants(Z, rotated=False, symmetric=True) if all_finite(Z) else None
     rels = (
         crh.score_pair("NFA", NFA_FORMULA, "a", Z, A, metric=metric, thresholds=thresholds,
-                       eigenvalues=values),
+                       eigenvalues=values, fixed=fixed),
         crh.score_pair("NFA_sqrt", NFA_SQRT_FORMULA, "a", Z, root, metric=metric,
-                       thresholds=thresholds, eigenvalues=values.clamp(min=0.0).sqrt()),
+                       thresholds=thresholds, eigenvalues=values.clamp(min=0.0).sqrt(),
+                       fixed=fixed),
     )
     return Nfa(rels, sums.method, sums.outputs, R, error, why)

@@ -134,7 +134,8 @@ def layer_spectra(m: LayerMatrices, *, cross: bool = True, metric: str = "pearso
     reasons: list[tuple[str, str]] = []
     factors = m.factors or {}
     for name, M in raw.items():
-        exact = m.symmetric and name[0] in "HG" and M.dtype == torch.float64
+        # H and G come mirrored from finish (m.symmetric); the cross terms −C are not symmetric
+        exact = m.symmetric and name not in ("X_a", "X_b") and M.dtype == torch.float64
         M64 = M.detach() if exact else symmetric64(M)
         if not all_finite(M64):
             reasons.append((name, f"{_LABEL.get(name, name)}: matrix has non-finite entries"))
@@ -361,12 +362,14 @@ def score_pair(
     metric: str = "pearson",
     thresholds: Thresholds | None = None,
     eigenvalues: Tensor | None = None,
+    fixed: Invariants | None = None,
 ) -> Relation:
     """α(A, B) with the exact Haar null of α(A, Q B Qᵀ), as a Relation (same record as the six).
 
     For scores beside the six relations (NFA, docs/theory.md §3): ``A`` fixed, ``B`` rotated,
     both symmetrised in float64; ``eigenvalues``: ``B``'s, when known (spares the null's
-    ``O(d³)`` step). A non-finite matrix gives a failed record with the reason.
+    ``O(d³)`` step); ``fixed``: ``A``'s invariants, when one ``A`` is scored against several
+    ``B``. A non-finite matrix gives a failed record with the reason.
     """
     check_metric(metric)
     thresholds = Thresholds() if thresholds is None else thresholds
@@ -376,7 +379,7 @@ def score_pair(
         why = f"failed: non-finite entries in {' and '.join(bad)}"
         return Relation(rid, formula, side, None, None, None, None, None, why)
     alpha = alignment(A64, B64, metric, assume_finite=True)
-    ia = invariants(A64, rotated=False, symmetric=True)
+    ia = invariants(A64, rotated=False, symmetric=True) if fixed is None else fixed
     ib = invariants(B64, rotated=metric == "pearson", eigenvalues=eigenvalues, symmetric=True)
     null = null_from_invariants(ia, ib, metric)
     return _finish(rid, formula, side, alpha, null, metric, thresholds, None)

@@ -277,7 +277,8 @@ class _Analyzer:
                     )
                     done[ref.name] = records.layer_json(failed)
                     continue
-                done[ref.name] = self._layer(ref, m, result, beside.get(ref.name))
+                sums = result.extras.agop.pop(ref.name, None) if result.extras else None
+                done[ref.name] = self._layer(ref, m, beside.get(ref.name), sums)
                 if self.keep_matrices:
                     self._keep(c, ref.name, m)
                 del m  # one layer's matrices at a time
@@ -363,8 +364,8 @@ class _Analyzer:
         self,
         ref: models.LayerRef,
         m: Any,
-        result: cap.CaptureResult | None = None,
         collapsed: dict[str, Any] | None = None,
+        agop_sums: agop.AgopSums | None = None,
     ) -> dict[str, Any]:
         s = self.s
         spectra = crh.layer_spectra(m, cross=True, metric=s.metric)
@@ -400,10 +401,9 @@ class _Analyzer:
             out = replace(out, pah=records.pah_record(pw))
         if collapsed is not None:
             out = replace(out, collapse=collapsed)
-        sums = None if result is None or result.extras is None else result.extras.agop.pop(
-            ref.name, None)
-        if sums is not None:
-            found = agop.nfa(sums, m.W, metric=s.metric, thresholds=self.thresholds)
+        if agop_sums is not None:  # Z_a as the relations scored it
+            found = agop.nfa(agop_sums, m.W, Z=spectra.matrix("Z_a"), metric=s.metric,
+                             thresholds=self.thresholds)
             out = replace(out, nfa=records.nfa_record(found, out.relations))
         return records.layer_json(out)
 

@@ -75,6 +75,23 @@ def layer_rows(
             yield {**base, **row, "status": "skipped", "reason": sk.get("reason")}, None
 
 
+def alpha_row(label: dict[str, Any], rid: str, r: dict[str, Any]) -> dict[str, Any]:
+    """The CSV row of one scored relation record (the six, the cross terms, NFA)."""
+    return {
+        **label,
+        "metric": "alpha",
+        "quantity": rid,
+        "formula": r["formula"],
+        "value": r["alpha"],
+        "null_mean": r["null_mean"],
+        "null_std": r["null_std"],
+        "z": r["z"],
+        "holds": r["holds"],
+        "borderline": r.get("borderline"),
+        "reason": r["reason"],
+    }
+
+
 def heading(e: dict[str, Any], out: Console) -> str | None:
     """A checkpoint's table title, or None after printing why it failed."""
     title = f"step {fmt_num(e['step'])} · {e['path']}"

@@ -12,7 +12,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from symtool.report.tables import fmt_num, heading, layer_rows
+from symtool.report.tables import alpha_row, fmt_num, heading, layer_rows
 from symtool.report.tables_collapse import (
     collapse_rows,
     collapse_table,
@@ -211,19 +211,7 @@ def align_rows(report: dict[str, Any]) -> tuple[list[str], Iterable[dict[str, An
                 continue
             for group in ("relations", "cross_terms"):
                 for rid, r in (layer.get(group) or {}).items():
-                    yield {
-                        **lb,
-                        "metric": "alpha",
-                        "quantity": rid,
-                        "formula": r["formula"],
-                        "value": r["alpha"],
-                        "null_mean": r["null_mean"],
-                        "null_std": r["null_std"],
-                        "z": r["z"],
-                        "holds": r["holds"],
-                        "borderline": r.get("borderline"),
-                        "reason": r["reason"],
-                    }
+                    yield alpha_row(lb, rid, r)
             for w in layer.get("warnings") or []:
                 yield {**lb, "metric": "warning", "quantity": w["kind"],
                        "formula": ", ".join(w.get("affects") or []), "reason": w["message"]}

@@ -15,7 +15,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from symtool.report.tables import fmt_num
+from symtool.report.tables import alpha_row, fmt_num
 
 #: Numbers of a ``collapse`` record, in table and CSV order, with the CSV formula text.
 NC_QUANTITIES: dict[str, str] = {
@@ -178,19 +178,7 @@ def collapse_rows(lb: dict[str, Any], layer: dict[str, Any]) -> Iterator[dict[st
                 why = n.get("reason") if n.get("status") == "ok" else f"failed: {n.get('reason')}"
                 yield {**lb, "metric": "alpha", "quantity": rid, "reason": why}
                 continue
-            yield {
-                **lb,
-                "metric": "alpha",
-                "quantity": rid,
-                "formula": r["formula"],
-                "value": r["alpha"],
-                "null_mean": r["null_mean"],
-                "null_std": r["null_std"],
-                "z": r["z"],
-                "holds": r["holds"],
-                "borderline": r.get("borderline"),
-                "reason": r["reason"],
-            }
+            yield alpha_row(lb, rid, r)
         agop = n.get("agop") or {}
         for key in ("outputs", "projections", "error"):
             yield {**lb, "metric": "agop", "quantity": key, "formula": agop.get("method"),
