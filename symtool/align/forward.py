@@ -7,6 +7,7 @@ forward-only second pass of :mod:`symtool.align.nearest` (docs/theory.md §1, §
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -15,6 +16,20 @@ from symtool.errors import ProbeError
 from symtool.inputs.probes import Inputs
 
 Tensor = torch.Tensor
+
+
+def logits(output: Any) -> Any:
+    """A model's output as the loss reads it: a tensor as it is; ``.logits`` of a Hugging
+    Face ``ModelOutput`` (or a dict holding ``logits``); else the first item of a tuple."""
+    if isinstance(output, Tensor):
+        return output
+    if isinstance(output, Mapping) and "logits" in output:
+        return output["logits"]
+    if hasattr(output, "logits"):
+        return output.logits
+    if isinstance(output, tuple | list) and output:
+        return output[0]
+    return output
 
 
 def model_output(model: nn.Module, x: Inputs) -> Tensor:
@@ -36,10 +51,7 @@ def model_output(model: nn.Module, x: Inputs) -> Tensor:
         raise ProbeError(
             f"model forward failed on a probe batch: {type(exc).__name__}: {first}"
         ) from exc
-    if isinstance(out, Mapping) and "logits" in out:
-        out = out["logits"]
-    elif isinstance(out, (tuple, list)) and out:
-        out = out[0]
+    out = logits(out)
     if not isinstance(out, Tensor):
         raise ProbeError(f"model returned {type(out).__name__}; expected a tensor of outputs")
     return out

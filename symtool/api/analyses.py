@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from symtool.api.jobs import Target, align_job, logits, ode_job, symmetry_job
+from symtool.align.forward import logits
+from symtool.api.jobs import Target, align_job, ode_job, symmetry_job
 from symtool.api.report import Report
 
 __all__ = ["Target", "align", "logits", "ode", "symmetry"]

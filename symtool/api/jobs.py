@@ -166,20 +166,6 @@ def memory(target: Any, step: int | None) -> list[ck.Checkpoint]:
     return [memory_checkpoint(target, step=step, label="state_dict")]
 
 
-def logits(output: Any) -> Any:
-    """A model's output as the loss reads it: a tensor as it is; ``.logits`` of a Hugging
-    Face ``ModelOutput`` (or a dict holding ``logits``); else the first item of a tuple."""
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, Mapping) and "logits" in output:
-        return output["logits"]
-    if hasattr(output, "logits"):
-        return output.logits
-    if isinstance(output, tuple | list) and output:
-        return output[0]
-    return output
-
-
 def loss_of(
     loss: str | Callable[..., torch.Tensor] | None, flags: dict[str, Any]
 ) -> Callable[..., torch.Tensor] | None:
@@ -232,12 +218,8 @@ def align_inputs(
             batch_size=s.batch_size,
         )
         s = replace(s, source=probe.source)
-    fn = loss_fn or probes.resolve_loss(s.loss, base_dir=s.base_dir)
-
-    def wrapped(output: Any, target: torch.Tensor) -> torch.Tensor:
-        return fn(logits(output), target)
-
-    return s, probe, wrapped, found
+    # the capture hands the loss the output's logits (symtool.align.forward.logits)
+    return s, probe, loss_fn or probes.resolve_loss(s.loss, base_dir=s.base_dir), found
 
 
 def align_job(
