@@ -24,7 +24,9 @@ non-zero eigenvalues (``Spectrum.product`` and ``rayleigh`` then act on those co
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
+import scipy.linalg
 import torch
 
 from symtool.errors import AnalysisError
@@ -33,6 +35,7 @@ from symtool.linalg import (
     _canonical_ones,
     _canonical_signs,
     _checked,
+    _host_blas,
     all_finite,
     gram,
     spectrum,
@@ -89,7 +92,7 @@ def gram_pair_range(W: Tensor) -> tuple[Spectrum, Spectrum]:
     if not (all_finite(Za) and all_finite(Zb)):
         raise AnalysisError("matrix has non-finite entries")
     a_small = Za.shape[0] <= Zb.shape[0]
-    small = spectrum(Za if a_small else Zb)
+    small = spectrum(Za if a_small else Zb, checked=True)
     big = _range(Zb if a_small else Za, small, W64 if a_small else W64.T)
     return (small, big) if a_small else (big, small)
 
@@ -111,9 +114,57 @@ def moment_spectrum(
     """
     M64 = M if checked else _checked(M)
     if factor is None or factor.shape[0] >= M64.shape[0]:
-        return spectrum(M64)
+        return spectrum(M64, checked=True)
     Y = factor.detach().to(dtype=torch.float64, device=M64.device)
     return _range(M64, spectrum(gram(Y.T)), Y.T)
+
+
+Block = Callable[[Tensor], Tensor]
+"""``E ↦ V_Eᵀ M V_E`` for column indices ``E`` of the ``V`` a :func:`quotients` call saw."""
+
+
+def quotients(M: Tensor, V: Tensor, factor: Tensor | None = None) -> tuple[Tensor, Block]:
+    """Rayleigh quotients ``m_i = v_iᵀ M v_i`` on the columns of ``V``, and their blocks.
+
+    ``M`` is exactly symmetric float64. The cheapest of three products is formed once:
+
+    * through ``M = YᵀY`` when the row factor is short (``4r < d``): ``Yᵀ(Y V)``;
+    * on the host at one thread, BLAS ``trmm`` with the triangle ``S`` (the lower part
+      of ``M`` with its diagonal halved, ``M = S + Sᵀ``): ``m_i = 2 v_iᵀ S v_i`` and
+      ``V_EᵀMV_E = B + Bᵀ`` with ``B = V_Eᵀ S V_E``, half a GEMM's flops
+      (docs/performance.md). ``S V`` is ``tril(M) V − ½ diag(M) V``: the correction is of
+      ``M``'s own scale, so the round-off stays relative to ``‖M‖``;
+    * else the GEMM ``M V``.
+
+    Returns:
+        ``m`` (one entry per column) and a function giving the block ``V_Eᵀ M V_E``.
+    """
+    V = V.to(torch.float64)
+    d, p = M.shape[0], V.shape[1]
+    short = factor is not None and 4 * factor.shape[0] < d
+    if short or p == 0 or not (_host_blas(M) and M.dtype == torch.float64 and d == V.shape[0]):
+        MV = kept_product(M, V, factor)
+        return (MV * V).sum(dim=0), lambda E: V[:, E].T @ MV[:, E]
+    R = _lower_product(M.detach(), V)  # (L + D) V, L the strict lower triangle, D the diagonal
+    SV = R.addcmul_(M.diagonal().unsqueeze(1), V, value=-0.5)  # S V = (L + D/2) V
+
+    def block(E: Tensor) -> Tensor:
+        B = V[:, E].T @ SV[:, E]
+        return B + B.T
+
+    return 2.0 * (SV * V).sum(dim=0), block
+
+
+def _lower_product(M: Tensor, V: Tensor) -> Tensor:
+    """``tril(M) V`` by BLAS ``trmm`` for an exactly symmetric float64 ``M`` on the host,
+    in whichever memory order ``V`` has (no copy of either)."""
+    a = M.T.numpy()  # Fortran view of M, i.e. Mᵀ = M: its lower triangle is tril(M)
+    if V.mT.is_contiguous():  # column-major V (what eigh returns): B := tril(M) B
+        out = scipy.linalg.blas.dtrmm(1.0, a, V.numpy(), lower=1)
+        return torch.from_numpy(out)
+    # row-major V: its Fortran view is Vᵀ, and (tril(M) V)ᵀ = Vᵀ tril(M)ᵀ
+    out = scipy.linalg.blas.dtrmm(1.0, a, V.contiguous().T.numpy(), side=1, lower=1, trans_a=1)
+    return torch.from_numpy(out).T
 
 
 def kept_product(M: Tensor, V: Tensor, factor: Tensor | None = None) -> Tensor:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from symtool.align.bases import kept_product, symmetric64
+from symtool.align.bases import kept_product, quotients, symmetric64
 from symtool.align.crh import LayerSpectra, layer_spectra
 from symtool.align.moments import LayerMatrices
 from symtool.align.score import UNDEFINED_REL, check_metric
@@ -216,7 +216,7 @@ def scan_alignments(
     M64 = M.to(dtype=torch.float64, device=z.device)
     if rayleigh is None:
         Vk = _kept_vectors(Z, int(keep.sum()))
-        rayleigh = (kept_product(M64, Vk) * Vk).sum(dim=0)
+        rayleigh = quotients(M64, Vk)[0]
     mk = rayleigh[keep] if rayleigh.shape[0] == z.shape[0] else rayleigh
     zr = z[keep] / zmax  # α is invariant to scaling Z^k, so normalise against overflow
     ck2 = Z.ones[keep] ** 2
@@ -317,8 +317,9 @@ def _agreement(
     Only the kept vectors ``V₊`` are read (:mod:`symtool.align.bases`): the null space's
     trace is ``tr M − Σ₊ m_i`` and its block ``‖V₀ᵀMV₀‖² = ‖M‖² − 2‖MV₊‖² + ‖V₊ᵀMV₊‖²``
     (directly ``V₀ᵀ(MV₀)`` when ``Z`` has all its vectors and the null space is the
-    smaller part). One product ``M V₊`` (through ``M``'s row factor when it has a smaller
-    one) gives ``m`` and the blocks.
+    smaller part). One product of ``M`` with ``V₊`` (:func:`symtool.align.bases.quotients`:
+    through ``M``'s row factor when it has a short one, else half a GEMM by ``trmm`` on the
+    host, unless the complement rule needs all of ``M V₊``) gives ``m`` and the blocks.
     """
     d = Z.dim
     kept = kept_support(Z.values, floor)
@@ -326,8 +327,14 @@ def _agreement(
     n_null = d - n_kept
     off = d - n_kept  # kept eigenvalues are the last n_kept (ascending)
     V = _kept_vectors(Z, n_kept)
-    MV = kept_product(M, V, factor)
-    m = (MV * V).sum(dim=0)
+    full = Z.vectors is not None and Z.vectors.shape[1] == d
+    by_complement = n_null > 0 and not (full and n_kept >= n_null)
+    if by_complement:  # the complement's block below reads the whole product M V₊
+        MV = kept_product(M, V, factor)
+        m = (MV * V).sum(dim=0)
+        block_of = lambda E: V[:, E].T @ MV[:, E]  # noqa: E731
+    else:
+        m, block_of = quotients(M, V, factor)
     if norm2 <= 0:
         return m, None, None
     single = torch.ones(n_kept, dtype=torch.bool, device=m.device)
@@ -336,17 +343,16 @@ def _agreement(
         E = E - off
         single[E] = False
         low += float(m[E].sum()) ** 2 / E.numel()
-        block = V[:, E].T @ MV[:, E]
+        block = block_of(E)
         high += float((block * block).sum())
     ms = m[single]
     low += float((ms * ms).sum())
     high += float((ms * ms).sum())
     if n_null:
-        full = Z.vectors is not None and Z.vectors.shape[1] == d
-        if full and n_kept >= n_null:
+        if not by_complement:
             assert Z.vectors is not None
             V0 = Z.vectors[:, :n_null]
-            block = V0.T @ kept_product(M, V0, factor)
+            block = quotients(M, V0, factor)[1](torch.arange(n_null, device=V0.device))
             low += float(block.diagonal().sum()) ** 2 / n_null
             block_sq = float((block * block).sum())
         else:

@@ -114,3 +114,38 @@ def test_symmetric64_copies_only_what_is_not_symmetric() -> None:
     A = torch.randn(6, 6, generator=gen(6), dtype=F64)
     assert torch.equal(symmetric64(A), sym(A))
     assert torch.equal(symmetric64(S.float()), S.float().double())
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-12])
+@pytest.mark.parametrize("path", ["trmm", "gemm", "factor"])
+def test_quotients_and_blocks_equal_the_dense_products(
+    path: str, scale: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every product route gives ``diag(VᵀMV)`` and ``V_EᵀMV_E`` of the dense formula, to
+    round-off relative to ``‖M‖`` at any scale (the halved diagonal is scaled with M)."""
+    import symtool.linalg as la
+    from symtool.align.bases import quotients
+
+    d, r = 40, 6 if path == "factor" else 60
+    g = gen(3)
+    Y = torch.randn(r, d, generator=g, dtype=F64) * scale
+    M = Y.T @ Y
+    if path != "factor":  # full rank
+        M = M + torch.diag(torch.rand(d, generator=g, dtype=F64)) * scale**2
+    M = (M + M.T) / 2
+    V = torch.linalg.qr(torch.randn(d, 25, generator=g, dtype=F64))[0]
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(la, "HOST_BLAS", path == "trmm")
+    torch.set_num_threads(1)
+    try:
+        m, block = quotients(M, V, Y if path == "factor" else None)
+        E = torch.tensor([2, 5, 6, 11])
+        got_block = block(E)
+    finally:
+        torch.set_num_threads(threads)
+    dense = V.T @ M @ V
+    norm = float(M.norm())
+    assert float((m - dense.diagonal()).abs().max()) < 1e-14 * norm
+    assert float((got_block - dense[E][:, E]).abs().max()) < 1e-14 * norm
+    if path == "trmm":  # B + Bᵀ: exactly symmetric
+        assert torch.equal(got_block, got_block.T)
