@@ -78,10 +78,8 @@ def _attempts(vectors: bool, host: bool) -> list[tuple[str, Callable]]:
             a = A.detach().cpu().numpy()
             if vectors:
                 w, V = scipy.linalg.eigh(a, driver=driver, check_finite=False)
-                return (
-                    torch.from_numpy(w).to(A.device),
-                    torch.from_numpy(np.ascontiguousarray(V)).to(A.device),
-                )
+                # column-major, as LAPACK wrote it: the products that read V take either order
+                return torch.from_numpy(w).to(A.device), torch.from_numpy(V).to(A.device)
             w = scipy.linalg.eigh(a, eigvals_only=True, driver=driver, check_finite=False)
             return torch.from_numpy(w).to(A.device), None
 

@@ -221,7 +221,9 @@ def _checked(M: Tensor) -> Tensor:
     return M64
 
 
-def spectrum(M: Tensor, *, vectors: bool = True, ones: bool = False) -> Spectrum:
+def spectrum(
+    M: Tensor, *, vectors: bool = True, ones: bool = False, checked: bool = False
+) -> Spectrum:
     """Eigendecompose ``sym(M)`` in float64, once.
 
     Three depths, each computing no more than it is asked for:
@@ -246,6 +248,8 @@ def spectrum(M: Tensor, *, vectors: bool = True, ones: bool = False) -> Spectrum
         M: a square matrix (any float dtype, any device).
         vectors: also compute eigenvectors.
         ones: with ``vectors=False``, also compute ``c = Vᵀ1``.
+        checked: ``M`` is already a finite, exactly symmetric float64 matrix (no check, no
+            symmetrising copy).
 
     Returns:
         The :class:`Spectrum`, eigenvalues ascending.
@@ -254,7 +258,7 @@ def spectrum(M: Tensor, *, vectors: bool = True, ones: bool = False) -> Spectrum
         AnalysisError: ``M`` is not square, has non-finite entries, or every solver failed
             (the message names each attempt).
     """
-    M64 = _checked(M)
+    M64 = M.detach() if checked else _checked(M)
     support = eigen.zero_support(M64)
     sub = M64 if support is None else M64[support][:, support]
     values, V, c, note = _decompose(sub, vectors=vectors, ones=ones)

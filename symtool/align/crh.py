@@ -126,16 +126,17 @@ def layer_spectra(m: LayerMatrices, *, cross: bool = True, metric: str = "pearso
     check_metric(metric)
     W = m.W.to(torch.float64)
     raw: dict[str, Tensor] = {"H_a": m.H_a, "G_a": m.G_a, "H_b": m.H_b, "G_b": m.G_b}
-    if cross:
-        raw["X_a"] = -m.C_a
-        raw["X_b"] = -m.C_b
+    if cross:  # X_s = −sym C_s, formed in one sum (bitwise what sym(−C_s) gives)
+        for x, C in (("X_a", m.C_a), ("X_b", m.C_b)):
+            C64 = C.detach().to(torch.float64)
+            raw[x] = (C64 + C64.mT).mul_(-0.5)
     out: dict[str, Spectrum | None] = dict.fromkeys(MATRIX_NAMES)
     dense: dict[str, Tensor] = {}
     reasons: list[tuple[str, str]] = []
     factors = m.factors or {}
     for name, M in raw.items():
-        # H and G come mirrored from finish (m.symmetric); the cross terms −C are not symmetric
-        exact = m.symmetric and name not in ("X_a", "X_b") and M.dtype == torch.float64
+        # H and G come mirrored from finish (m.symmetric), X_s as formed above
+        exact = (m.symmetric or name in ("X_a", "X_b")) and M.dtype == torch.float64
         M64 = M.detach() if exact else symmetric64(M)
         if not all_finite(M64):
             reasons.append((name, f"{_LABEL.get(name, name)}: matrix has non-finite entries"))

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from symtool.align.score import UNDEFINED_REL, check_metric
-from symtool.linalg import centred_power_traces
+from symtool.linalg import all_finite, centred_power_traces
 
 Tensor = torch.Tensor
 
@@ -189,7 +189,7 @@ def invariants(
         ValueError: ``M`` not square or not symmetric.
     """
     d = int(M.shape[0]) if M.ndim == 2 else 0
-    finite = d > 0 and bool(torch.isfinite(M).all())
+    finite = d > 0 and all_finite(M)
     if symmetric and M.dtype == torch.float64 and M.ndim == 2 and M.shape[0] == M.shape[1]:
         M64 = M.detach() if finite else None
     else:
