@@ -9,6 +9,9 @@ process, and checks that both give the same numbers (docs/performance.md, *Known
 * ``Z_a = WᵀW`` and ``Z_b = WWᵀ``: two ``eigh`` against :func:`symtool.linalg.gram_pair`;
 * a layer's eight rotation nulls: one call per relation against one batched call;
 * a batch's second moment ``xᵀx`` into a float64 sum: ``addmm`` against BLAS ``syrk``;
+* Rayleigh quotients ``v_iᵀ M v_i`` on all ``d`` eigenvectors of another matrix (PAH):
+  the GEMM ``M V`` against :func:`symtool.align.bases.quotients` (BLAS ``trmm`` on the lower
+  triangle at one host thread);
 * singular values: ``svdvals`` against ``eigvalsh`` of the Gram matrix (GPT-2 shapes);
 * the identical-unit search: the float32 screen on all columns against the partial
   screen on the columns of most relative energy.
@@ -31,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import machine, median, set_threads
 
+from symtool.align.bases import quotients
 from symtool.align.score import HaarBank, rotation_null, rotation_nulls
 from symtool.linalg import add_gram_, full_from_lower, gram_pair, singular_values, spectrum
 from symtool.symmetry.units import duplicate_search
@@ -125,6 +129,21 @@ def second_moment(n: int, d: int) -> str:
     )
 
 
+def rayleigh(d: int) -> str:
+    """PAH's quotients ``m_i = v_iᵀ M v_i``: ``(M V) ∘ V`` summed against ``quotients``."""
+    g = torch.Generator().manual_seed(d + 2)
+    M = _cov(d, g)
+    V = spectrum(_cov(d, g, 0.1)).vectors
+    assert V is not None
+    plain = lambda: (M @ V * V).sum(dim=0)  # noqa: E731
+    ours = lambda: quotients(M, V)[0]  # noqa: E731
+    diff = float((plain() - ours()).abs().max() / plain().abs().max())
+    return (
+        f"d={d}: Rayleigh quotients on {d} vectors: GEMM M V {ms(plain):.1f} ms, quotients() "
+        f"{ms(ours):.1f} ms (relative difference {diff:.0e})"
+    )
+
+
 def singular(shape: tuple[int, int]) -> str:
     """``svdvals`` against ``eigvalsh`` of the float64 Gram matrix."""
     W = (torch.randn(*shape, generator=torch.Generator().manual_seed(0)) * 0.02).double()
@@ -176,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     for d in dims:
         print(nulls(d, args.null_samples))
     print(second_moment(dims[0], rows))
+    print(rayleigh(dims[1]))
     for shape in shapes:
         print(singular(shape))
     for line in dup_costs(384, 193) if args.quick else dup_costs():
