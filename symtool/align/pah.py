@@ -190,6 +190,7 @@ def scan_alignments(
     floor: float = 1e-8,
     metric: str = "pearson",
     rayleigh: Tensor | None = None,
+    norm2: float | None = None,
 ) -> tuple[float | None, ...]:
     """``α(M, Z^k)`` for every ``k``, O(d) per ``k`` from ``Z``'s spectrum.
 
@@ -203,6 +204,7 @@ def scan_alignments(
         metric: ``"pearson"`` or ``"cosine"``.
         rayleigh: precomputed ``m_i = v_iᵀ M v_i``, for all ``d`` eigenvectors or for the
             kept ones only (computed here, for the kept ones, if ``None``).
+        norm2: ``‖M‖_F²`` when known.
 
     Returns:
         One score per ``k``, ``None`` where undefined.
@@ -224,7 +226,7 @@ def scan_alignments(
     zk = zr.unsqueeze(0) ** k  # (len(ks), n_kept)
     inner = zk @ mk
     norm_b2 = (zk * zk).sum(dim=1)
-    norm_a2 = float((M64 * M64).sum())
+    norm_a2 = _frob2(M64) if norm2 is None else norm2
     if metric == "pearson":
         n = float(Z.dim) ** 2
         sum_a = float(M64.sum())
@@ -247,6 +249,11 @@ def scan_alignments(
         val = float(num[i]) / math.sqrt(den_a2 * db2)
         out.append(min(1.0, max(-1.0, val)) if math.isfinite(val) else None)
     return tuple(out)
+
+
+def _frob2(M: Tensor) -> float:
+    """``‖M‖_F²`` by one dot product over the entries (no ``d × d`` temporary)."""
+    return float(torch.tensordot(M, M, dims=M.ndim))
 
 
 def _slopes(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -413,9 +420,9 @@ def fit_power(
     if Mm.shape != (d, d):
         raise UsageError(f"{target} is {tuple(Mm.shape)} but {reference} is {d}×{d}")
     z = Z.values
-    norm2 = float((Mm * Mm).sum())
+    norm2 = _frob2(Mm)
     m, agreement, agreement_blocks = _agreement(Mm, Z, floor, norm2, factor)
-    scan = scan_alignments(Mm, Z, floor=floor, metric=metric, rayleigh=m)
+    scan = scan_alignments(Mm, Z, floor=floor, metric=metric, rayleigh=m, norm2=norm2)
     kappa_star = alpha_star = None
     best = [(a, i) for i, a in enumerate(scan) if a is not None]
     if best:

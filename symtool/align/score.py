@@ -16,6 +16,7 @@ so a null sample costs O(d²) once a Haar ``O`` is at hand. :class:`HaarBank` dr
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -32,6 +33,9 @@ METRICS = ("pearson", "cosine")
 UNDEFINED_REL = 1e-12
 """A matrix whose (centred, for Pearson) Frobenius norm is at most this fraction of its
 plain Frobenius norm counts as constant (Pearson) or zero (cosine): the score is undefined."""
+
+_BLOCK_ENTRIES = 1 << 18
+"""Entries per block of :func:`alignment`'s passes (2 MiB float64 temporaries)."""
 
 _SEED_MIX = 0x9E3779B97F4A7C15
 _SEED_MASK = (1 << 63) - 1
@@ -71,23 +75,48 @@ def alignment(
         raise AnalysisError(
             f"alignment needs equal shapes, got {tuple(A.shape)} and {tuple(B.shape)}"
         )
-    a = A.to(torch.float64).reshape(-1)
-    b = B.to(dtype=torch.float64, device=a.device).reshape(-1)
+    a = A.detach().to(torch.float64)
+    b = B.detach().to(dtype=torch.float64, device=a.device)
     if a.numel() == 0:
         return None
     if not assume_finite and not (all_finite(a) and all_finite(b)):
         return None
-    norm_a = float(torch.linalg.vector_norm(a))
-    norm_b = float(torch.linalg.vector_norm(b))
+    cols = a.shape[-1] if a.ndim > 1 else a.numel()
+    a2, b2 = a.reshape(-1, cols), b.reshape(-1, cols)
+    step = max(1, _BLOCK_ENTRIES // max(cols, 1))
+    blocks = [(a2[i : i + step], b2[i : i + step]) for i in range(0, a2.shape[0], step)]
+    # one pass for the plain norms (and sums), one for the centred norms and the product;
+    # partial sums stay on the device until the end (one host sync per score)
+    first = torch.stack(
+        [torch.stack([_norm2(x), _norm2(y), x.sum(), y.sum()]) for x, y in blocks]
+    ).sum(dim=0)
+    mean_a = mean_b = 0.0
     if metric == "pearson":
-        a = a - a.mean()
-        b = b - b.mean()
-    da = float(torch.linalg.vector_norm(a))
-    db = float(torch.linalg.vector_norm(b))
+        mean_a, mean_b = float(first[2]) / a.numel(), float(first[3]) / b.numel()
+    second = []
+    for x, y in blocks:  # centred in blocks: temporaries of _BLOCK_ENTRIES, not A's size
+        xc, yc = (x - mean_a, y - mean_b) if metric == "pearson" else (x, y)
+        dot = torch.dot(xc.reshape(-1), yc.reshape(-1))
+        second.append(torch.stack([_norm2(xc), _norm2(yc), dot, xc.sum(), yc.sum()]))
+    norm_a2, norm_b2 = float(first[0]), float(first[1])
+    da2, db2, dot, ra, rb = (float(v) for v in torch.stack(second).sum(dim=0))
+    # the residual sums Σ(x − mean) correct the rounded means (two-pass mean): subtract
+    # what is left of the true mean from the centred sums
+    if metric == "pearson":
+        da2 -= ra * ra / a.numel()
+        db2 -= rb * rb / b.numel()
+        dot -= ra * rb / a.numel()
+    da, db = math.sqrt(max(da2, 0.0)), math.sqrt(max(db2, 0.0))
+    norm_a, norm_b = math.sqrt(norm_a2), math.sqrt(norm_b2)
     if da <= UNDEFINED_REL * norm_a or db <= UNDEFINED_REL * norm_b or da == 0 or db == 0:
         return None
-    value = float(torch.dot(a, b)) / (da * db)
+    value = dot / (da * db)
     return min(1.0, max(-1.0, value))
+
+
+def _norm2(x: Tensor) -> Tensor:
+    """``‖x‖²`` as a 0-d tensor, from the overflow-safe norm."""
+    return torch.linalg.vector_norm(x) ** 2
 
 
 class HaarBank:

@@ -32,6 +32,25 @@ def test_alignment_matches_numpy(seed: int) -> None:
     assert alignment(A, B, "cosine") == pytest.approx(np_cosine(A.numpy(), B.numpy()), abs=1e-13)
 
 
+@pytest.mark.parametrize("metric", ["pearson", "cosine"])
+def test_alignment_in_blocks_to_the_last_digit(metric: str) -> None:
+    """Several blocks (1500 columns: 174 rows per block), a mean 1e5 times the spread and
+    a transposed (non-contiguous) operand, against an extended-precision reference: within
+    a few ulps (blocked sums and a two-pass mean), where one pass over whole centred copies
+    is 35 (Pearson) and 38 (cosine) ulps off here."""
+    g = torch.Generator().manual_seed(3)
+    A = torch.randn(1500, 1500, generator=g, dtype=torch.float64) + 1e5
+    B = (torch.randn(1500, 1500, generator=g, dtype=torch.float64) + A.T - 1e5 + 3e5).T
+    a = A.numpy().astype(np.longdouble).ravel()
+    b = B.numpy().astype(np.longdouble).ravel()
+    if metric == "pearson":
+        a, b = a - a.mean(), b - b.mean()
+    ref = float(a @ b / np.sqrt(a @ a) / np.sqrt(b @ b))
+    assert not B.is_contiguous()
+    tol = 16 * np.finfo(np.float64).eps
+    assert abs(alignment(A, B, metric) - ref) <= tol * abs(ref)
+
+
 def test_alignment_exact_affine_and_antialigned() -> None:
     A = psd(5, 7)
     assert alignment(A, 3.0 * A + 2.0) == pytest.approx(1.0, abs=1e-14)
