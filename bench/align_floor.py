@@ -58,7 +58,7 @@ from symtool.align.run import AlignSettings, run_align
 from symtool.align.score import HaarBank
 from symtool.inputs import checkpoints as ck
 from symtool.inputs import models, probes
-from symtool.linalg import add_gram_, add_product_, full_from_lower
+from symtool.linalg import add_gram_, add_product_, full_from_lower, sub_outer_
 
 Tensor = torch.Tensor
 GEMM = {"float64": torch.float64, "float32": torch.float32}
@@ -123,7 +123,7 @@ class FloorSums:
         for v, name in (("h_a", "H_a"), ("g_a", "G_a"), ("h_b", "H_b"), ("g_b", "G_b")):
             k = int(self.k[v])
             mean = self.s[v] / k
-            out[name] = full_from_lower(self.S[v]) / k - torch.outer(mean, mean)
+            out[name] = sub_outer_(full_from_lower(self.S[v]).div_(k), mean)
         W = self.W.to(torch.float64)
         out["C_a"] = self.D.T @ W / self.n
         out["C_b"] = self.D @ W.T / self.n

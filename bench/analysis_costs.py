@@ -9,6 +9,8 @@ process, and checks that both give the same numbers (docs/performance.md, *Known
 * ``Z_a = WᵀW`` and ``Z_b = WWᵀ``: two ``eigh`` against :func:`symtool.linalg.gram_pair`;
 * a layer's eight rotation nulls: one call per relation against one batched call;
 * a batch's second moment ``xᵀx`` into a float64 sum: ``addmm`` against BLAS ``syrk``;
+* mirroring a Gram sum's lower triangle into a full matrix: two ``tril`` and a transposed
+  add over the whole matrix against :func:`symtool.linalg.full_from_lower` (strips);
 * Rayleigh quotients ``v_iᵀ M v_i`` on all ``d`` eigenvectors of another matrix (PAH):
   the GEMM ``M V`` against :func:`symtool.align.bases.quotients` (BLAS ``trmm`` on the lower
   triangle at one host thread);
@@ -129,6 +131,18 @@ def second_moment(n: int, d: int) -> str:
     )
 
 
+def mirror(d: int) -> str:
+    """``tril(S) + tril(S, −1)ᵀ`` against the strip-wise :func:`full_from_lower`."""
+    S = torch.randn(d, d, generator=torch.Generator().manual_seed(d), dtype=torch.float64)
+    plain = lambda: torch.tril(S) + torch.tril(S, -1).mT  # noqa: E731
+    same = torch.equal(plain(), full_from_lower(S))
+    return (
+        f"d={d}: mirror the lower triangle: whole-matrix tril + transposed add "
+        f"{ms(plain):.1f} ms, full_from_lower {ms(lambda: full_from_lower(S)):.1f} ms "
+        f"({'identical' if same else 'DIFFERENT'})"
+    )
+
+
 def rayleigh(d: int) -> str:
     """PAH's quotients ``m_i = v_iᵀ M v_i``: ``(M V) ∘ V`` summed against ``quotients``."""
     g = torch.Generator().manual_seed(d + 2)
@@ -196,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         print(nulls(d, args.null_samples))
     print(second_moment(dims[0], rows))
     print(rayleigh(dims[1]))
+    for d in (dims[1], 4 * dims[1] + 512):
+        print(mirror(d))
     for shape in shapes:
         print(singular(shape))
     for line in dup_costs(384, 193) if args.quick else dup_costs():

@@ -12,7 +12,18 @@ import torch
 from symtool import eigen
 from symtool.align.score import HaarBank
 from symtool.errors import AnalysisError
-from symtool.linalg import all_finite, eigvalsh, gram, gram_pair, spectrum, sym
+from symtool.linalg import (
+    all_finite,
+    eigvalsh,
+    full_from_lower,
+    gram,
+    gram_pair,
+    mirror_lower_,
+    scaled_sym,
+    spectrum,
+    sub_outer_,
+    sym,
+)
 from tests.reference import matrix_power, psd
 
 # --- spectrum / sym ---------------------------------------------------------------------
@@ -23,6 +34,28 @@ def test_sym_is_symmetric_part() -> None:
     S = sym(M)
     assert torch.equal(S, S.T)
     assert torch.allclose(S + (M - M.T) / 2, M)
+
+
+@pytest.mark.parametrize("d", [1, 5, 128, 129, 300])
+def test_mirror_copies_the_lower_triangle_exactly(d: int) -> None:
+    """Strip by strip, whatever the upper triangle held: entry for entry the lower one's
+    transpose (sizes below, at and across the strip height)."""
+    S = torch.randn(d, d, generator=torch.Generator().manual_seed(d), dtype=torch.float64)
+    low = torch.tril(S)
+    want = low + torch.tril(S, -1).T
+    before = S.clone()
+    assert torch.equal(full_from_lower(S), want)
+    assert torch.equal(S, before)  # full_from_lower leaves its argument alone
+    out = mirror_lower_(S)
+    assert out is S and torch.equal(S, want)
+    # the other strip-wise steps: entry for entry their whole-matrix expressions, and
+    # exactly symmetric
+    C = torch.randn(d, d, generator=torch.Generator().manual_seed(d + 1), dtype=torch.float64)
+    X = scaled_sym(C, -0.5)
+    assert torch.equal(X, (C + C.T) * -0.5) and torch.equal(X, X.T)
+    u = torch.randn(d, generator=torch.Generator().manual_seed(d + 2), dtype=torch.float64)
+    Y = sub_outer_(want.clone(), u)
+    assert torch.equal(Y, want - torch.outer(u, u)) and torch.equal(Y, Y.T)
 
 
 def test_spectrum_reconstructs_and_is_ascending() -> None:

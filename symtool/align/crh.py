@@ -17,6 +17,7 @@ the cross terms are decomposed only for the optional sampled null (``null_sample
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -26,7 +27,7 @@ from symtool.align.moments import LayerMatrices
 from symtool.align.null import ZERO_SPREAD, ExactNull, Invariants, invariants, null_from_invariants
 from symtool.align.score import HaarBank, NullStats, alignment, check_metric, rotation_nulls
 from symtool.errors import AnalysisError, UsageError
-from symtool.linalg import Spectrum, all_finite, spectrum
+from symtool.linalg import Spectrum, all_finite, scaled_sym, spectrum
 
 Tensor = torch.Tensor
 
@@ -129,7 +130,7 @@ def layer_spectra(m: LayerMatrices, *, cross: bool = True, metric: str = "pearso
     if cross:  # X_s = −sym C_s, formed in one sum (bitwise what sym(−C_s) gives)
         for x, C in (("X_a", m.C_a), ("X_b", m.C_b)):
             C64 = C.detach().to(torch.float64)
-            raw[x] = (C64 + C64.mT).mul_(-0.5)
+            raw[x] = scaled_sym(C64, -0.5)
     out: dict[str, Spectrum | None] = dict.fromkeys(MATRIX_NAMES)
     dense: dict[str, Tensor] = {}
     reasons: list[tuple[str, str]] = []
@@ -267,16 +268,27 @@ def _label(name: str) -> str:
 
 
 def _relation(
-    rid: str, first: str, second: str, side: str, spectra: LayerSpectra, metric: str
+    rid: str,
+    first: str,
+    second: str,
+    side: str,
+    spectra: LayerSpectra,
+    metric: str,
+    invariants_of: Callable[[str], Invariants],
 ) -> tuple[str, Tensor, Tensor, float | None] | Relation:
-    """The score of one relation, or its failed record when a matrix is missing."""
+    """The score of one relation, or its failed record when a matrix is missing.
+
+    The matrices' own sums and norms come from their :class:`Invariants` (computed once per
+    matrix, and used again by the exact null), so the score reads the pair once."""
     formula = f"{_label(first)} ~ {_label(second)}"
     A, B = spectra.matrix(first), spectra.matrix(second)
     if A is None or B is None:
         missing = [why for name in (first, second) if (why := spectra.reason(name)) is not None]
         why = "; ".join(missing) if missing else "matrix not available"
         return Relation(rid, formula, side, None, None, None, None, None, f"failed: {why}")
-    return formula, A, B, alignment(A, B, metric, assume_finite=True)
+    ia, ib = invariants_of(first), invariants_of(second)
+    known = ((ia.frob_sq, ia.total, ia.centred_sq), (ib.frob_sq, ib.total, ib.centred_sq))
+    return formula, A, B, alignment(A, B, metric, assume_finite=True, known=known)
 
 
 def z_error(z: float, error: float) -> float:
@@ -326,13 +338,28 @@ def _finish(
 
 
 def exact_nulls(
-    pairs: list[tuple[str, str]], spectra: LayerSpectra, metric: str
+    pairs: list[tuple[str, str]],
+    spectra: LayerSpectra,
+    metric: str,
+    invariants_of: Callable[[str], Invariants] | None = None,
 ) -> list[ExactNull]:
     """Exact Haar nulls of ``α(first, Q second Qᵀ)`` for ``(first, second)`` names.
 
-    Each matrix's invariants are computed once; a rotated matrix that :func:`layer_spectra`
-    decomposed (``Z`` always, ``G`` when it has fewer rows than its width) gives its third
-    and fourth traces from its eigenvalues, any other from one product.
+    ``invariants_of``: the matrices' invariants by name (:func:`invariants_cache` over the
+    same pairs, when the caller has one already).
+    """
+    get = invariants_of or invariants_cache(pairs, spectra, metric)
+    return [null_from_invariants(get(a), get(b), metric) for a, b in pairs]
+
+
+def invariants_cache(
+    pairs: list[tuple[str, str]], spectra: LayerSpectra, metric: str
+) -> Callable[[str], Invariants]:
+    """A name → :class:`Invariants` function computing each matrix's invariants once.
+
+    A matrix rotated in some pair (the second; Pearson only) gets the rotated side's extra
+    traces too: from its eigenvalues when :func:`layer_spectra` decomposed it (``Z``
+    always, ``H``, and ``G`` when it has fewer rows than its width), else from one product.
     """
     rotated = {second for _, second in pairs} if metric == "pearson" else set()
     cache: dict[str, Invariants] = {}
@@ -350,7 +377,7 @@ def exact_nulls(
             )
         return cache[name]
 
-    return [null_from_invariants(get(a), get(b), metric) for a, b in pairs]
+    return get
 
 
 def score_pair(
@@ -446,13 +473,21 @@ def relations(
     if spectra is None:
         spectra = layer_spectra(m, cross=True, metric=metric)
     specs = RELATIONS + CROSS_TERMS
-    scored = [_relation(*spec, spectra, metric) for spec in specs]
+    available = [
+        (first, second)
+        for _, first, second, _ in specs
+        if spectra.matrix(first) is not None and spectra.matrix(second) is not None
+    ]
+    invariants_of = invariants_cache(available, spectra, metric)
+    scored = [_relation(*spec, spectra, metric, invariants_of) for spec in specs]
     pending = [
         (first, second, s[3])
         for (_, first, second, _), s in zip(specs, scored, strict=True)
         if not isinstance(s, Relation)
     ]
-    exact = iter(exact_nulls([(a, b) for a, b, _ in pending], spectra, metric))
+    exact = iter(
+        exact_nulls([(a, b) for a, b, _ in pending], spectra, metric, invariants_of)
+    )
     sampled: list[NullStats | None] = [None] * len(pending)
     if null_samples > 0:
         bank = HaarBank(seed=0, samples=null_samples) if bank is None else bank

@@ -13,7 +13,15 @@ from dataclasses import dataclass
 import torch
 
 from symtool.errors import AnalysisError
-from symtool.linalg import add_gram_, add_product_, all_finite, full_from_lower, gram
+from symtool.linalg import (
+    add_gram_,
+    add_product_,
+    all_finite,
+    full_from_lower,
+    gram,
+    mirror_lower_,
+    sub_outer_,
+)
 
 Tensor = torch.Tensor
 
@@ -344,7 +352,7 @@ class LayerAccumulator:
             if k == 0:
                 raise AnalysisError(f"every {v} row has zero norm ({n} rows)")
             mean = self._s[v] / k
-            mats[v] = second.div_(k).sub_(torch.outer(mean, mean))
+            mats[v] = sub_outer_(second.div_(k), mean)  # − μμᵀ, no d × d temporary
             if v in rows:  # the rows kept (non-zero norm), centred: Σ(x̂ − μ)(x̂ − μ)ᵀ/k
                 X = rows[v]
                 X = X[torch.linalg.vector_norm(X, dim=1) > 0] if k < n else X
@@ -383,9 +391,8 @@ class LayerAccumulator:
 
 
 def _mirror_(S: Tensor) -> Tensor:
-    """``full_from_lower(S)`` in place (one ``d × d`` temporary instead of three)."""
-    S.tril_()
-    return S.add_(S.tril(-1).mT)
+    """``full_from_lower(S)`` in place (no ``d × d`` temporary)."""
+    return mirror_lower_(S)
 
 
 def _finite(t: Tensor) -> bool:

@@ -47,8 +47,18 @@ def check_metric(metric: str) -> None:
         raise UsageError(f"unknown alignment metric {metric!r}; choose one of {METRICS}")
 
 
+Known = tuple[tuple[float, float, float], tuple[float, float, float]]
+"""``((‖A‖², 1ᵀA1, ‖A − mean(A)‖²), (the same for B))``, as :class:`~symtool.align.null.Invariants`
+hold them."""
+
+
 def alignment(
-    A: Tensor, B: Tensor, metric: str = "pearson", *, assume_finite: bool = False
+    A: Tensor,
+    B: Tensor,
+    metric: str = "pearson",
+    *,
+    assume_finite: bool = False,
+    known: Known | None = None,
 ) -> float | None:
     """Alignment score ``α(A, B)`` of two same-shape matrices (docs/theory.md §3).
 
@@ -61,6 +71,8 @@ def alignment(
         metric: ``"pearson"`` or ``"cosine"``.
         assume_finite: skip the finiteness check (the matrices of a :class:`Spectrum`
             were checked when it was made).
+        known: each matrix's squared norm, entry sum and centred squared norm when already
+            computed (the exact null's invariants): the score then reads the pair once.
 
     Returns:
         The score, or ``None`` when it is undefined: a non-finite entry, or a matrix that is
@@ -85,27 +97,38 @@ def alignment(
     a2, b2 = a.reshape(-1, cols), b.reshape(-1, cols)
     step = max(1, _BLOCK_ENTRIES // max(cols, 1))
     blocks = [(a2[i : i + step], b2[i : i + step]) for i in range(0, a2.shape[0], step)]
-    # one pass for the plain norms (and sums), one for the centred norms and the product;
-    # partial sums stay on the device until the end (one host sync per score)
-    first = torch.stack(
-        [torch.stack([_norm2(x), _norm2(y), x.sum(), y.sum()]) for x, y in blocks]
-    ).sum(dim=0)
-    mean_a = mean_b = 0.0
-    if metric == "pearson":
-        mean_a, mean_b = float(first[2]) / a.numel(), float(first[3]) / b.numel()
+    pearson = metric == "pearson"
+    if known is None:  # one pass for the plain norms and sums
+        first = torch.stack(
+            [torch.stack([_norm2(x), _norm2(y), x.sum(), y.sum()]) for x, y in blocks]
+        ).sum(dim=0)
+        norm_a2, norm_b2, sum_a, sum_b = (float(v) for v in first)
+    else:
+        (norm_a2, sum_a, _), (norm_b2, sum_b, _) = known
+    mean_a, mean_b = (sum_a / a.numel(), sum_b / b.numel()) if pearson else (0.0, 0.0)
+    # one pass for the product (and, unless known, the centred norms); partial sums stay on
+    # the device until the end (one host sync per score)
     second = []
     for x, y in blocks:  # centred in blocks: temporaries of _BLOCK_ENTRIES, not A's size
-        xc, yc = (x - mean_a, y - mean_b) if metric == "pearson" else (x, y)
-        dot = torch.dot(xc.reshape(-1), yc.reshape(-1))
-        second.append(torch.stack([_norm2(xc), _norm2(yc), dot, xc.sum(), yc.sum()]))
-    norm_a2, norm_b2 = float(first[0]), float(first[1])
-    da2, db2, dot, ra, rb = (float(v) for v in torch.stack(second).sum(dim=0))
-    # the residual sums Σ(x − mean) correct the rounded means (two-pass mean): subtract
-    # what is left of the true mean from the centred sums
-    if metric == "pearson":
-        da2 -= ra * ra / a.numel()
-        db2 -= rb * rb / b.numel()
+        xc, yc = (x - mean_a, y - mean_b) if pearson else (x, y)
+        terms = [torch.dot(xc.reshape(-1), yc.reshape(-1)), xc.sum(), yc.sum()]
+        if known is None:
+            terms += [_norm2(xc), _norm2(yc)]
+        second.append(torch.stack(terms))
+    sums = [float(v) for v in torch.stack(second).sum(dim=0)]
+    dot, ra, rb = sums[:3]
+    if known is None:
+        da2, db2 = sums[3:]
+    elif pearson:
+        da2, db2 = known[0][2], known[1][2]
+    else:
+        da2, db2 = norm_a2, norm_b2
+    if pearson:
+        # the residual sums Σ(x − mean) correct the rounded means (a two-pass mean)
         dot -= ra * rb / a.numel()
+        if known is None:
+            da2 -= ra * ra / a.numel()
+            db2 -= rb * rb / b.numel()
     da, db = math.sqrt(max(da2, 0.0)), math.sqrt(max(db2, 0.0))
     norm_a, norm_b = math.sqrt(norm_a2), math.sqrt(norm_b2)
     if da <= UNDEFINED_REL * norm_a or db <= UNDEFINED_REL * norm_b or da == 0 or db == 0:
