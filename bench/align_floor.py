@@ -58,7 +58,8 @@ from symtool.align.run import AlignSettings, run_align
 from symtool.align.score import HaarBank
 from symtool.inputs import checkpoints as ck
 from symtool.inputs import models, probes
-from symtool.linalg import add_gram_, add_product_, full_from_lower, sub_outer_
+from symtool.linalg import add_gram_, add_product_
+from symtool.triangles import full_from_lower, sub_outer_
 
 Tensor = torch.Tensor
 GEMM = {"float64": torch.float64, "float32": torch.float32}

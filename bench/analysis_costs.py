@@ -10,7 +10,7 @@ process, and checks that both give the same numbers (docs/performance.md, *Known
 * a layer's eight rotation nulls: one call per relation against one batched call;
 * a batch's second moment ``xᵀx`` into a float64 sum: ``addmm`` against BLAS ``syrk``;
 * mirroring a Gram sum's lower triangle into a full matrix: two ``tril`` and a transposed
-  add over the whole matrix against :func:`symtool.linalg.full_from_lower` (strips);
+  add over the whole matrix against :func:`symtool.triangles.full_from_lower` (strips);
 * Rayleigh quotients ``v_iᵀ M v_i`` on all ``d`` eigenvectors of another matrix (PAH):
   the GEMM ``M V`` against :func:`symtool.align.bases.quotients` (BLAS ``trmm`` on the lower
   triangle at one host thread);
@@ -38,8 +38,9 @@ from common import machine, median, set_threads
 
 from symtool.align.bases import quotients
 from symtool.align.score import HaarBank, rotation_null, rotation_nulls
-from symtool.linalg import add_gram_, full_from_lower, gram_pair, singular_values, spectrum
+from symtool.linalg import add_gram_, gram_pair, singular_values, spectrum
 from symtool.symmetry.units import duplicate_search
+from symtool.triangles import full_from_lower
 
 Tensor = torch.Tensor
 

@@ -20,6 +20,7 @@ import torch
 
 from symtool import eigen
 from symtool.errors import AnalysisError
+from symtool.triangles import full_from_lower, mirror_lower_
 
 Tensor = torch.Tensor
 
@@ -197,56 +198,6 @@ def gram(X: Tensor, *, mirror: bool = True) -> Tensor:
         if mirror:
             mirror_lower_(out[i])
     return out.reshape(*X.shape[:-2], c, c)
-
-
-def full_from_lower(S: Tensor) -> Tensor:
-    """The symmetric matrix whose lower triangle ``S`` holds (what :func:`add_gram_` fills)."""
-    return mirror_lower_(S.clone())
-
-
-_MIRROR_BLOCK = 128
-"""Rows per strip of :func:`mirror_lower_` (a strip's transposed read stays in cache)."""
-
-
-def sub_outer_(S: Tensor, u: Tensor) -> Tensor:
-    """``S −= u uᵀ`` in place, strip by strip: no ``d × d`` temporary, and entry for entry
-    ``S − outer(u, u)`` (so a symmetric ``S`` stays exactly symmetric, which a fused
-    ``addr_`` does not guarantee)."""
-    for i in range(0, S.shape[0], _MIRROR_BLOCK):
-        e = min(i + _MIRROR_BLOCK, S.shape[0])
-        S[i:e].sub_(torch.outer(u[i:e], u))
-    return S
-
-
-def scaled_sym(C: Tensor, scale: float) -> Tensor:
-    """``scale·(C + Cᵀ)`` for a square ``C``, strip by strip (see :func:`mirror_lower_`).
-
-    Entry for entry the whole-matrix expression (one sum, one product each), so the result
-    is exactly symmetric.
-    """
-    d = C.shape[0]
-    out = torch.empty_like(C)
-    for i in range(0, d, _MIRROR_BLOCK):
-        e = min(i + _MIRROR_BLOCK, d)
-        torch.add(C[i:e], C[:, i:e].mT, out=out[i:e]).mul_(scale)
-    return out
-
-
-def mirror_lower_(S: Tensor) -> Tensor:
-    """Overwrite ``S``'s strict upper triangle with the transpose of its lower one, in place.
-
-    Strip by strip (``_MIRROR_BLOCK`` rows): a whole-matrix transposed add reads ``S`` with
-    a stride of ``d`` and runs 3–5× slower at ``d`` = 1024–4608 (bench/analysis_costs.py).
-    The lower triangle is left as it is (entries copied, not recomputed).
-    """
-    d = S.shape[0]
-    for i in range(0, d, _MIRROR_BLOCK):
-        e = min(i + _MIRROR_BLOCK, d)
-        blk = S[i:e, i:e]
-        blk.copy_(torch.tril(blk) + torch.tril(blk, -1).mT)
-        if e < d:
-            S[i:e, e:].copy_(S[e:, i:e].mT)
-    return S
 
 
 def _with_vectors(M64: Tensor, values: Tensor, V: Tensor, note: str | None = None) -> Spectrum:

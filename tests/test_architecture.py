@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "symtool"
 
 LAYERS: list[tuple[str, ...]] = [
     ("symtool.errors", "symtool._version"),
-    ("symtool.eigen",),
+    ("symtool.eigen", "symtool.triangles"),
     ("symtool.config", "symtool.activations", "symtool.linalg", "symtool.stability",
      "symtool.distributed", "symtool.inputs"),
     ("symtool.report",),

@@ -15,15 +15,12 @@ from symtool.errors import AnalysisError
 from symtool.linalg import (
     all_finite,
     eigvalsh,
-    full_from_lower,
     gram,
     gram_pair,
-    mirror_lower_,
-    scaled_sym,
     spectrum,
-    sub_outer_,
     sym,
 )
+from symtool.triangles import full_from_lower, mirror_lower_, scaled_sym, sub_outer_
 from tests.reference import matrix_power, psd
 
 # --- spectrum / sym ---------------------------------------------------------------------

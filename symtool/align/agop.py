@@ -26,8 +26,9 @@ from symtool.align import crh
 from symtool.align.bases import symmetric64
 from symtool.align.null import invariants
 from symtool.errors import AnalysisError
-from symtool.linalg import add_gram_, all_finite, full_from_lower, gram
+from symtool.linalg import add_gram_, all_finite, gram
 from symtool.report.files import to_jsonable
+from symtool.triangles import full_from_lower
 
 Tensor = torch.Tensor
 F64 = torch.float64

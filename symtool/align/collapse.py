@@ -21,7 +21,8 @@ from typing import Any
 
 import torch
 
-from symtool.linalg import add_gram_, all_finite, full_from_lower
+from symtool.linalg import add_gram_, all_finite
+from symtool.triangles import full_from_lower
 
 Tensor = torch.Tensor
 F64 = torch.float64

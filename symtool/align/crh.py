@@ -27,7 +27,8 @@ from symtool.align.moments import LayerMatrices
 from symtool.align.null import ZERO_SPREAD, ExactNull, Invariants, invariants, null_from_invariants
 from symtool.align.score import HaarBank, NullStats, alignment, check_metric, rotation_nulls
 from symtool.errors import AnalysisError, UsageError
-from symtool.linalg import Spectrum, all_finite, scaled_sym, spectrum
+from symtool.linalg import Spectrum, all_finite, spectrum
+from symtool.triangles import scaled_sym
 
 Tensor = torch.Tensor
 

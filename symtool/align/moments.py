@@ -13,15 +13,8 @@ from dataclasses import dataclass
 import torch
 
 from symtool.errors import AnalysisError
-from symtool.linalg import (
-    add_gram_,
-    add_product_,
-    all_finite,
-    full_from_lower,
-    gram,
-    mirror_lower_,
-    sub_outer_,
-)
+from symtool.linalg import add_gram_, add_product_, all_finite, gram
+from symtool.triangles import full_from_lower, mirror_lower_, sub_outer_
 
 Tensor = torch.Tensor
 
@@ -336,9 +329,9 @@ class LayerAccumulator:
         skipped = dict.fromkeys(VECTORS, 0)
         for v in VECTORS:
             if v in rows:
-                second = _mirror_(gram(rows[v], mirror=False))
+                second = mirror_lower_(gram(rows[v], mirror=False))
             elif consume:
-                second = _mirror_(self._S.pop(v))
+                second = mirror_lower_(self._S.pop(v))
             else:
                 second = full_from_lower(self._S[v])
             # ``second`` is this call's own tensor: divided and centred in place
@@ -388,11 +381,6 @@ class LayerAccumulator:
             return torch.cat(rows) if len(rows) > 1 else rows[0]
         assert self._D is not None
         return torch.zeros(0, self._width(v), dtype=torch.float64, device=self._D.device)
-
-
-def _mirror_(S: Tensor) -> Tensor:
-    """``full_from_lower(S)`` in place (no ``d × d`` temporary)."""
-    return mirror_lower_(S)
 
 
 def _finite(t: Tensor) -> bool:

@@ -196,7 +196,8 @@ def test_add_gram_fills_the_lower_triangle_of_xtx(
     monkeypatch: pytest.MonkeyPatch, host: bool, d: int, dtype: torch.dtype
 ) -> None:
     from symtool import linalg
-    from symtool.linalg import add_gram_, full_from_lower
+    from symtool.linalg import add_gram_
+    from symtool.triangles import full_from_lower
 
     monkeypatch.setattr(linalg, "HOST_BLAS", host)  # SciPy syrk, or torch blocks
     g = torch.Generator().manual_seed(9)
