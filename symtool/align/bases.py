@@ -98,7 +98,7 @@ def gram_pair_range(W: Tensor) -> tuple[Spectrum, Spectrum]:
 
 
 def moment_spectrum(
-    M: Tensor, factor: Tensor | None = None, *, checked: bool = False
+    M: Tensor, factor: Tensor | None = None, *, checked: bool = False, vectors: bool = True
 ) -> Spectrum:
     """The spectrum of a moment ``M``, from its row factor when that is smaller.
 
@@ -106,6 +106,8 @@ def moment_spectrum(
         M: the moment (symmetrised here, float64).
         factor: ``Y`` with ``M = YᵀY`` (``r × d``), or ``None``.
         checked: ``M`` is already a finite symmetric float64 matrix (no copy is made).
+        vectors: also the eigenvectors and ``c``; ``False`` (with a factor only): the
+            eigenvalues alone, from ``eigvalsh`` of the ``r × r`` Gram matrix.
 
     Returns:
         With ``r < d``: eigenvalues (zeros beyond rank ``r``), the range's eigenvectors
@@ -116,7 +118,14 @@ def moment_spectrum(
     if factor is None or factor.shape[0] >= M64.shape[0]:
         return spectrum(M64, checked=True)
     Y = factor.detach().to(dtype=torch.float64, device=M64.device)
-    return _range(M64, spectrum(gram(Y.T)), Y.T)
+    if vectors:
+        return _range(M64, spectrum(gram(Y.T)), Y.T)
+    s = spectrum(gram(Y.T), vectors=False).values
+    smax = float(s.abs().max()) if s.numel() else 0.0
+    kept = s[s > s.numel() * _EPS * smax]  # the rule of _range: round-off joins the null space
+    values = torch.zeros(M64.shape[0], dtype=torch.float64, device=s.device)
+    values[values.shape[0] - kept.shape[0] :] = kept
+    return Spectrum(M64, values, None, None)
 
 
 Block = Callable[[Tensor], Tensor]

@@ -57,9 +57,10 @@ _DECOMPOSED = frozenset({"H_a", "H_b"})
 """Moments :func:`layer_spectra` decomposes: PAH fits in the bases of Z and H (Z's come from
 :func:`symtool.align.bases.gram_pair_range`). ``G`` and the cross terms are used as matrices
 only (alignment scores, exact nulls, PAH targets); the sampled null decomposes them on
-demand. A ``G`` kept as rows (fewer than its width) is decomposed too: an ``r × r`` problem
-(:func:`symtool.align.bases.moment_spectrum`) whose eigenvalues spare a rotated null's
-``d × d`` product."""
+demand. A ``G`` kept as rows (fewer than its width) gets its eigenvalues (no vectors: no fit
+reads a basis of ``G``) from the ``r × r`` Gram matrix of its rows
+(:func:`symtool.align.bases.moment_spectrum`): they spare a rotated null's ``d × d``
+product."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -147,9 +148,11 @@ def layer_spectra(m: LayerMatrices, *, cross: bool = True, metric: str = "pearso
             dense[name] = M64
             continue
         try:
-            # the range's eigenvectors (from the rows when fewer than d, an r × r problem;
-            # a G with a row factor too, whose eigenvalues then cost next to nothing)
-            out[name] = moment_spectrum(M64, factors.get(name), checked=True)
+            # H: the range's eigenvectors (from the rows when fewer than d, an r × r
+            # problem); a G with a row factor: its eigenvalues only, next to nothing
+            out[name] = moment_spectrum(
+                M64, factors.get(name), checked=True, vectors=name in _DECOMPOSED
+            )
         except AnalysisError as exc:
             reasons.append((name, f"{_LABEL.get(name, name)}: {exc.message}"))
     if not all_finite(W):
@@ -427,7 +430,7 @@ def _sampled_nulls(
 
     def get(name: str) -> Spectrum:
         spec = spectra.get(name)
-        if spec is None:
+        if spec is None or (metric == "pearson" and spec.ones is None):  # G: values only
             spec = specs.get(name)
             if spec is None:
                 M = spectra.matrix(name)

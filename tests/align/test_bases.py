@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
 from symtool.align.bases import gram_pair_range, kept_product, moment_spectrum
-from symtool.align.crh import layer_spectra
+from symtool.align.crh import layer_spectra, relations
 from symtool.align.moments import LayerAccumulator, LayerMatrices
 from symtool.align.pah import FITS, fit_power, powers
 from symtool.linalg import gram_pair, kept_support, spectrum
@@ -61,6 +63,10 @@ def test_moment_spectrum_from_rows_matches_the_dense_eigh() -> None:
         Vl, Vd = lean.vectors[:, p - kept :], dense.vectors[:, d - kept :]
         assert rel_err(_projector(Vl), _projector(Vd)) < 1e-9  # same kept eigenspace
         assert torch.allclose(lean.ones[d - kept :].abs(), dense.ones[d - kept :].abs(), atol=1e-9)
+        # eigenvalues only (what G needs): the same values, from eigvalsh of the rows' Gram
+        bare = moment_spectrum(M, Y, vectors=False)
+        assert bare.vectors is None and bare.ones is None
+        assert torch.allclose(bare.values, dense.values, rtol=0, atol=1e-12 * scale)
         # without a factor (or a factor as tall as wide): the dense eigh itself
         assert torch.equal(moment_spectrum(M).values, dense.values)
     V = torch.randn(60, 4, generator=gen(2), dtype=F64)
@@ -149,3 +155,20 @@ def test_quotients_and_blocks_equal_the_dense_products(
     assert float((got_block - dense[E][:, E]).abs().max()) < 1e-14 * norm
     if path == "trmm":  # B + Bᵀ: exactly symmetric
         assert torch.equal(got_block, got_block.T)
+
+
+def test_rows_kept_g_gives_the_same_relations_and_sampled_null() -> None:
+    """A G kept as rows is decomposed for its eigenvalues only; relations, exact nulls and
+    the sampled null (which needs ``c = Vᵀ1`` of a fixed G) equal those of the same layer
+    handed over as dense matrices."""
+    m = _wide_layer()
+    dense = replace(m, factors=None)
+    sp = layer_spectra(m)
+    G = sp.get("G_a")
+    assert G is not None and G.vectors is None and sp.get("H_a").vectors is not None
+    lean, full = relations(m, null_samples=8), relations(dense, null_samples=8)
+    for a, b in zip(lean.relations + lean.cross, full.relations + full.cross, strict=True):
+        assert a.reason is None and a.sampled_null is not None and a.sampled_null.reason is None
+        assert a.alpha == pytest.approx(b.alpha, abs=1e-14)
+        assert a.z == pytest.approx(b.z, rel=1e-9)
+        assert a.sampled_null.mean == pytest.approx(b.sampled_null.mean, abs=1e-12)
