@@ -4,7 +4,7 @@ Gram sums are accumulated as lower triangles (:func:`symtool.linalg.add_gram_`),
 matrices are symmetrised or shifted by a rank-one term once finished. Done on the whole
 matrix, each of these reads ``S`` transposed with a stride of ``d`` and allocates ``d × d``
 temporaries; in strips of ``_MIRROR_BLOCK`` rows the transposed read stays in cache and no
-temporary is larger than a strip (3–5× faster at ``d`` = 1024–4608 on one thread,
+temporary is larger than a strip (2–3× faster at ``d`` = 1024–4608 on one thread,
 bench/analysis_costs.py). Every entry is computed by the same operations as the
 whole-matrix expression, so results are identical, and exactly symmetric.
 """
