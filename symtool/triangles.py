@@ -49,7 +49,12 @@ def scaled_sym(C: Tensor, scale: float) -> Tensor:
 
 def mirror_lower_(S: Tensor) -> Tensor:
     """Overwrite ``S``'s strict upper triangle with the transpose of its lower one, in place
-    (the lower triangle is left as it is: entries copied, not recomputed)."""
+    (the lower triangle is left as it is: entries copied, not recomputed). A batch
+    ``(..., d, d)`` is mirrored matrix by matrix."""
+    if S.ndim > 2:
+        for M in S.view(-1, *S.shape[-2:]):
+            mirror_lower_(M)
+        return S
     d = S.shape[0]
     for i in range(0, d, _MIRROR_BLOCK):
         e = min(i + _MIRROR_BLOCK, d)

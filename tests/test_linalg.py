@@ -45,6 +45,8 @@ def test_mirror_copies_the_lower_triangle_exactly(d: int) -> None:
     assert torch.equal(S, before)  # full_from_lower leaves its argument alone
     out = mirror_lower_(S)
     assert out is S and torch.equal(S, want)
+    batch = torch.stack([S.T.contiguous(), S])  # a batch too, matrix by matrix
+    assert torch.equal(full_from_lower(batch), torch.tril(batch) + torch.tril(batch, -1).mT)
     # the other strip-wise steps: entry for entry their whole-matrix expressions, and
     # exactly symmetric
     C = torch.randn(d, d, generator=torch.Generator().manual_seed(d + 1), dtype=torch.float64)
