@@ -22,8 +22,13 @@ def _pin_blas_threads(argv: list[str]) -> None:
     count of ``--threads N``. OpenBLAS reads ``OPENBLAS_NUM_THREADS`` once, when SciPy's
     linear algebra is first imported, so this runs when this module is imported, before
     symtool is; ``torch.set_num_threads`` pins torch's own threads (:func:`set_threads`).
+    Without ``--threads`` the scripts' default, one thread, is pinned too (unless the
+    environment already sets ``OPENBLAS_NUM_THREADS``), so torch and SciPy agree.
     """
-    if "--threads" not in argv[:-1] or "scipy.linalg" in sys.modules:
+    if "scipy.linalg" in sys.modules:
+        return
+    if "--threads" not in argv[:-1]:  # every script here defaults to one thread
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
         return
     i = argv.index("--threads") + 1
     values = [a for a in argv[i : i + 2] if a.isdigit()]
