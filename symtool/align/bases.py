@@ -55,6 +55,12 @@ def symmetric64(M: Tensor) -> Tensor:
     return M64 if torch.equal(M64, M64.mT) else sym(M64)
 
 
+def _above_roundoff(s: Tensor) -> Tensor:
+    """Eigenvalues of an ``r × r`` Gram matrix above round-off (``s_i > r·eps·max|s|``)."""
+    smax = float(s.abs().max()) if s.numel() else 0.0
+    return s > s.numel() * _EPS * smax
+
+
 def _range(M64: Tensor, small: Spectrum, X: Tensor) -> Spectrum:
     """``M``'s spectrum from ``small = eigh(XᵀX)``, where ``M = X Xᵀ`` (``X``: ``d × r``).
 
@@ -63,8 +69,7 @@ def _range(M64: Tensor, small: Spectrum, X: Tensor) -> Spectrum:
     rule of ``gram_pair``)."""
     assert small.vectors is not None
     s = small.values
-    smax = float(s.abs().max()) if s.numel() else 0.0
-    keep = s > s.numel() * _EPS * smax
+    keep = _above_roundoff(s)
     n = int(keep.sum())
     d = M64.shape[0]
     U = _canonical_signs(((X @ small.vectors[:, keep]) / torch.sqrt(s[keep])).contiguous())
@@ -121,8 +126,7 @@ def moment_spectrum(
     if vectors:
         return _range(M64, spectrum(gram(Y.T)), Y.T)
     s = spectrum(gram(Y.T), vectors=False).values
-    smax = float(s.abs().max()) if s.numel() else 0.0
-    kept = s[s > s.numel() * _EPS * smax]  # the rule of _range: round-off joins the null space
+    kept = s[_above_roundoff(s)]  # as in _range: round-off joins the null space
     values = torch.zeros(M64.shape[0], dtype=torch.float64, device=s.device)
     values[values.shape[0] - kept.shape[0] :] = kept
     return Spectrum(M64, values, None, None)
@@ -152,8 +156,7 @@ def quotients(M: Tensor, V: Tensor, factor: Tensor | None = None) -> tuple[Tenso
     d, p = M.shape[0], V.shape[1]
     short = factor is not None and 4 * factor.shape[0] < d
     if short or p == 0 or not (_host_blas(M) and M.dtype == torch.float64 and d == V.shape[0]):
-        MV = kept_product(M, V, factor)
-        return (MV * V).sum(dim=0), lambda E: V[:, E].T @ MV[:, E]
+        return product_quotients(kept_product(M, V, factor), V)
     R = _lower_product(M.detach(), V)  # (L + D) V, L the strict lower triangle, D the diagonal
     SV = R.addcmul_(M.diagonal().unsqueeze(1), V, value=-0.5)  # S V = (L + D/2) V
 
@@ -162,6 +165,11 @@ def quotients(M: Tensor, V: Tensor, factor: Tensor | None = None) -> tuple[Tenso
         return B + B.T
 
     return 2.0 * (SV * V).sum(dim=0), block
+
+
+def product_quotients(MV: Tensor, V: Tensor) -> tuple[Tensor, Block]:
+    """:func:`quotients` from a product ``M V`` already formed."""
+    return (MV * V).sum(dim=0), lambda E: V[:, E].T @ MV[:, E]
 
 
 def _lower_product(M: Tensor, V: Tensor) -> Tensor:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from symtool.align.bases import kept_product, quotients, symmetric64
+from symtool.align.bases import kept_product, product_quotients, quotients, symmetric64
 from symtool.align.crh import LayerSpectra, layer_spectra
 from symtool.align.moments import LayerMatrices
 from symtool.align.score import UNDEFINED_REL, check_metric
@@ -338,8 +338,7 @@ def _agreement(
     by_complement = n_null > 0 and not (full and n_kept >= n_null)
     if by_complement:  # the complement's block below reads the whole product M V₊
         MV = kept_product(M, V, factor)
-        m = (MV * V).sum(dim=0)
-        block_of = lambda E: V[:, E].T @ MV[:, E]  # noqa: E731
+        m, block_of = product_quotients(MV, V)
     else:
         m, block_of = quotients(M, V, factor)
     if norm2 <= 0:
